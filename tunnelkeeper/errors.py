@@ -1,0 +1,109 @@
+"""The one error tree of tunnelkeeper; every error knows the `error_kind` it reports as.
+
+    TunnelkeeperError
+    ├── ConfigError               config: bad file, key or value (exit 2 at start)
+    │   └── KeyFileError          config: private key or known_hosts missing, unreadable, too open
+    ├── ControlError              the control socket: nobody answering, garbled reply
+    │   └── AlreadyRunning        another supervisor holds the control socket
+    ├── ProbeError                an end-to-end probe failed (the tunnel may still be up)
+    └── TunnelError               one connection to the relay failed or ended
+        ├── HostKeyMismatch       host-key-mismatch: the relay's key is not the pinned one
+        ├── HostKeyUnknown        host-key-unknown: nothing pinned under the strict policy
+        ├── AuthFailed            auth-failed: the relay refused our key
+        ├── ConnectRefused        connect-refused: nothing listening / network unreachable
+        ├── ConnectTimeout        timeout: no answer within connect_timeout
+        ├── KeepaliveTimeout      keepalive-timeout: the relay stopped answering keepalives
+        ├── Disconnected          disconnected: the connection ended for any other reason
+        ├── ForwardRefused        forward-refused: the relay refused a listen (port held, denied)
+        └── ResolveFailed         dns: the relay's name does not resolve
+"""
+
+from __future__ import annotations
+
+
+class TunnelkeeperError(Exception):
+    """Base of every error tunnelkeeper raises on purpose."""
+
+    error_kind: str = "disconnected"
+
+
+class ConfigError(TunnelkeeperError):
+    """The configuration cannot be used; the message names file, key and fault."""
+
+    error_kind = "config"
+
+    def __init__(self, message: str, *, path: str | None = None, key: str | None = None) -> None:
+        self.path = path
+        self.key = key
+        where = ": ".join(part for part in (path, key) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class KeyFileError(ConfigError):
+    """A private key or known_hosts file is missing, unreadable or readable by others."""
+
+
+class ControlError(TunnelkeeperError):
+    """The control socket could not be reached or answered nonsense."""
+
+
+class AlreadyRunning(ControlError):
+    """Another supervisor already answers on the control socket."""
+
+
+class ProbeError(TunnelkeeperError):
+    """An end-to-end probe did not get the answer it expects."""
+
+
+class TunnelError(TunnelkeeperError):
+    """A connection to the relay failed, or a live one ended."""
+
+
+class HostKeyMismatch(TunnelError):
+    error_kind = "host-key-mismatch"
+
+
+class HostKeyUnknown(TunnelError):
+    error_kind = "host-key-unknown"
+
+
+class AuthFailed(TunnelError):
+    error_kind = "auth-failed"
+
+
+class ConnectRefused(TunnelError):
+    error_kind = "connect-refused"
+
+
+class ConnectTimeout(TunnelError):
+    error_kind = "timeout"
+
+
+class KeepaliveTimeout(TunnelError):
+    error_kind = "keepalive-timeout"
+
+
+class Disconnected(TunnelError):
+    error_kind = "disconnected"
+
+
+class ForwardRefused(TunnelError):
+    error_kind = "forward-refused"
+
+
+class ResolveFailed(TunnelError):
+    error_kind = "dns"
+
+
+ERROR_KINDS: tuple[str, ...] = (
+    "host-key-mismatch",
+    "host-key-unknown",
+    "auth-failed",
+    "connect-refused",
+    "timeout",
+    "keepalive-timeout",
+    "disconnected",
+    "forward-refused",
+    "dns",
+    "config",
+)
