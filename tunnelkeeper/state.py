@@ -1,0 +1,167 @@
+"""Frozen snapshots of the supervisor's state: all that the dashboard, control socket and
+sd_notify ever read. `SupervisorStatus.to_json()` is SPEC §4; `from_json()` reads it back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+TunnelState = Literal["connecting", "up", "backoff", "stopped"]
+ForwardState = Literal["up", "pending", "refused", "down"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One end-to-end probe. `via` is "relay" (the whole path) or "local" (fallback)."""
+
+    ok: bool
+    latency_ms: float | None
+    at: datetime
+    detail: str
+    via: Literal["relay", "local"] = "relay"
+
+    def to_json(self) -> dict[str, Any]:
+        latency = None if self.latency_ms is None else round(self.latency_ms, 1)
+        return {"ok": self.ok, "latency_ms": latency, "at": _iso(self.at),
+                "detail": self.detail, "via": self.via}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProbeResult:
+        return cls(ok=bool(data["ok"]), latency_ms=data.get("latency_ms"),
+                   at=_dt(data["at"]) or utcnow(), detail=str(data.get("detail", "")),
+                   via=data.get("via", "relay"))
+
+
+@dataclass(frozen=True)
+class ForwardStatus:
+    name: str
+    service: str
+    listen: str
+    target: str
+    state: ForwardState = "pending"
+    connections_active: int = 0
+    connections_total: int = 0
+    bytes_in: int = 0  # relay -> target
+    bytes_out: int = 0  # target -> relay
+    probe: ProbeResult | None = None
+    error: str | None = None  # why it is refused or down, for people
+    since: datetime | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """Up, and the last probe (if any) got through."""
+        return self.state == "up" and (self.probe is None or self.probe.ok)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "service": self.service, "listen": self.listen,
+            "target": self.target, "state": self.state,
+            "connections_active": self.connections_active,
+            "connections_total": self.connections_total,
+            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "probe": None if self.probe is None else self.probe.to_json(),
+            "error": self.error, "since": _iso(self.since),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ForwardStatus:
+        probe = data.get("probe")
+        return cls(
+            name=data["name"], service=data["service"], listen=data["listen"],
+            target=data["target"], state=data["state"],
+            connections_active=data.get("connections_active", 0),
+            connections_total=data.get("connections_total", 0),
+            bytes_in=data.get("bytes_in", 0), bytes_out=data.get("bytes_out", 0),
+            probe=None if probe is None else ProbeResult.from_json(probe),
+            error=data.get("error"), since=_dt(data.get("since")),
+        )
+
+
+@dataclass(frozen=True)
+class TunnelStatus:
+    name: str
+    relay: str
+    state: TunnelState = "connecting"
+    since: datetime | None = None
+    connects: int = 0
+    next_retry_at: datetime | None = None
+    error_kind: str | None = None
+    last_error: str | None = None
+    cipher: str | None = None
+    standby: Literal["ready", "connecting", "off"] = "off"
+    forwards: tuple[ForwardStatus, ...] = ()
+
+    def next_retry_in(self, now: datetime | None = None) -> float | None:
+        if self.next_retry_at is None:
+            return None
+        return max(0.0, round((self.next_retry_at - (now or datetime.now(UTC))).total_seconds(), 1))
+
+    def to_json(self, now: datetime | None = None) -> dict[str, Any]:
+        return {
+            "name": self.name, "relay": self.relay, "state": self.state,
+            "since": _iso(self.since), "connects": self.connects,
+            "next_retry_in": self.next_retry_in(now),
+            "error_kind": self.error_kind, "last_error": self.last_error,
+            "cipher": self.cipher, "standby": self.standby,
+            "forwards": [f.to_json() for f in self.forwards],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], now: datetime | None = None) -> TunnelStatus:
+        retry = data.get("next_retry_in")
+        now = now or datetime.now(UTC)
+        return cls(
+            name=data["name"], relay=data["relay"], state=data["state"],
+            since=_dt(data.get("since")), connects=data.get("connects", 0),
+            next_retry_at=None if retry is None else now + timedelta(seconds=float(retry)),
+            error_kind=data.get("error_kind"), last_error=data.get("last_error"),
+            cipher=data.get("cipher"), standby=data.get("standby", "off"),
+            forwards=tuple(ForwardStatus.from_json(f) for f in data.get("forwards", [])),
+        )
+
+
+@dataclass(frozen=True)
+class SupervisorStatus:
+    pid: int
+    started: datetime
+    config: str
+    tunnels: tuple[TunnelStatus, ...] = field(default=())
+
+    @property
+    def forwards(self) -> tuple[ForwardStatus, ...]:
+        return tuple(f for t in self.tunnels for f in t.forwards)
+
+    def exit_code(self) -> int:
+        """Monitoring-plugin convention: 0 all forwards up, 1 some down, 2 none up."""
+        forwards = self.forwards
+        healthy = sum(1 for f in forwards if f.healthy)
+        if forwards and healthy == len(forwards):
+            return 0
+        return 1 if healthy else 2
+
+    def to_json(self, now: datetime | None = None) -> dict[str, Any]:
+        return {
+            "supervisor": {"pid": self.pid, "started": _iso(self.started), "config": self.config},
+            "tunnels": [t.to_json(now) for t in self.tunnels],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SupervisorStatus:
+        sup = data["supervisor"]
+        return cls(
+            pid=int(sup["pid"]), started=_dt(sup["started"]) or utcnow(), config=sup["config"],
+            tunnels=tuple(TunnelStatus.from_json(t) for t in data.get("tunnels", [])),
+        )
