@@ -1,0 +1,168 @@
+"""The control socket: a Unix-socket endpoint serving status snapshots, and its client.
+
+Protocol: one JSON request line (`{"cmd": "status"}`), one JSON reply line, then close. The
+socket is 0600 inside a 0700 folder, a peer of another uid is turned away (SO_PEERCRED), and an
+flock on `<socket>.lock` makes a second supervisor on the same socket fail fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .errors import AlreadyRunning, ControlError
+from .state import SupervisorStatus
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 4096
+REQUEST_TIMEOUT = 5.0
+
+
+class ControlServer:
+    """Serves `get_status()` on `path` while open. Use as `async with ControlServer(...)`."""
+
+    def __init__(self, path: Path, get_status: Callable[[], SupervisorStatus]) -> None:
+        self.path = path
+        self._get_status = get_status
+        self._server: asyncio.base_events.Server | None = None
+        self._lock_fd: int | None = None
+
+    async def __aenter__(self) -> ControlServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+        await self.wait_closed()
+
+    async def start(self) -> None:
+        """Take the lock and listen. Raises AlreadyRunning, or ControlError on a bad path."""
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ControlError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
+        self._lock_fd = _take_lock(self.path)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a stale socket left by a killed supervisor; the lock is ours
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._handle, path=str(self.path), limit=MAX_REQUEST
+            )
+        except OSError as exc:
+            self._release()
+            raise ControlError(f"cannot listen on {self.path}: {exc.strerror}") from exc
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        log.debug("control socket listening on %s", self.path)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._release()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if not _same_user(writer):
+                await _reply(writer, {"error": "permission denied"})
+                return
+            try:
+                line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+                request = json.loads(line)
+            except (ValueError, asyncio.LimitOverrunError, TimeoutError):
+                await _reply(writer, {"error": "bad request: send one JSON line"})
+                return
+            if not isinstance(request, dict) or request.get("cmd") != "status":
+                await _reply(writer, {"error": "unknown command; known: status"})
+                return
+            await _reply(writer, self._get_status().to_json())
+        except (ConnectionError, OSError):
+            pass  # the client went away mid-request; nothing to tell it
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+
+def _take_lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ControlError(f"cannot open {lock_path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            raise AlreadyRunning(
+                f"another tunnelkeeper supervisor is already running on {path}"
+            ) from None
+        raise ControlError(f"cannot lock {lock_path}: {exc.strerror}") from exc
+    return fd
+
+
+def _same_user(writer: asyncio.StreamWriter) -> bool:
+    sock = writer.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return True
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid in (os.getuid(), 0)
+
+
+async def _reply(writer: asyncio.StreamWriter, payload: dict[str, Any]) -> None:
+    writer.write(json.dumps(payload, separators=(",", ":")).encode() + b"\n")
+    await writer.drain()
+
+
+async def fetch_status(path: Path, timeout: float = 5.0) -> SupervisorStatus:
+    """Ask the supervisor on `path` for its status.
+
+    Raises ControlError when nobody answers there or the reply is not a status.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_unix_connection(str(path), limit=2**24)
+            try:
+                writer.write(b'{"cmd":"status"}\n')
+                await writer.drain()
+                line = await reader.readline()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
+        raise ControlError(f"no supervisor reachable on {path}: {reason}") from exc
+    try:
+        data = json.loads(line)
+        if "error" in data:
+            raise ControlError(f"supervisor on {path} refused: {data['error']}")
+        return SupervisorStatus.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ControlError(f"supervisor on {path} gave a reply that is not a status") from exc
