@@ -65,6 +65,19 @@ class ForwardStatus:
         """Up, and the last probe (if any) got through."""
         return self.state == "up" and (self.probe is None or self.probe.ok)
 
+    @property
+    def failing(self) -> bool:
+        """Up on the relay, yet the last probe did not get through."""
+        return self.state == "up" and self.probe is not None and not self.probe.ok
+
+    def reason(self) -> str | None:
+        """Why this forward is not healthy, for people; None when it is."""
+        if self.healthy:
+            return None
+        if self.failing and self.probe is not None:
+            return self.error or f"probe failed: {self.probe.detail}"
+        return self.error or self.state
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "service": self.service, "listen": self.listen,
@@ -151,6 +164,27 @@ class SupervisorStatus:
         if forwards and healthy == len(forwards):
             return 0
         return 1 if healthy else 2
+
+    def summary(self) -> str:
+        """One line for sd_notify STATUS= and log lines; changes only when health does."""
+        forwards = self.forwards
+        healthy = sum(1 for f in forwards if f.healthy)
+        up = sum(1 for t in self.tunnels if t.state == "up")
+        text = f"{healthy}/{len(forwards)} forwards healthy, {up}/{len(self.tunnels)} tunnels up"
+        problems: list[str] = []
+        for tunnel in self.tunnels:
+            if tunnel.state != "up":
+                kind = f" ({tunnel.error_kind})" if tunnel.error_kind else ""
+                problems.append(f"{tunnel.name} {tunnel.state}{kind}")
+                continue
+            for fwd in tunnel.forwards:
+                if not fwd.healthy:
+                    state = "failing" if fwd.failing else fwd.state
+                    problems.append(f"{tunnel.name}/{fwd.name} {state}")
+        if problems:
+            more = f" +{len(problems) - 3} more" if len(problems) > 3 else ""
+            text += "; " + ", ".join(problems[:3]) + more
+        return text
 
     def to_json(self, now: datetime | None = None) -> dict[str, Any]:
         return {
