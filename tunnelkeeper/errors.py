@@ -6,6 +6,8 @@
     ├── ControlError              the control socket: nobody answering, garbled reply
     │   └── AlreadyRunning        another supervisor holds the control socket
     ├── ProbeError                an end-to-end probe failed (the tunnel may still be up)
+    ├── TargetUnavailable         the local target refused a connection from the relay
+    ├── ChannelDenied             the relay forbids a channel we asked for (probe fallback)
     └── TunnelError               one connection to the relay failed or ended
         ├── HostKeyMismatch       host-key-mismatch: the relay's key is not the pinned one
         ├── HostKeyUnknown        host-key-unknown: nothing pinned under the strict policy
@@ -107,3 +109,11 @@ ERROR_KINDS: tuple[str, ...] = (
     "dns",
     "config",
 )
+
+
+class TargetUnavailable(TunnelkeeperError):
+    """The local target refused or did not answer a connection handed in from the relay."""
+
+
+class ChannelDenied(TunnelkeeperError):
+    """The relay forbids a channel we asked for (e.g. AllowTcpForwarding remote)."""

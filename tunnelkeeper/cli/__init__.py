@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         for verb in verbs:
             module = importlib.import_module(f".{verb}", __name__)
             module.register(subparsers)
-            lines.append(f"  {verb.replace('_', '-'):<18} {module.__doc__.strip().splitlines()[0]}")
+            lines.append(f"  {verb.replace('_', '-'):<18} {(module.__doc__ or '').strip().splitlines()[0]}")
     parser.epilog = "\n".join(lines)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser

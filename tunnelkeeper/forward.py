@@ -1,0 +1,190 @@
+"""The splice between one relay channel and one local TCP connection, with its counters.
+
+The channel side is duck-typed to asyncssh's SSHTCPSession (connection_made, data_received,
+eof_received, connection_lost, pause/resume_writing), so this module needs no asyncssh import.
+Flow control is end to end: a full local socket pauses the channel and a full channel window
+pauses the local socket, so a slow target never makes us buffer a whole message in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import Any, Protocol
+
+from .config import Endpoint
+from .errors import TargetUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class Channel(Protocol):
+    """What a splice needs of an SSH channel."""
+
+    def write(self, data: bytes) -> None: ...
+    def write_eof(self) -> None: ...
+    def close(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class ForwardCounters:
+    """Live counters of one forward; the tunnel reads them into frozen snapshots."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.total = 0
+        self.bytes_in = 0  # relay -> target
+        self.bytes_out = 0  # target -> relay
+        self.splices: set[Splice] = set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def opened(self, splice: Splice) -> None:
+        self.splices.add(splice)
+        self.active += 1
+        self.total += 1
+        self.idle.clear()
+
+    def closed(self, splice: Splice) -> None:
+        if splice in self.splices:
+            self.splices.discard(splice)
+            self.active -= 1
+            if not self.active:
+                self.idle.set()
+
+    def abort_all(self) -> None:
+        for splice in list(self.splices):
+            splice.abort()
+
+
+class _LocalSide(asyncio.Protocol):
+    """The TCP connection to the local target."""
+
+    def __init__(self, splice: Splice) -> None:
+        self._splice = splice
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self._splice.from_target(data)
+
+    def eof_received(self) -> bool:
+        self._splice.target_eof()
+        return True  # keep the write side open: half-close like OpenSSH does
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._splice.close()
+
+    def pause_writing(self) -> None:
+        self._splice.pause_channel()
+
+    def resume_writing(self) -> None:
+        self._splice.resume_channel()
+
+
+class Splice:
+    """One forwarded connection: relay channel <-> local target."""
+
+    def __init__(self, counters: ForwardCounters) -> None:
+        self._counters = counters
+        self._chan: Channel | None = None
+        self._local: asyncio.Transport | None = None
+        self._pending: list[bytes] = []  # target data that came before the channel opened
+        self._pending_eof = False
+        self._closed = False
+
+    async def connect_target(self, target: Endpoint, timeout: float) -> None:
+        """Open the local side. Raises TargetUnavailable."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport, _ = await loop.create_connection(
+                    lambda: _LocalSide(self), target.host, target.port
+                )
+        except (OSError, TimeoutError) as exc:
+            reason = getattr(exc, "strerror", None) or "no answer"
+            raise TargetUnavailable(f"target {target} unavailable: {reason}") from exc
+        self._local = transport
+        self._counters.opened(self)
+
+    # -- channel side (called by asyncssh) --------------------------------------------------
+
+    def connection_made(self, chan: Any) -> None:
+        self._chan = chan
+        for data in self._pending:
+            chan.write(data)
+        self._pending.clear()
+        if self._pending_eof:
+            chan.write_eof()
+
+    def session_started(self) -> None:
+        pass
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        self._counters.bytes_in += len(data)
+        if self._local is not None:
+            self._local.write(data)
+
+    def eof_received(self) -> bool:
+        if self._local is not None and self._local.can_write_eof():
+            self._local.write_eof()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+
+    def pause_writing(self) -> None:
+        if self._local is not None:
+            self._local.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._local is not None:
+            self._local.resume_reading()
+
+    # -- target side (called by _LocalSide) -------------------------------------------------
+
+    def from_target(self, data: bytes) -> None:
+        self._counters.bytes_out += len(data)
+        if self._chan is None:
+            self._pending.append(data)
+        else:
+            self._chan.write(data)
+
+    def target_eof(self) -> None:
+        if self._chan is None:
+            self._pending_eof = True
+        else:
+            self._chan.write_eof()
+
+    def pause_channel(self) -> None:
+        if self._chan is not None:
+            self._chan.pause_reading()
+
+    def resume_channel(self) -> None:
+        if self._chan is not None:
+            self._chan.resume_reading()
+
+    # -- both -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._local is not None:
+            self._local.close()
+        if self._chan is not None:
+            self._chan.close()
+        self._counters.closed(self)
+
+    def abort(self) -> None:
+        if self._local is not None:
+            self._local.abort()
+        self.close()

@@ -1,0 +1,129 @@
+"""End-to-end probes: smtp, dns and tcp checks sent through the relay and back.
+
+A probe opens a direct-tcpip channel on the tunnel's own connection to the forward's relay-side
+listen address; the relay connects to its own listener, which loops back through the reverse
+forward to the local target. So a probe that passes proves the whole path a sender would use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import dns.exception
+import dns.message
+import dns.rcode
+import dns.rdatatype
+
+from .config import Endpoint, Forward
+from .errors import ChannelDenied, ProbeError, TargetUnavailable, TunnelError
+from .ssh import Stream, StreamPair
+from .state import ProbeResult, utcnow
+
+Opener = Callable[[Endpoint, float], Awaitable[Stream]]
+MAX_LINE = 4096
+
+
+async def run_probe(forward: Forward, open_relay: Opener, timeout: float,
+                    via_local: bool = False) -> ProbeResult:
+    """Probe `forward` through the relay (or straight at the target when `via_local`).
+
+    Never raises for a failed probe: the result says what went wrong. Raises ChannelDenied
+    when the relay forbids the probe channel, so the caller can fall back to local probes.
+    """
+    started = time.monotonic()
+    via: Literal["relay", "local"] = "local" if via_local else "relay"
+    try:
+        async with asyncio.timeout(timeout):
+            stream = await (_open_local(forward.target) if via_local
+                            else open_relay(forward.listen, timeout))
+            try:
+                detail = await _CHECKS[forward.service](stream, forward)
+            finally:
+                stream.close()
+    except ChannelDenied:
+        raise
+    except TimeoutError:
+        return ProbeResult(False, None, utcnow(), f"no answer within {timeout:g}s", via)
+    except (ProbeError, TargetUnavailable, TunnelError) as exc:
+        return ProbeResult(False, None, utcnow(), str(exc), via)
+    except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
+        return ProbeResult(False, None, utcnow(), f"connection failed: {exc or 'closed'}", via)
+    latency = (time.monotonic() - started) * 1000
+    return ProbeResult(True, latency, utcnow(), detail, via)
+
+
+async def _check_tcp(stream: Stream, forward: Forward) -> str:
+    return "connected"
+
+
+async def _read_reply(stream: Stream) -> tuple[int, str]:
+    """One SMTP reply, possibly multi-line; returns (code, first line)."""
+    first = ""
+    for _ in range(100):
+        raw = await stream.readline()
+        if not raw:
+            raise ProbeError("connection closed before the SMTP reply" if not first
+                             else f"connection closed inside reply {first!r}")
+        line = raw[:MAX_LINE].decode("utf-8", "replace").rstrip("\r\n")
+        first = first or line
+        if len(line) < 3 or not line[:3].isdigit():
+            raise ProbeError(f"not an SMTP reply: {line[:80]!r}")
+        if len(line) == 3 or line[3] == " ":
+            return int(line[:3]), first
+    raise ProbeError("SMTP reply longer than 100 lines")
+
+
+async def _check_smtp(stream: Stream, forward: Forward) -> str:
+    code, greeting = await _read_reply(stream)
+    if code != 220:
+        raise ProbeError(f"greeting was {greeting!r}, not 220")
+    stream.write(b"EHLO tunnelkeeper.probe\r\n")
+    await stream.drain()
+    code, line = await _read_reply(stream)
+    if code != 250:
+        raise ProbeError(f"EHLO answered {line!r}")
+    stream.write(b"QUIT\r\n")
+    await stream.drain()
+    await _read_reply(stream)
+    return greeting
+
+
+async def _check_dns(stream: Stream, forward: Forward) -> str:
+    zone = forward.zones[0]
+    query = dns.message.make_query(zone, dns.rdatatype.SOA)
+    wire = query.to_wire()
+    stream.write(struct.pack("!H", len(wire)) + wire)
+    await stream.drain()
+    (length,) = struct.unpack("!H", await stream.readexactly(2))
+    try:
+        reply = dns.message.from_wire(await stream.readexactly(length))
+    except dns.exception.DNSException as exc:
+        raise ProbeError(f"unreadable DNS reply: {exc}") from exc
+    if reply.id != query.id:
+        raise ProbeError("DNS reply does not match the query")
+    rcode = reply.rcode()
+    if rcode != dns.rcode.NOERROR:
+        raise ProbeError(f"SOA {zone}: {dns.rcode.to_text(rcode)}")
+    for rrset in reply.answer:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            return f"{zone} SOA serial {rrset[0].serial}"
+    raise ProbeError(f"SOA {zone}: no SOA in the answer (not authoritative?)")
+
+
+_CHECKS: dict[str, Callable[[Stream, Forward], Awaitable[str]]] = {
+    "tcp": _check_tcp,
+    "smtp": _check_smtp,
+    "dns": _check_dns,
+}
+
+
+async def _open_local(target: Endpoint) -> Stream:
+    try:
+        reader, writer = await asyncio.open_connection(target.host, target.port)
+    except OSError as exc:
+        raise TargetUnavailable(f"target {target}: {exc.strerror or exc}") from exc
+    return StreamPair(reader, writer)

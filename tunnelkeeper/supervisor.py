@@ -1,0 +1,201 @@
+"""How tunnelkeeper lives: one keep-loop per tunnel in a TaskGroup, with backoff, reload on
+SIGHUP, and a graceful stop (close the relay listeners, drain, exit) on SIGTERM/SIGINT.
+
+    Supervisor.run(shutdown, reload)
+      ├── ControlServer             answers `tunnelkeeper status` with snapshots
+      └── TaskGroup
+          ├── _keep(tunnel) × N     run_once() → failed → Backoff.next_delay() → sleep → again
+          ├── _publish()            a fresh frozen SupervisorStatus every PUBLISH_PERIOD
+          ├── _reloads(reload)      SIGHUP: re-read the file, restart only changed tunnels
+          ├── services × M          sd_notify, metrics, alert hooks: readers of snapshots
+          └── (body)                waits for shutdown, drains, cancels the rest
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from . import config as config_mod
+from .backoff import Backoff
+from .config import Config
+from .control import ControlServer
+from .errors import ConfigError, TunnelkeeperError
+from .state import SupervisorStatus, utcnow
+from .tunnel import Connector, Tunnel
+
+log = logging.getLogger(__name__)
+
+PUBLISH_PERIOD = 0.25
+Service = Callable[["Supervisor"], Coroutine[Any, Any, None]]
+
+
+class Shutdown:
+    """All that signal handlers touch: the first request is graceful, the second forces."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.forced = asyncio.Event()
+
+    def request(self) -> None:
+        if self.requested.is_set():
+            self.forced.set()
+        self.requested.set()
+
+
+class Supervisor:
+    """Keeps every configured tunnel up until told to stop."""
+
+    def __init__(self, config: Config, *, connector: Connector | None = None,
+                 services: Sequence[Service] = ()) -> None:
+        self.config = config
+        self.pid = os.getpid()
+        self.started = utcnow()
+        self._connector = connector
+        self._services = services
+        self._tunnels: dict[str, Tunnel] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._published = self.snapshot()
+
+    # -- readers -----------------------------------------------------------------------------
+
+    def snapshot(self) -> SupervisorStatus:
+        """A fresh frozen status. Call from the event loop's thread only."""
+        return SupervisorStatus(
+            pid=self.pid, started=self.started, config=str(self.config.path),
+            tunnels=tuple(t.snapshot() for t in self._tunnels.values()),
+        )
+
+    def status(self) -> SupervisorStatus:
+        """The last published status; safe from any thread (rich's Live refreshes from its own)."""
+        return self._published
+
+    async def first_attempts_done(self) -> None:
+        """Return once every tunnel had its first connection attempt (for READY=1)."""
+        for tunnel in list(self._tunnels.values()):
+            await tunnel.attempted.wait()
+
+    # -- life --------------------------------------------------------------------------------
+
+    async def run(self, shutdown: Shutdown, reload: asyncio.Event | None = None) -> None:
+        """Run until `shutdown` is requested, then stop gracefully.
+
+        Raises AlreadyRunning/ControlError when the control socket cannot be taken.
+        """
+        async with ControlServer(self.config.control_socket, self.snapshot):
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                for cfg in self.config.tunnel:
+                    self._start(cfg)
+                helpers = [tg.create_task(self._publish())]
+                if reload is not None:
+                    helpers.append(tg.create_task(self._reloads(reload)))
+                helpers += [tg.create_task(service(self)) for service in self._services]
+                log.info("supervisor started (pid %d) with %d tunnel(s) from %s",
+                         self.pid, len(self._tunnels), self.config.path)
+                await shutdown.requested.wait()
+                log.info("stopping: closing relay listeners, draining up to %gs",
+                         self.config.supervisor.shutdown_grace)
+                await self._stop_tunnels(list(self._tunnels), shutdown.forced)
+                for task in helpers:
+                    task.cancel()
+            self._tg = None
+        log.info("supervisor stopped")
+
+    def reload(self, new: Config) -> None:
+        """Apply a re-read configuration: restart only tunnels whose settings changed."""
+        if new.control_socket != self.config.control_socket:
+            log.warning("reload: control_socket changes only take effect on restart")
+        old = {t.name: t for t in self.config.tunnel}
+        wanted = {t.name: t for t in new.tunnel}
+        changed = [n for n in old if n not in wanted or wanted[n] != old[n]]
+        added = [n for n in wanted if n not in old or n in changed]
+        self.config = new
+        _set_log_level(new.supervisor.log_level)
+        if not changed and not added:
+            log.info("reload: configuration unchanged")
+            return
+        log.info("reload: restarting %s; starting %s",
+                 ", ".join(changed) or "none", ", ".join(added) or "none")
+        assert self._tg is not None
+        stopping = self._tg.create_task(self._stop_tunnels(changed, asyncio.Event()))
+        self._tg.create_task(self._start_after(stopping, [wanted[n] for n in added]))
+
+    async def _start_after(self, stopping: asyncio.Task[None],
+                           tunnels: list[config_mod.Tunnel]) -> None:
+        await stopping  # a changed tunnel's new listener needs the old one gone first
+        for cfg in tunnels:
+            self._start(cfg)
+
+    def _start(self, cfg: config_mod.Tunnel) -> None:
+        assert self._tg is not None
+        tunnel = Tunnel(cfg) if self._connector is None else Tunnel(cfg, self._connector)
+        self._tunnels[cfg.name] = tunnel
+        self._tasks[cfg.name] = self._tg.create_task(self._keep(tunnel), name=cfg.name)
+
+    async def _stop_tunnels(self, names: list[str], forced: asyncio.Event) -> None:
+        """Drain the named tunnels together (until grace ends or `forced`), then end them."""
+        grace = self.config.supervisor.shutdown_grace
+        tunnels = [self._tunnels[n] for n in names if n in self._tunnels]
+        drains: asyncio.Future[Any] = asyncio.gather(*(t.drain(grace) for t in tunnels))
+        force: asyncio.Future[Any] = asyncio.ensure_future(forced.wait())
+        await asyncio.wait([drains, force], return_when=asyncio.FIRST_COMPLETED)
+        force.cancel()
+        if not drains.done():
+            log.warning("stop forced: closing open connections now")
+            drains.cancel()
+            for tunnel in tunnels:
+                for fwd in tunnel.forwards:
+                    fwd.counters.abort_all()
+        for name in names:
+            task = self._tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            if name in self._tunnels:
+                self._tunnels.pop(name).close()
+
+    async def _keep(self, tunnel: Tunnel) -> None:
+        """Keep one tunnel up forever: run a connection, back off, run the next."""
+        backoff = Backoff(tunnel.cfg)
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await tunnel.run_once()
+                raise RuntimeError("Tunnel.run_once() returned without an error")  # a bug
+            except TunnelkeeperError as exc:
+                error = exc
+            up_for = None if tunnel.connected_at is None else loop.time() - tunnel.connected_at
+            backoff.connection_ended(up_for)
+            delay = 0.0 if tunnel.spare_ready else backoff.next_delay(error)
+            tunnel.failed(error, delay)
+            log.log(logging.WARNING if delay else logging.INFO,
+                    "tunnel %s: %s [%s]; next attempt in %.1fs (attempt %d, %.1fs since start)",
+                    tunnel.name, error, error.error_kind, delay, backoff.failures,
+                    loop.time() - started)
+            await asyncio.sleep(delay)
+
+    async def _publish(self) -> None:
+        while True:
+            self._published = self.snapshot()
+            await asyncio.sleep(PUBLISH_PERIOD)
+
+    async def _reloads(self, reload: asyncio.Event) -> None:
+        while True:
+            await reload.wait()
+            reload.clear()
+            try:
+                new = config_mod.load(self.config.path)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running configuration: %s", exc)
+                continue
+            self.reload(new)
+
+
+def _set_log_level(level: str) -> None:
+    logging.getLogger("tunnelkeeper").setLevel(level.upper())
