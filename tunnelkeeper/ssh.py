@@ -7,7 +7,7 @@ import asyncio
 import logging
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -412,3 +412,13 @@ def _lost_reason(exc: Exception | None, where: str = "") -> TunnelError:
     if isinstance(exc, asyncssh.DisconnectError):
         return Disconnected(f"{prefix}{exc.reason or text}")
     return Disconnected(f"{prefix}{text}")
+
+
+def preflight(tunnels: Sequence[Tunnel]) -> None:
+    """What `run` and `check` refuse at start (exit 2): unusable keys, unpinned strict relays.
+
+    Raises KeyFileError naming the file.
+    """
+    for tunnel in tunnels:
+        load_identity(tunnel.identity)
+        check_known_hosts(tunnel.known_hosts, tunnel.host_key_policy)

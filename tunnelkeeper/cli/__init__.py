@@ -1,8 +1,8 @@
 """Command line: one module per verb, each a thin shell over the library.
 
 Each verb module has `register(subparsers) -> None`, which adds its parser and sets `func` to a
-`run(args) -> int`. Only the verb that runs is imported past argparse, so `--help` and the
-generators start without asyncssh or rich.
+`run(args) -> int`. Only the verb being run is imported, so `--help` and the generators start
+without loading asyncssh or rich.
 """
 
 from __future__ import annotations
@@ -15,41 +15,53 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import ConfigError, TunnelkeeperError
 
-SUPERVISOR_VERBS = ("run", "status", "check", "demo", "keygen")
-RELAY_VERBS = (
-    "mailertable",
-    "sendmail_mailer",
-    "transport",
-    "named_conf",
-    "mx_records",
-    "authorized_keys",
-    "sshd_config",
-    "relay_kit",
-)
-
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
+# SPEC §3's two groups, with each verb's one-line help.
+GROUPS: dict[str, dict[str, str]] = {
+    "Supervisor": {
+        "run": "run the supervisor in the foreground (dashboard on a terminal)",
+        "status": "ask the running supervisor how its tunnels are",
+        "check": "one-shot: connect, verify, authenticate, try each forward and probe",
+        "demo": "everything on this machine: embedded relay, mail flowing, recovery",
+        "keygen": "make the RSA key pair for the relay account",
+    },
+    "Relay configuration": {
+        "mailertable": "sendmail mailertable lines for the smtp forwards' domains",
+        "sendmail-mailer": "the sendmail mailer(s) those lines name (cf M lines or --m4)",
+        "transport": "Postfix transport(5) lines for the same domains",
+        "named-conf": "BIND secondary-zone stanzas pulling through the dns forwards",
+        "mx-records": "zone-file MX records: internal host at 0, relay at 10",
+        "authorized-keys": "the relay account's locked-down authorized_keys line",
+        "sshd-config": "a Match User block for the relay's sshd_config",
+        "relay-kit": "all of the above as files, with a README for the relay admin",
+    },
+}
+VERBS = {verb: help_ for group in GROUPS.values() for verb, help_ in group.items()}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `verb`'s module is imported to add its full arguments."""
+    epilog = "\n".join(
+        f"{title}:\n" + "\n".join(f"  {v:<17} {h}" for v, h in verbs.items())
+        for title, verbs in GROUPS.items()
+    )
     parser = argparse.ArgumentParser(
         prog="tunnelkeeper",
         description="Keeps reverse SSH tunnels for mail and DNS open through a relay, "
         "and writes the relay admin's configuration.",
+        epilog=epilog + "\n\n'tunnelkeeper COMMAND --help' describes a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tunnelkeeper {__version__}")
-    # argparse has no sub-command groups: verbs register without help= (so argparse lists none)
-    # and the epilog lists them in SPEC §3's two groups.
+    # No help= per verb: argparse then lists none itself, and the epilog shows the groups.
     subparsers = parser.add_subparsers(metavar="COMMAND", dest="command")
-    sections = [("Supervisor", SUPERVISOR_VERBS), ("Relay configuration", RELAY_VERBS)]
-    lines = []
-    for title, verbs in sections:
-        lines.append(f"{title}:")
-        for verb in verbs:
-            module = importlib.import_module(f".{verb}", __name__)
+    for name in VERBS:
+        if name == verb:
+            module = importlib.import_module(f".{name.replace('-', '_')}", __name__)
             module.register(subparsers)
-            lines.append(f"  {verb.replace('_', '-'):<18} {(module.__doc__ or '').strip().splitlines()[0]}")
-    parser.epilog = "\n".join(lines)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        else:
+            subparsers.add_parser(name)
     return parser
 
 
@@ -63,14 +75,22 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _verb_in(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in VERBS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_verb_in(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
     if not args.command:
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
         return int(args.func(args))
