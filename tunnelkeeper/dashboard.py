@@ -372,6 +372,8 @@ class LogBuffer(logging.Handler):
 
     def __init__(self, capacity: int = 200, level: int = logging.NOTSET) -> None:
         super().__init__(level)
+        # The panel is narrow and the date is today: the time of day is enough.
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         self._lines: deque[tuple[int, str]] = deque(maxlen=capacity)
         self._guard = threading.Lock()
 
@@ -396,11 +398,9 @@ class LogBuffer(logging.Handler):
 def logs_into(buffer: LogBuffer, logger: logging.Logger | None = None) -> Iterator[LogBuffer]:
     """While open, send `logger`'s records (the root logger by default) to `buffer` instead of
     its handlers that write to a terminal, so log lines land in the panel and not over the table.
-    Handlers writing to files stay. The buffer takes the first diverted handler's formatter."""
+    Handlers writing to files stay."""
     logger = logger or logging.getLogger()
     diverted = [h for h in logger.handlers if _writes_to_terminal(h)]
-    if buffer.formatter is None and diverted:
-        buffer.setFormatter(diverted[0].formatter)
     for handler in diverted:
         logger.removeHandler(handler)
     logger.addHandler(buffer)

@@ -1,0 +1,156 @@
+"""Alert hook: `on_down` when a forward stays down past `alert_after`, `on_up` when it recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from .config import SupervisorSettings
+from .state import ForwardStatus, SupervisorStatus, TunnelStatus
+
+log = logging.getLogger(__name__)
+
+HOOK_TIMEOUT = 30.0
+# The hook is not the service: systemd must not take its datagrams for ours.
+_PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+@dataclass
+class _Track:
+    down_since: float  # loop time when this forward was first seen unhealthy
+    alerted: bool = False
+
+
+async def watch(
+    settings: SupervisorSettings,
+    get_status: Callable[[], SupervisorStatus],
+    poll: float = 1.0,
+    *,
+    hook_timeout: float = HOOK_TIMEOUT,
+) -> None:
+    """Watch the snapshots until cancelled and run the hooks; returns at once when neither
+    `on_down` nor `on_up` is set. Hooks run in the background with a time limit, in order per
+    forward; their failures are logged, never raised. Hooks still running when this is
+    cancelled are killed."""
+    if not settings.on_down and not settings.on_up:
+        return
+    loop = asyncio.get_running_loop()
+    tracks: dict[tuple[str, str], _Track] = {}
+    hooks = _Hooks(hook_timeout)
+    try:
+        while True:
+            now = loop.time()
+            seen = set()
+            for tunnel in get_status().tunnels:
+                for fwd in tunnel.forwards:
+                    key = (tunnel.name, fwd.name)
+                    seen.add(key)
+                    track = tracks.get(key)
+                    if not fwd.healthy:
+                        if track is None:
+                            track = tracks[key] = _Track(down_since=now)
+                        if not track.alerted and now - track.down_since >= settings.alert_after:
+                            track.alerted = True
+                            hooks.fire(settings.on_down, "down", tunnel, fwd)
+                    elif track is not None:
+                        del tracks[key]
+                        if track.alerted:
+                            hooks.fire(settings.on_up, "up", tunnel, fwd)
+            for key in tracks.keys() - seen:
+                # Removed by a reload: we cannot say it recovered, so no "up" for it.
+                if tracks.pop(key).alerted:
+                    log.info("%s/%s left the configuration while down; no on_up sent", *key)
+            await asyncio.sleep(poll)
+    finally:
+        await hooks.cancel()
+
+
+class _Hooks:
+    """Hook processes in flight; those of one forward run one after another."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def fire(
+        self, argv: tuple[str, ...], event: str, tunnel: TunnelStatus, fwd: ForwardStatus
+    ) -> None:
+        error, kind = _reason(tunnel, fwd)
+        log.warning(
+            "%s/%s %s%s",
+            tunnel.name,
+            fwd.name,
+            "down" if event == "down" else "recovered",
+            f": {error}" if event == "down" and error else "",
+        )
+        if not argv:
+            return
+        env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+        env.update(
+            TUNNELKEEPER_EVENT=event,
+            TUNNELKEEPER_TUNNEL=tunnel.name,
+            TUNNELKEEPER_FORWARD=fwd.name,
+            TUNNELKEEPER_SERVICE=fwd.service,
+            TUNNELKEEPER_ERROR=error,
+            TUNNELKEEPER_ERROR_KIND=kind,
+        )
+        lock = self._locks.setdefault((tunnel.name, fwd.name), asyncio.Lock())
+        task = asyncio.create_task(self._run(argv, env, lock, f"on_{event}"))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(
+        self, argv: tuple[str, ...], env: Mapping[str, str], lock: asyncio.Lock, what: str
+    ) -> None:
+        async with lock:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    env=dict(env),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,  # a Ctrl-C on our terminal is not meant for it
+                )
+            except OSError as exc:
+                log.error("%s hook %s could not start: %s", what, argv[0], exc)
+                return
+            try:
+                async with asyncio.timeout(self.timeout):
+                    output, _ = await proc.communicate()
+            except TimeoutError:
+                log.error("%s hook %s took over %g s; killed", what, argv[0], self.timeout)
+                return
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    with contextlib.suppress(ProcessLookupError):
+                        await proc.wait()
+            text = output.decode(errors="replace").strip()
+            if proc.returncode:
+                last = text.splitlines()[-1] if text else "no output"
+                log.error("%s hook %s exited %d: %s", what, argv[0], proc.returncode, last)
+            else:
+                log.debug("%s hook %s done%s", what, argv[0], f": {text}" if text else "")
+
+    async def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _reason(tunnel: TunnelStatus, fwd: ForwardStatus) -> tuple[str, str]:
+    """What went wrong and its kind: the SPEC §4 error_kind, or `probe-failed`."""
+    if fwd.failing and fwd.probe is not None:
+        return fwd.error or fwd.probe.detail, "probe-failed"
+    if fwd.state == "refused":
+        return fwd.error or "the relay refused the listen", "forward-refused"
+    if tunnel.state != "up":
+        return tunnel.last_error or f"tunnel {tunnel.state}", tunnel.error_kind or ""
+    return fwd.reason() or "", tunnel.error_kind or ""

@@ -1,0 +1,142 @@
+"""Prometheus metrics, read from the status snapshot at scrape time; off unless metrics_listen."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from .config import Endpoint
+from .errors import ConfigError, TunnelkeeperError
+from .state import SupervisorStatus
+
+if TYPE_CHECKING:  # prometheus-client is an optional dependency, imported when serving
+    from prometheus_client.metrics_core import Metric
+
+log = logging.getLogger(__name__)
+
+TUNNEL_STATES = ("connecting", "up", "backoff", "stopped")
+
+
+class StatusCollector:
+    """A prometheus-client collector: every scrape reads one frozen snapshot. `collect()` runs
+    on the HTTP server's thread, so `get_status` must only hand back the current snapshot."""
+
+    def __init__(self, get_status: Callable[[], SupervisorStatus]) -> None:
+        self._get_status = get_status
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        status = self._get_status()
+        start = GaugeMetricFamily(
+            "tunnelkeeper_start_time_seconds", "When the supervisor started, in Unix time"
+        )
+        start.add_metric([], status.started.timestamp())
+        yield start
+
+        tl = ["tunnel"]
+        up = GaugeMetricFamily(
+            "tunnelkeeper_tunnel_up", "1 when the SSH connection is up", labels=tl
+        )
+        state = GaugeMetricFamily(
+            "tunnelkeeper_tunnel_state", "1 for the tunnel's current state", labels=[*tl, "state"]
+        )
+        connects = CounterMetricFamily(
+            "tunnelkeeper_tunnel_connects", "Successful connections to the relay", labels=tl
+        )
+        reconnects = CounterMetricFamily(
+            "tunnelkeeper_tunnel_reconnects", "Connections to the relay after the first", labels=tl
+        )
+        retry = GaugeMetricFamily(
+            "tunnelkeeper_tunnel_next_retry_seconds", "Seconds until the next attempt", labels=tl
+        )
+        for tunnel in status.tunnels:
+            up.add_metric([tunnel.name], 1.0 if tunnel.state == "up" else 0.0)
+            for name in TUNNEL_STATES:
+                state.add_metric([tunnel.name, name], 1.0 if tunnel.state == name else 0.0)
+            connects.add_metric([tunnel.name], tunnel.connects)
+            reconnects.add_metric([tunnel.name], max(tunnel.connects - 1, 0))
+            seconds = tunnel.next_retry_in()
+            if seconds is not None:
+                retry.add_metric([tunnel.name], seconds)
+        yield from (up, state, connects, reconnects, retry)
+
+        fl = ["tunnel", "forward", "service"]
+        pl = [*fl, "via"]
+        fwd_up = GaugeMetricFamily(
+            "tunnelkeeper_forward_up",
+            "1 when the forward is up and its last probe (if any) got through",
+            labels=fl,
+        )
+        probe_ok = GaugeMetricFamily(
+            "tunnelkeeper_probe_ok", "1 when the last end-to-end probe got through", labels=pl
+        )
+        latency = GaugeMetricFamily(
+            "tunnelkeeper_probe_latency_seconds", "How long the last probe took", labels=pl
+        )
+        probe_at = GaugeMetricFamily(
+            "tunnelkeeper_probe_timestamp_seconds",
+            "When the last probe ran, in Unix time",
+            labels=pl,
+        )
+        active = GaugeMetricFamily(
+            "tunnelkeeper_forward_connections_active", "Forwarded connections open now", labels=fl
+        )
+        total = CounterMetricFamily(
+            "tunnelkeeper_forward_connections", "Forwarded connections accepted", labels=fl
+        )
+        bytes_in = CounterMetricFamily(
+            "tunnelkeeper_forward_bytes_in", "Bytes from the relay to the local target", labels=fl
+        )
+        bytes_out = CounterMetricFamily(
+            "tunnelkeeper_forward_bytes_out", "Bytes from the local target to the relay", labels=fl
+        )
+        for tunnel in status.tunnels:
+            for fwd in tunnel.forwards:
+                values = [tunnel.name, fwd.name, fwd.service]
+                fwd_up.add_metric(values, 1.0 if fwd.healthy else 0.0)
+                active.add_metric(values, fwd.connections_active)
+                total.add_metric(values, fwd.connections_total)
+                bytes_in.add_metric(values, fwd.bytes_in)
+                bytes_out.add_metric(values, fwd.bytes_out)
+                probe = fwd.probe
+                if probe is None:
+                    continue  # no sample rather than a fake 0 before the first probe
+                probe_values = [*values, probe.via]
+                probe_ok.add_metric(probe_values, 1.0 if probe.ok else 0.0)
+                probe_at.add_metric(probe_values, probe.at.timestamp())
+                if probe.latency_ms is not None:
+                    latency.add_metric(probe_values, probe.latency_ms / 1000)
+        yield from (fwd_up, probe_ok, latency, probe_at, active, total, bytes_in, bytes_out)
+
+
+async def serve(listen: Endpoint, get_status: Callable[[], SupervisorStatus]) -> None:
+    """Serve /metrics on `listen` until cancelled.
+
+    Raises ConfigError when prometheus-client is not installed, and TunnelkeeperError when
+    `listen` cannot be bound (both before serving anything).
+    """
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+    except ImportError:
+        raise ConfigError(
+            "is set, but prometheus-client is not installed (pip install 'tunnelkeeper[metrics]')",
+            key="supervisor.metrics_listen",
+        ) from None
+    # A registry of our own: the default one would add this process's Python internals.
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(get_status))
+    try:
+        server, thread = start_http_server(listen.port, addr=listen.host, registry=registry)
+    except OSError as exc:
+        raise TunnelkeeperError(f"metrics: cannot listen on {listen}: {exc.strerror}") from exc
+    log.info("metrics on http://%s/metrics", listen)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        # shutdown() waits for the serving thread's next poll (up to half a second).
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()
+        thread.join(timeout=5)
