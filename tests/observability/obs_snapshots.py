@@ -1,0 +1,134 @@
+"""Synthetic status snapshots with a fixed clock, shared by the observability tests and helpers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from tunnelkeeper.state import ForwardStatus, ProbeResult, SupervisorStatus, TunnelStatus
+
+NOW = datetime(2026, 11, 24, 20, 3, 7, tzinfo=UTC)
+STARTED = datetime(2026, 11, 24, 18, 0, 0, tzinfo=UTC)
+CONFIG = "/etc/tunnelkeeper/tunnelkeeper.toml"
+
+
+def _at(hh: int, mm: int, ss: int) -> datetime:
+    return datetime(2026, 11, 24, hh, mm, ss, tzinfo=UTC)
+
+
+SMTP_OK = ForwardStatus(
+    name="smtp",
+    service="smtp",
+    listen="127.0.0.1:2525",
+    target="127.0.0.1:25",
+    state="up",
+    connections_active=1,
+    connections_total=37,
+    bytes_in=1_234_567,
+    bytes_out=45_678,
+    probe=ProbeResult(
+        ok=True, latency_ms=4.21, at=_at(20, 2, 40), detail="220 mail.example.org ESMTP"
+    ),
+    since=_at(19, 12, 0),
+)
+
+DNS_OK = ForwardStatus(
+    name="dns",
+    service="dns",
+    listen="127.0.0.1:5353",
+    target="127.0.0.1:53",
+    state="up",
+    connections_active=0,
+    connections_total=12,
+    bytes_in=3_456,
+    bytes_out=98_765,
+    probe=ProbeResult(ok=True, latency_ms=2.5, at=_at(20, 2, 50), detail="serial 2026112401"),
+    since=_at(19, 12, 0),
+)
+
+# Up on the relay, but the probe (which fell back to the local target) gets no answer.
+DNS_FAILING = replace(
+    DNS_OK,
+    probe=ProbeResult(
+        ok=False,
+        latency_ms=10_000.0,
+        at=_at(20, 2, 50),
+        detail="no answer from 127.0.0.1:53 within 10 s",
+        via="local",
+    ),
+)
+
+SUBMISSION_REFUSED = ForwardStatus(
+    name="submission",
+    service="tcp",
+    listen="127.0.0.1:5870",
+    target="127.0.0.1:587",
+    state="refused",
+    error="relay refused listen on 127.0.0.1:5870 (held by a stale session?); retrying every 2 s",
+)
+
+RELAY1_UP = TunnelStatus(
+    name="relay1",
+    relay="tunnel@relay.example.net:22",
+    state="up",
+    since=_at(19, 11, 58),
+    connects=3,
+    cipher="aes256-gcm@openssh.com",
+    standby="ready",
+    forwards=(SMTP_OK, DNS_OK),
+)
+
+RELAY2_BACKOFF = TunnelStatus(
+    name="relay2",
+    relay="tunnel@mx2.example.com:2222",
+    state="backoff",
+    connects=0,
+    next_retry_at=NOW + timedelta(seconds=12.3),
+    error_kind="connect-refused",
+    last_error="connect to mx2.example.com:2222: Connection refused",
+    forwards=(
+        ForwardStatus(
+            name="smtp",
+            service="smtp",
+            listen="127.0.0.1:2525",
+            target="127.0.0.1:25",
+            state="pending",
+        ),
+    ),
+)
+
+
+def healthy() -> SupervisorStatus:
+    """Every forward up and probed: exit code 0."""
+    return SupervisorStatus(pid=4242, started=STARTED, config=CONFIG, tunnels=(RELAY1_UP,))
+
+
+def mixed() -> SupervisorStatus:
+    """Some forwards healthy, one failing its probe, one refused, a tunnel in backoff: exit 1."""
+    relay1 = replace(RELAY1_UP, forwards=(SMTP_OK, DNS_FAILING, SUBMISSION_REFUSED))
+    return SupervisorStatus(
+        pid=4242, started=STARTED, config=CONFIG, tunnels=(relay1, RELAY2_BACKOFF)
+    )
+
+
+def down() -> SupervisorStatus:
+    """No forward healthy: exit code 2."""
+    return SupervisorStatus(pid=4242, started=STARTED, config=CONFIG, tunnels=(RELAY2_BACKOFF,))
+
+
+def smtp_failing() -> SupervisorStatus:
+    """The internal SMTP server stopped: the tunnel is up, the smtp probe fails. Exit 1."""
+    smtp = replace(
+        SMTP_OK,
+        probe=ProbeResult(
+            ok=False,
+            latency_ms=None,
+            at=_at(20, 3, 0),
+            detail="connection to 127.0.0.1:25 refused behind the relay",
+        ),
+    )
+    relay1 = replace(RELAY1_UP, forwards=(smtp, DNS_OK))
+    return SupervisorStatus(pid=4242, started=STARTED, config=CONFIG, tunnels=(relay1,))
+
+
+SNAPSHOTS = {"healthy": healthy, "mixed": mixed, "down": down, "smtp_failing": smtp_failing}

@@ -1,0 +1,124 @@
+"""SPEC §4 as a floor: every field of `status --json`, its type and its enumeration."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunnelkeeper.cli import main
+from tunnelkeeper.errors import ERROR_KINDS
+from tunnelkeeper.state import SupervisorStatus
+
+from .conftest import ThreadedControlServer
+from .obs_snapshots import NOW, SNAPSHOTS, mixed
+
+TUNNEL_STATES = {"connecting", "up", "backoff", "stopped"}
+FORWARD_STATES = {"up", "pending", "refused", "down"}
+SPEC_ERROR_KINDS = {
+    "host-key-mismatch", "host-key-unknown", "auth-failed", "connect-refused", "timeout",
+    "keepalive-timeout", "disconnected", "forward-refused", "dns", "config",
+}  # fmt: skip
+ISO = str  # an ISO 8601 timestamp with its offset; checked by _is_iso
+
+
+def _is_iso(value: object) -> bool:
+    from datetime import datetime
+
+    return isinstance(value, str) and datetime.fromisoformat(value).tzinfo is not None
+
+
+def check_schema(doc: dict[str, Any]) -> None:
+    """Fail unless `doc` has every field SPEC §4 names, with the right types and values."""
+    assert {"supervisor", "tunnels"} <= doc.keys()
+    sup = doc["supervisor"]
+    assert {"pid", "started", "config"} <= sup.keys()
+    assert isinstance(sup["pid"], int) and not isinstance(sup["pid"], bool)
+    assert _is_iso(sup["started"]) and isinstance(sup["config"], str)
+    assert isinstance(doc["tunnels"], list)
+    for tunnel in doc["tunnels"]:
+        assert {
+            "name", "relay", "state", "since", "connects", "next_retry_in", "error_kind",
+            "last_error", "forwards",
+        } <= tunnel.keys()  # fmt: skip
+        assert isinstance(tunnel["name"], str) and isinstance(tunnel["relay"], str)
+        assert tunnel["state"] in TUNNEL_STATES
+        assert tunnel["since"] is None or _is_iso(tunnel["since"])
+        assert isinstance(tunnel["connects"], int)
+        assert tunnel["next_retry_in"] is None or isinstance(tunnel["next_retry_in"], int | float)
+        assert tunnel["error_kind"] is None or tunnel["error_kind"] in SPEC_ERROR_KINDS
+        assert tunnel["last_error"] is None or isinstance(tunnel["last_error"], str)
+        assert isinstance(tunnel["forwards"], list)
+        for fwd in tunnel["forwards"]:
+            assert {
+                "name", "service", "listen", "target", "state", "connections_active",
+                "connections_total", "bytes_in", "bytes_out", "probe",
+            } <= fwd.keys()  # fmt: skip
+            for key in ("name", "listen", "target"):
+                assert isinstance(fwd[key], str)
+            assert fwd["service"] in {"smtp", "dns", "tcp"}
+            assert fwd["state"] in FORWARD_STATES
+            for key in ("connections_active", "connections_total", "bytes_in", "bytes_out"):
+                assert isinstance(fwd[key], int) and fwd[key] >= 0
+            probe = fwd["probe"]
+            if probe is not None:
+                assert {"ok", "latency_ms", "at", "detail"} <= probe.keys()
+                assert isinstance(probe["ok"], bool)
+                assert probe["latency_ms"] is None or isinstance(probe["latency_ms"], int | float)
+                assert _is_iso(probe["at"]) and isinstance(probe["detail"], str)
+
+
+def test_error_kinds_are_the_spec_ones() -> None:
+    assert set(ERROR_KINDS) >= SPEC_ERROR_KINDS
+
+
+@pytest.mark.parametrize("snapshot", sorted(SNAPSHOTS))
+def test_snapshot_json_meets_the_spec(snapshot: str) -> None:
+    doc = json.loads(json.dumps(SNAPSHOTS[snapshot]().to_json(NOW)))
+    check_schema(doc)
+
+
+def test_json_round_trips() -> None:
+    status = mixed()
+    doc = status.to_json(NOW)
+    again = SupervisorStatus.from_json(doc)
+    assert again.to_json(NOW)["tunnels"][0] == doc["tunnels"][0]
+    assert doc["tunnels"][1]["next_retry_in"] == 12.3
+    assert again.exit_code() == status.exit_code() == 1
+
+
+def test_spec_example_parses() -> None:
+    example = json.loads(
+        """{"supervisor": {"pid": 4242, "started": "2026-11-24T18:00:00+00:00",
+        "config": "/path/tunnelkeeper.toml"},
+        "tunnels": [{"name": "relay1", "relay": "tunnel@relay.example.net:22", "state": "up",
+        "since": "2026-11-24T18:00:01+00:00", "connects": 1, "next_retry_in": null,
+        "error_kind": null, "last_error": null,
+        "forwards": [{"name": "smtp", "service": "smtp", "listen": "127.0.0.1:2525",
+        "target": "127.0.0.1:25", "state": "up", "connections_active": 0,
+        "connections_total": 3, "bytes_in": 1234, "bytes_out": 567,
+        "probe": {"ok": true, "latency_ms": 4.2, "at": "2026-11-24T18:00:31+00:00",
+        "detail": "220 mail.example.org ESMTP"}}]}]}"""
+    )
+    check_schema(example)
+    status = SupervisorStatus.from_json(example)
+    assert status.exit_code() == 0
+    check_schema(status.to_json())
+
+
+def test_status_json_through_the_cli(
+    control_server: ThreadedControlServer,
+    config_for: Callable[[Path], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    control_server.status = mixed()
+    cfg = config_for(control_server.path)
+    assert main(["status", "-c", str(cfg), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    check_schema(doc)
+    assert doc["supervisor"]["pid"] == 4242
+    assert [t["name"] for t in doc["tunnels"]] == ["relay1", "relay2"]
+    assert doc["tunnels"][0]["forwards"][1]["probe"]["via"] == "local"
