@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from . import add_config_option
+from ..config import find_config, load
+from ..relaykit.mailertable import mailertable
+from . import EXIT_OK, add_config_option
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -15,4 +18,5 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError  # relay kit: see issue 4
+    sys.stdout.write(mailertable(load(find_config(args.config)), args.tunnel))
+    return EXIT_OK

@@ -1,0 +1,31 @@
+"""Zone-file MX lines: internal host at 0, relay at 10."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import find_config, load
+from ..relaykit.mx import mx_records
+from . import EXIT_OK, add_config_option
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "mx-records",
+        description="Zone-file MX lines for every smtp forward's domains: the internal host at "
+        "preference 0, the relay at 10, every name absolute.",
+    )
+    add_config_option(parser)
+    parser.add_argument(
+        "--internal-host", metavar="NAME", required=True, help="the internal mail host's name"
+    )
+    parser.add_argument("--relay-host", metavar="NAME", required=True, help="the relay's name")
+    parser.add_argument("--tunnel", metavar="NAME", help="only this tunnel's forwards")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load(find_config(args.config))
+    sys.stdout.write(mx_records(config, args.internal_host, args.relay_host, args.tunnel))
+    return EXIT_OK

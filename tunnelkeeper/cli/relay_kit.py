@@ -1,0 +1,38 @@
+"""All relay files and a README, into a folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import find_config, load
+from ..relaykit.kit import relay_kit, write_kit
+from . import EXIT_OK, add_config_option
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "relay-kit",
+        description="Write every file the relay's admin needs, one each, with a README that "
+        "says where each goes and how to test it.",
+    )
+    add_config_option(parser)
+    parser.add_argument("--out", metavar="DIR", required=True, type=Path, help="folder to write")
+    parser.add_argument("--tunnel", metavar="NAME", help="only this tunnel")
+    parser.add_argument(
+        "--internal-host", metavar="NAME", help="also write MX records with this internal host"
+    )
+    parser.add_argument(
+        "--relay-host", metavar="NAME", help="the relay's MX name (default: its SSH host)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load(find_config(args.config))
+    files = relay_kit(
+        config, args.tunnel, internal_host=args.internal_host, relay_host=args.relay_host
+    )
+    for path in write_kit(files, args.out):
+        print(path)
+    return EXIT_OK

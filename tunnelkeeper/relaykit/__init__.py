@@ -1,0 +1,1 @@
+"""The relay kit: pure functions from the config to the relay admin's files, one module each."""

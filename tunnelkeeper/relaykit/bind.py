@@ -1,0 +1,79 @@
+"""BIND secondary-zone stanzas that pull each dns forward's zones through the tunnel."""
+
+from __future__ import annotations
+
+from ..config import Config, Forward, Tunnel
+from ..errors import ConfigError
+from .common import forwards_of, is_ip, origin
+
+
+def zone_file(zone: str) -> str:
+    """Where the secondary keeps its copy, relative to named's `directory` (writable by named)."""
+    return f"tunnelkeeper-{zone}.db"
+
+
+def _zones(config: Config, tunnel: str | None) -> list[tuple[str, Tunnel, Forward]]:
+    seen: dict[str, tuple[str, Tunnel, Forward]] = {}
+    for tun, forward in forwards_of(config, "dns", tunnel):
+        if not is_ip(forward.listen.host):
+            raise ConfigError(
+                f"named needs an address to pull from, not {forward.listen.host!r}",
+                path=str(config.path),
+                key=_key(config, tun, forward),
+            )
+        for zone in forward.zones:
+            first = seen.get(zone)
+            if first is None:
+                seen[zone] = (zone, tun, forward)
+            elif first[2].listen != forward.listen:
+                raise ConfigError(
+                    f"zone {zone!r} is pulled through {first[1].name}/{first[2].name} and "
+                    f"{tun.name}/{forward.name}; one relay can pull it only one way: give "
+                    "--tunnel NAME",
+                    path=str(config.path),
+                )
+    if not seen:
+        raise ConfigError(
+            "no dns forward with 'zones' in this configuration: nothing to serve",
+            path=str(config.path),
+        )
+    return list(seen.values())
+
+
+def _key(config: Config, tunnel: Tunnel, forward: Forward) -> str:
+    return f"tunnel[{config.tunnel.index(tunnel)}].forward[{tunnel.forward.index(forward)}].listen"
+
+
+def named_conf(config: Config, tunnel: str | None = None, *, legacy: bool = False) -> str:
+    """named.conf text: one `server … { tcp-only yes; }` per primary address, a zone per zone.
+
+    `legacy` writes `type slave`/`masters` for BIND before 9.16.
+    """
+    zones = _zones(config, tunnel)
+    kind, primaries = ("slave", "masters") if legacy else ("secondary", "primaries")
+    lines = [
+        "// BIND secondary zones written by tunnelkeeper: each zone is pulled from the",
+        "// internal primary through the SSH tunnel, whose relay end listens on the address",
+        "// and port below. NOTIFY is UDP and does not travel the tunnel: changes arrive when",
+        "// the SOA refresh timer fires (or at once with `rndc refresh ZONE`). The internal",
+        "// primary sees the transfers come from 127.0.0.1 and must allow them",
+        "// (allow-transfer, better with a TSIG key).",
+        "",
+        "// The tunnel carries TCP only, and named sends its SOA refresh queries over UDP unless",
+        "// told otherwise. A server statement may appear once per address: merge these into an",
+        "// existing one." + (" (tcp-only needs BIND 9.11 or later.)" if legacy else ""),
+    ]
+    addresses = list(dict.fromkeys(forward.listen.host for _, _, forward in zones))
+    for address in addresses:
+        lines += [f"server {address} {{", "\ttcp-only yes;", "};"]
+    for zone, tun, forward in zones:
+        lines += [
+            "",
+            f"// {origin(tun, forward)}",
+            f'zone "{zone}" {{',
+            f"\ttype {kind};",
+            f"\t{primaries} {{ {forward.listen.host} port {forward.listen.port}; }};",
+            f'\tfile "{zone_file(zone)}";',
+            "};",
+        ]
+    return "\n".join(lines) + "\n"

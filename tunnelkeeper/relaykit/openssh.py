@@ -1,0 +1,215 @@
+"""OpenSSH on the relay: the locked-down authorized_keys line and the sshd `Match User` block."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config, Tunnel
+from ..errors import ConfigError
+from .common import select_tunnels
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """An OpenSSH public key line: `ssh-rsa AAAA… comment`."""
+
+    kind: str
+    blob: str
+    comment: str
+
+    @property
+    def fingerprint(self) -> str:
+        """The SHA256 fingerprint as `ssh-keygen -l` prints it."""
+        digest = hashlib.sha256(base64.b64decode(self.blob)).digest()
+        return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+    def __str__(self) -> str:
+        return " ".join(part for part in (self.kind, self.blob, self.comment) if part)
+
+
+def public_key_path(tunnel: Tunnel) -> Path:
+    return Path(f"{tunnel.identity}.pub")
+
+
+def read_public_key(tunnel: Tunnel) -> PublicKey:
+    """The tunnel's public key from `<identity>.pub`; ConfigError naming the file otherwise."""
+    path = public_key_path(tunnel)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"public key not found (tunnel {tunnel.name!r}): create the key pair with "
+            "`tunnelkeeper keygen`, or put the .pub file beside the identity",
+            path=str(path),
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the public key: {exc}", path=str(path)) from None
+    lines = [line.strip() for line in text.splitlines()]
+    fields = next((line.split(None, 2) for line in lines if line and not line.startswith("#")), [])
+    if len(fields) < 2 or not _blob_matches(fields[0], fields[1]):
+        raise ConfigError(
+            "not an OpenSSH public key (expected one line like 'ssh-rsa AAAA… comment')",
+            path=str(path),
+        )
+    return PublicKey(fields[0], fields[1], fields[2] if len(fields) > 2 else "")
+
+
+def _blob_matches(kind: str, blob: str) -> bool:
+    """Whether `blob` is base64 of a key blob that starts with the length-prefixed `kind`."""
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if len(raw) < 4:
+        return False
+    (size,) = struct.unpack(">I", raw[:4])
+    return raw[4 : 4 + size] == kind.encode("ascii", "replace")
+
+
+def listens(tunnels: tuple[Tunnel, ...]) -> list[str]:
+    """Every relay-side listen of these tunnels, `host:port` as sshd spells them, config order."""
+    return list(dict.fromkeys(str(f.listen) for t in tunnels for f in t.forward))
+
+
+def key_options(tunnel: Tunnel) -> str:
+    """`restrict` and then exactly what the tunnel needs: its listens, and opens to them."""
+    options = ["restrict", "port-forwarding"]
+    options += [f'permitlisten="{listen}"' for listen in listens((tunnel,))]
+    # The end-to-end probes open direct-tcpip channels to the relay's own listen address.
+    options += [f'permitopen="{listen}"' for listen in listens((tunnel,))]
+    options.append('command="/bin/false"')
+    if tunnel.from_:
+        options.append(f'from="{",".join(tunnel.from_)}"')
+    return ",".join(options)
+
+
+def authorized_keys(config: Config, tunnel: str | None = None) -> str:
+    """One locked-down authorized_keys line per tunnel, each after a comment naming its account."""
+    lines = [
+        "# authorized_keys lines written by tunnelkeeper: the key may hold these reverse forwards",
+        "# and open channels to them, and nothing else (no shell, pty, agent or X11).",
+    ]
+    for tun in select_tunnels(config, tunnel):
+        key = read_public_key(tun)
+        lines += [
+            f"# tunnel {tun.name}: ~{tun.user}/.ssh/authorized_keys on {tun.host}, "
+            f"key {key.fingerprint}",
+            f"{key_options(tun)} {key}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class ClientAlive:
+    """sshd's ClientAliveInterval/CountMax for a tunnel, and the arithmetic behind them."""
+
+    interval: int
+    count_max: int
+    client_budget: float
+
+    @property
+    def relay_worst(self) -> int:
+        # sshd disconnects on the timeout after count_max unanswered probes.
+        return self.interval * (self.count_max + 1)
+
+
+def client_alive(tunnel: Tunnel) -> ClientAlive:
+    """Settings with which the relay drops a silent client no later than the client gives up.
+
+    The client declares the relay dead after keepalive_interval * keepalive_count_max and, when
+    the connection had been stable, reconnects at once; if the relay still held the old session's
+    listeners then, the new listen would be refused. sshd gives up after at most
+    ClientAliveInterval * (ClientAliveCountMax + 1), so keep the client's count and choose the
+    largest whole-second interval that fits; below one second, lower the count instead.
+    ClientAliveCountMax 0 would disable the check, so it stays at least 1.
+    """
+    budget = tunnel.keepalive_interval * tunnel.keepalive_count_max
+    count_max = tunnel.keepalive_count_max
+    interval = math.floor(budget / (count_max + 1))
+    if interval < 1:
+        interval, count_max = 1, max(1, math.floor(budget) - 1)
+    return ClientAlive(interval=interval, count_max=count_max, client_budget=budget)
+
+
+def _accounts(config: Config, tunnel: str | None) -> list[tuple[str, str, tuple[Tunnel, ...]]]:
+    """Tunnels grouped by relay account: sshd takes the first Match block that sets a keyword."""
+    groups: dict[tuple[str, str], list[Tunnel]] = {}
+    for tun in select_tunnels(config, tunnel):
+        groups.setdefault((tun.host, tun.user), []).append(tun)
+    return [(host, user, tuple(tuns)) for (host, user), tuns in groups.items()]
+
+
+def sshd_config(config: Config, tunnel: str | None = None) -> str:
+    """A `Match User` block per relay account, with the keepalive arithmetic in comments."""
+    lines = [
+        "# sshd_config text written by tunnelkeeper for the relay accounts its tunnels use.",
+        "# Put it in /etc/ssh/sshd_config.d/tunnelkeeper.conf where sshd_config includes that",
+        "# folder (Debian, Ubuntu), or else at the very end of sshd_config: a Match block lasts",
+        "# until the next Match line or the end of the file. Check with `sshd -t` and reload sshd.",
+    ]
+    for host, user, tunnels in _accounts(config, tunnel):
+        lines += ["", *_match_block(host, user, tunnels)]
+    return "\n".join(lines) + "\n"
+
+
+def _match_block(host: str, user: str, tunnels: tuple[Tunnel, ...]) -> list[str]:
+    names = ", ".join(t.name for t in tunnels)
+    tightest = min(tunnels, key=lambda t: client_alive(t).client_budget)
+    alive = client_alive(tightest)
+    public = any(not f.listen.is_loopback for t in tunnels for f in t.forward)
+    allowed = " ".join(listens(tunnels))
+    lines = [
+        f"# Relay account {user} on {host} (tunnel {names}).",
+        f"# Keepalive arithmetic (tunnel {tightest.name}). tunnelkeeper gives up on a silent",
+        "# relay after",
+        f"#   keepalive_interval x keepalive_count_max = {_seconds(tightest.keepalive_interval)}"
+        f" x {tightest.keepalive_count_max} = {_seconds(alive.client_budget)} s",
+        "# and, when the connection had been stable, reconnects at once. This sshd drops a",
+        "# silent client after at most",
+        f"#   ClientAliveInterval x (ClientAliveCountMax + 1) = {alive.interval} x "
+        f"({alive.count_max} + 1) = {alive.relay_worst} s",
+    ]
+    if alive.relay_worst <= alive.client_budget:
+        lines += [
+            "# so the dead session's listeners are free again before the new session asks for",
+            "# them. (ClientAliveCountMax 0 would turn the check off.)",
+        ]
+    else:
+        lines += [
+            "# which is longer: whole seconds cannot do better, so a reconnect may find the old",
+            "# listeners still held; tunnelkeeper retries such a listen every forward_retry = "
+            f"{_seconds(tightest.forward_retry)} s.",
+        ]
+    lines += [
+        "# AllowTcpForwarding yes, not remote: the end-to-end probes open direct-tcpip channels",
+        "# to the listens, which PermitOpen allows and nothing else.",
+    ]
+    if public:
+        lines.append("# GatewayPorts clientspecified: a forward listens on a public address.")
+    lines += [
+        f"Match User {user}",
+        "\tAllowTcpForwarding yes",
+        f"\tPermitListen {allowed}",
+        f"\tPermitOpen {allowed}",
+        f"\tGatewayPorts {'clientspecified' if public else 'no'}",
+        "\tX11Forwarding no",
+        "\tAllowAgentForwarding no",
+        "\tAllowStreamLocalForwarding no",
+        "\tPermitTunnel no",
+        "\tPermitTTY no",
+        "\tForceCommand /bin/false",
+        "\tAuthenticationMethods publickey",
+        f"\tClientAliveInterval {alive.interval}",
+        f"\tClientAliveCountMax {alive.count_max}",
+    ]
+    return lines
