@@ -236,6 +236,7 @@ def _sendmail(config: Config, tun: Tunnel) -> str:
     port = routes[0].port
     domains = list(dict.fromkeys(route.domain for route in routes))
     access = "\n".join(f"To:{domain}\tRELAY" for domain in domains)
+    listed = "\n".join(domains)
     return f"""
 ## 2. Mail with sendmail
 
@@ -244,16 +245,22 @@ Mail for the domains goes to the mailer(s) {mailers}: copies of sendmail's `esmt
 has no port syntax of its own.
 
 1. Paste `{SENDMAIL_MC}` at the end of `/etc/mail/sendmail.mc`, after the `MAILER(...)` lines,
-   and make sure `FEATURE(`mailertable')dnl` is there (before the MAILER lines). Rebuild and
+   and make sure ``FEATURE(`mailertable')dnl`` is there (before the MAILER lines). Rebuild and
    restart: `sendmailconfig` on Debian, elsewhere `make -C /etc/mail && systemctl restart
    sendmail`. (A `sendmail.cf` kept by hand gets `{SENDMAIL_CF}` appended at its end instead.)
 2. Add the lines of `{MAILERTABLE}` to `/etc/mail/mailertable`, then build the map:
    `makemap hash /etc/mail/mailertable < /etc/mail/mailertable`.
 3. Let sendmail accept the mail for relaying: add to `/etc/mail/access` (then `makemap hash
-   /etc/mail/access < /etc/mail/access`), or list the domains in `/etc/mail/relay-domains`:
+   /etc/mail/access < /etc/mail/access`)
 
    ```
 {_indent(access, "   ")}
+   ```
+
+   or list the domains in `/etc/mail/relay-domains` (read at start: restart sendmail):
+
+   ```
+{_indent(listed, "   ")}
    ```
 
    None of these domains may be in `local-host-names` (class w): for local domains the
@@ -309,6 +316,8 @@ named.conf already has a `server` statement for that address, merge the line int
 files are named relative to named's `directory` (`/var/cache/bind` on Debian), which named must
 be able to write.
 
+The internal primary sees the transfers arrive from 127.0.0.1 (tunnelkeeper hands them over
+there) and must allow them: `allow-transfer {{ 127.0.0.1; }};`, better with a TSIG key.
 NOTIFY is UDP and does not travel the tunnel, so changes arrive when the SOA refresh timer fires;
 `rndc refresh {zone}` fetches them at once. Test:
 
@@ -349,6 +358,8 @@ def _trouble(tun: Tunnel) -> str:
 - After the internal host lost its connection, sshd keeps the old session's listeners until it
   notices, within {alive.relay_worst} s (`ClientAliveInterval` x (`ClientAliveCountMax` + 1));
   tunnelkeeper retries the listens until then.
+- "Relaying denied" when mail for the domains arrives: step 3 of section 2 (or
+  `relay_domains` for Postfix) is missing.
 - Mail stays queued with "Connection refused by [127.0.0.1]": the tunnel was down at that
   moment; the queue run after it is back delivers it.
 """

@@ -1,0 +1,96 @@
+"""Golden files for every generator on the example config and on two-relays.toml."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tunnelkeeper.cli import main
+
+from .conftest import GOLDEN, TWO_RELAYS, copy_example
+
+UPDATE = bool(os.environ.get("TUNNELKEEPER_UPDATE_GOLDEN"))
+
+COMMANDS: dict[str, list[str]] = {
+    "mailertable": ["mailertable"],
+    "sendmail-mailer.cf": ["sendmail-mailer"],
+    "sendmail-mailer.mc": ["sendmail-mailer", "--m4"],
+    "transport": ["transport"],
+    "named.conf": ["named-conf"],
+    "named-legacy.conf": ["named-conf", "--legacy"],
+    "authorized_keys": ["authorized-keys"],
+    "sshd_config": ["sshd-config"],
+}
+EXAMPLE_COMMANDS = {
+    **COMMANDS,
+    "mx-records.txt": [
+        "mx-records", "--internal-host", "mail.example.org", "--relay-host", "relay.example.net",
+    ],
+}
+TWO_RELAYS_COMMANDS = {
+    **COMMANDS,
+    # Input with trailing dots and capitals comes out the same as without.
+    "mx-records.txt": [
+        "mx-records", "--internal-host", "Mail.Example.ORG.", "--relay-host", "mx-a.example.net.",
+    ],
+    "mailertable-mx-b": ["mailertable", "--tunnel", "mx-b"],
+    "named-mx-b.conf": ["named-conf", "--tunnel", "mx-b"],
+    "authorized_keys-mx-b": ["authorized-keys", "--tunnel", "mx-b"],
+}
+
+
+def check_golden(path: Path, text: str) -> None:
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"no golden file {path}: run with TUNNELKEEPER_UPDATE_GOLDEN=1"
+    assert text == path.read_text(encoding="utf-8")
+
+
+def generate(argv: list[str], config: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    assert main([*argv, "-c", str(config)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    return out
+
+
+@pytest.mark.parametrize("name", EXAMPLE_COMMANDS)
+def test_example(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = copy_example(tmp_path)
+    text = generate(EXAMPLE_COMMANDS[name], config, capsys)
+    check_golden(GOLDEN / "example" / name, text)
+    # Deterministic, and nothing about where the config lives leaks into the output.
+    assert generate(EXAMPLE_COMMANDS[name], config, capsys) == text
+    assert str(tmp_path) not in text
+
+
+@pytest.mark.parametrize("name", TWO_RELAYS_COMMANDS)
+def test_two_relays(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    text = generate(TWO_RELAYS_COMMANDS[name], TWO_RELAYS, capsys)
+    check_golden(GOLDEN / "two-relays" / name, text)
+
+
+def test_example_kit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = copy_example(tmp_path)
+    out = tmp_path / "kit"
+    assert main(["relay-kit", "-c", str(config), "--out", str(out)]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    printed = sorted(Path(line).relative_to(out).as_posix() for line in capsys.readouterr()[0].split())
+    assert printed == written
+    for name in written:
+        check_golden(GOLDEN / "example-kit" / name, (out / name).read_text(encoding="utf-8"))
+    golden = sorted(p.relative_to(GOLDEN / "example-kit").as_posix()
+                    for p in (GOLDEN / "example-kit").rglob("*") if p.is_file())
+    assert written == golden
+
+
+def test_two_relays_kit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "kit"
+    argv = ["relay-kit", "-c", str(TWO_RELAYS), "--out", str(out),
+            "--internal-host", "mail.example.org"]
+    assert main(argv) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    for name in written:
+        check_golden(GOLDEN / "two-relays-kit" / name, (out / name).read_text(encoding="utf-8"))
