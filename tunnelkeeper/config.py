@@ -62,20 +62,20 @@ def parse_endpoint(value: object) -> Endpoint:
     if isinstance(value, Endpoint):
         return value
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError("must be a string \"address:port\" or a port number")
+        raise ValueError('must be a string "address:port" or a port number')
     text = str(value).strip()
     if text.isdigit():
         host, port_text = "127.0.0.1", text
     elif text.startswith("["):
         host, sep, port_text = text[1:].partition("]:")
         if not sep:
-            raise ValueError(f"{text!r} is not \"[address]:port\"")
+            raise ValueError(f'{text!r} is not "[address]:port"')
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep or not host:
-            raise ValueError(f"{text!r} is not \"address:port\" or a port number")
+            raise ValueError(f'{text!r} is not "address:port" or a port number')
         if ":" in host:
-            raise ValueError(f"{text!r}: write an IPv6 address as \"[address]:port\"")
+            raise ValueError(f'{text!r}: write an IPv6 address as "[address]:port"')
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"{text!r}: port must be a number from 1 to 65535")
     host = host.strip().lower()
@@ -293,8 +293,11 @@ def default_control_socket(env: Mapping[str, str] | None = None) -> Path:
     return Path(state) / "tunnelkeeper" / "control.sock"
 
 
-def find_config(explicit: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None,
-                cwd: Path | None = None) -> Path:
+def find_config(
+    explicit: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Path:
     """The config path by SPEC §2's order: -c, $TUNNELKEEPER_CONFIG, ./tunnelkeeper.toml, XDG.
 
     Raises ConfigError when none of them exists.
@@ -345,9 +348,7 @@ def from_dict(raw: Mapping[str, Any], file: Path) -> Config:
     data: dict[str, Any] = {k: v for k, v in raw.items()}
     tunnels = raw.get("tunnel")
     if isinstance(tunnels, list):
-        data["tunnel"] = [
-            {**inherited, **t} if isinstance(t, dict) else t for t in tunnels
-        ]
+        data["tunnel"] = [{**inherited, **t} if isinstance(t, dict) else t for t in tunnels]
     try:
         config = Config.model_validate({**data, "path": file.resolve()})
     except ValidationError as exc:
@@ -360,7 +361,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         return p if p.is_absolute() else base / p
 
     tunnels = tuple(
-        t.model_copy(update={"identity": resolve(t.identity), "known_hosts": resolve(t.known_hosts)})
+        t.model_copy(
+            update={"identity": resolve(t.identity), "known_hosts": resolve(t.known_hosts)}
+        )
         for t in config.tunnel
     )
     sup = config.supervisor

@@ -1,23 +1,23 @@
 """The one error tree of tunnelkeeper; every error knows the `error_kind` it reports as.
 
-    TunnelkeeperError
-    ├── ConfigError               config: bad file, key or value (exit 2 at start)
-    │   └── KeyFileError          config: private key or known_hosts missing, unreadable, too open
-    ├── ControlError              the control socket: nobody answering, garbled reply
-    │   └── AlreadyRunning        another supervisor holds the control socket
-    ├── ProbeError                an end-to-end probe failed (the tunnel may still be up)
-    ├── TargetUnavailable         the local target refused a connection from the relay
-    ├── ChannelDenied             the relay forbids a channel we asked for (probe fallback)
-    └── TunnelError               one connection to the relay failed or ended
-        ├── HostKeyMismatch       host-key-mismatch: the relay's key is not the pinned one
-        ├── HostKeyUnknown        host-key-unknown: nothing pinned under the strict policy
-        ├── AuthFailed            auth-failed: the relay refused our key
-        ├── ConnectRefused        connect-refused: nothing listening / network unreachable
-        ├── ConnectTimeout        timeout: no answer within connect_timeout
-        ├── KeepaliveTimeout      keepalive-timeout: the relay stopped answering keepalives
-        ├── Disconnected          disconnected: the connection ended for any other reason
-        ├── ForwardRefused        forward-refused: the relay refused a listen (port held, denied)
-        └── ResolveFailed         dns: the relay's name does not resolve
+TunnelkeeperError
+├── ConfigError               config: bad file, key or value (exit 2 at start)
+│   └── KeyFileError          config: private key or known_hosts missing, unreadable, too open
+├── ControlError              the control socket: nobody answering, garbled reply
+│   └── AlreadyRunning        another supervisor holds the control socket
+├── ProbeError                an end-to-end probe failed (the tunnel may still be up)
+├── TargetUnavailable         the local target refused a connection from the relay
+├── ChannelDenied             the relay forbids a channel we asked for (probe fallback)
+└── TunnelError               one connection to the relay failed or ended
+    ├── HostKeyMismatch       host-key-mismatch: the relay's key is not the pinned one
+    ├── HostKeyUnknown        host-key-unknown: nothing pinned under the strict policy
+    ├── AuthFailed            auth-failed: the relay refused our key
+    ├── ConnectRefused        connect-refused: nothing listening / network unreachable
+    ├── ConnectTimeout        timeout: no answer within connect_timeout
+    ├── KeepaliveTimeout      keepalive-timeout: the relay stopped answering keepalives
+    ├── Disconnected          disconnected: the connection ended for any other reason
+    ├── ForwardRefused        forward-refused: the relay refused a listen (port held, denied)
+    └── ResolveFailed         dns: the relay's name does not resolve
 """
 
 from __future__ import annotations

@@ -98,6 +98,8 @@ class Splice:
         self._local: asyncio.Transport | None = None
         self._pending: list[bytes] = []  # target data that came before the channel opened
         self._pending_eof = False
+        self._relay_eof = False  # the relay side said it sends no more
+        self._target_eof = False  # the target said it sends no more
         self._closed = False
 
     async def connect_target(self, target: Endpoint, timeout: float) -> None:
@@ -133,10 +135,12 @@ class Splice:
             self._local.write(data)
 
     def eof_received(self) -> bool:
-        if self._local is not None and self._local.can_write_eof():
-            self._local.write_eof()
-            return True
-        return False
+        self._relay_eof = True
+        if self._target_eof or self._local is None or not self._local.can_write_eof():
+            self.close()  # both directions are done (or cannot half-close): finish now
+            return False
+        self._local.write_eof()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()
@@ -159,8 +163,11 @@ class Splice:
             self._chan.write(data)
 
     def target_eof(self) -> None:
+        self._target_eof = True
         if self._chan is None:
             self._pending_eof = True
+        elif self._relay_eof:
+            self.close()  # both directions are done
         else:
             self._chan.write_eof()
 

@@ -8,14 +8,18 @@ import sys
 from typing import TextIO
 
 
-def setup(level: str, stream: TextIO | None = None,
-          handler: logging.Handler | None = None) -> logging.Handler:
+def setup(
+    level: str, stream: TextIO | None = None, handler: logging.Handler | None = None
+) -> logging.Handler:
     """Route tunnelkeeper's logs to `handler` (default: a stream handler on stderr)."""
     if handler is None:
         handler = logging.StreamHandler(stream or sys.stderr)
         # journald stamps each line itself; a terminal reader wants the time.
-        fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else \
-            "%(asctime)s %(levelname)s %(message)s"
+        fmt = (
+            "%(levelname)s %(message)s"
+            if os.environ.get("JOURNAL_STREAM")
+            else "%(asctime)s %(levelname)s %(message)s"
+        )
         handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger()
     for old in list(root.handlers):

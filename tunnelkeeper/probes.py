@@ -27,8 +27,9 @@ Opener = Callable[[Endpoint, float], Awaitable[Stream]]
 MAX_LINE = 4096
 
 
-async def run_probe(forward: Forward, open_relay: Opener, timeout: float,
-                    via_local: bool = False) -> ProbeResult:
+async def run_probe(
+    forward: Forward, open_relay: Opener, timeout: float, via_local: bool = False
+) -> ProbeResult:
     """Probe `forward` through the relay (or straight at the target when `via_local`).
 
     Never raises for a failed probe: the result says what went wrong. Raises ChannelDenied
@@ -38,8 +39,9 @@ async def run_probe(forward: Forward, open_relay: Opener, timeout: float,
     via: Literal["relay", "local"] = "local" if via_local else "relay"
     try:
         async with asyncio.timeout(timeout):
-            stream = await (_open_local(forward.target) if via_local
-                            else open_relay(forward.listen, timeout))
+            stream = await (
+                _open_local(forward.target) if via_local else open_relay(forward.listen, timeout)
+            )
             try:
                 detail = await _CHECKS[forward.service](stream, forward)
             finally:
@@ -66,8 +68,11 @@ async def _read_reply(stream: Stream) -> tuple[int, str]:
     for _ in range(100):
         raw = await stream.readline()
         if not raw:
-            raise ProbeError("connection closed before the SMTP reply" if not first
-                             else f"connection closed inside reply {first!r}")
+            raise ProbeError(
+                "connection closed before the SMTP reply"
+                if not first
+                else f"connection closed inside reply {first!r}"
+            )
         line = raw[:MAX_LINE].decode("utf-8", "replace").rstrip("\r\n")
         first = first or line
         if len(line) < 3 or not line[:3].isdigit():

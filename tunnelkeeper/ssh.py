@@ -173,8 +173,9 @@ class _Client(asyncssh.SSHClient):
         self.lost: Exception | None = None
         self.lost_event = asyncio.Event()
 
-    def validate_host_public_key(self, host: str, addr: str, port: int,
-                                 key: asyncssh.SSHKey) -> bool:
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
         # Called only for keys not among the pinned ones.
         self.offered_key = key
         if not self._pinned and self._tunnel.host_key_policy == "accept-new":
@@ -207,8 +208,12 @@ def _pin(tunnel: Tunnel, key: asyncssh.SSHKey) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="ascii") as fh:
         fh.write(line)
-    log.warning("%s: pinned new host key %s in %s (accept-new, first contact)",
-                tunnel.name, key.get_fingerprint("sha256"), path)
+    log.warning(
+        "%s: pinned new host key %s in %s (accept-new, first contact)",
+        tunnel.name,
+        key.get_fingerprint("sha256"),
+        path,
+    )
 
 
 # -- connection -------------------------------------------------------------------------------
@@ -217,8 +222,9 @@ def _pin(tunnel: Tunnel, key: asyncssh.SSHKey) -> None:
 class RelayConnection:
     """One authenticated SSH connection to a relay. `async with` closes it."""
 
-    def __init__(self, tunnel: Tunnel, conn: asyncssh.SSHClientConnection, client: _Client,
-                 host_key: str) -> None:
+    def __init__(
+        self, tunnel: Tunnel, conn: asyncssh.SSHClientConnection, client: _Client, host_key: str
+    ) -> None:
         self.tunnel = tunnel
         self._conn = conn
         self._client = client
@@ -228,8 +234,12 @@ class RelayConnection:
     async def __aenter__(self) -> RelayConnection:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
         await self.wait_closed()
 
@@ -377,8 +387,12 @@ async def connect(tunnel: Tunnel) -> RelayConnection:
     return RelayConnection(tunnel, conn, client, fingerprint)
 
 
-def _translate(exc: BaseException, tunnel: Tunnel, client: _Client | None = None,
-               pinned: list[asyncssh.SSHKey] | None = None) -> TunnelError:
+def _translate(
+    exc: BaseException,
+    tunnel: Tunnel,
+    client: _Client | None = None,
+    pinned: list[asyncssh.SSHKey] | None = None,
+) -> TunnelError:
     where = f"{tunnel.host}:{tunnel.port}"
     if isinstance(exc, asyncssh.HostKeyNotVerifiable) or (
         isinstance(exc, asyncssh.KeyExchangeFailed) and pinned and "host key" in str(exc).lower()
@@ -422,3 +436,88 @@ def preflight(tunnels: Sequence[Tunnel]) -> None:
     for tunnel in tunnels:
         load_identity(tunnel.identity)
         check_known_hosts(tunnel.known_hosts, tunnel.host_key_policy)
+
+
+# -- an embedded relay --------------------------------------------------------------------------
+
+
+class _RelayServer(asyncssh.SSHServer):
+    def __init__(self, relay: EmbeddedRelay) -> None:
+        self._relay = relay
+        self._conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        self._relay.connections.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._relay.connections.discard(self._conn)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        # Like `GatewayPorts no`: a client may only ever listen on loopback.
+        return listen_host in ("127.0.0.1", "localhost", "::1") and listen_port != 0
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        return self._relay.allow_direct and dest_host in ("127.0.0.1", "localhost", "::1")
+
+
+class EmbeddedRelay:
+    """A small in-process SSH relay on 127.0.0.1, for `tunnelkeeper demo` and fault tests.
+
+    It accepts only the given authorized key, lets clients listen on loopback only, and
+    can drop every connection at once to show recovery.
+    """
+
+    def __init__(
+        self, host_key: bytes, authorized_keys: str, *, port: int = 0, allow_direct: bool = True
+    ) -> None:
+        self._host_key = asyncssh.import_private_key(host_key)
+        self._authorized = asyncssh.import_authorized_keys(authorized_keys)
+        self._port = port
+        self.allow_direct = allow_direct
+        self.connections: set[asyncssh.SSHServerConnection | None] = set()
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+
+    @property
+    def host_public_line(self) -> str:
+        return self._host_key.export_public_key("openssh").decode().strip()
+
+    @property
+    def port(self) -> int:
+        assert self._acceptor is not None, "relay not started"
+        return int(self._acceptor.get_port())
+
+    async def __aenter__(self) -> EmbeddedRelay:
+        self._acceptor = await asyncssh.listen(
+            "127.0.0.1",
+            self._port,
+            server_factory=lambda: _RelayServer(self),
+            server_host_keys=[self._host_key],
+            authorized_client_keys=self._authorized,
+            allow_pty=False,
+            x11_forwarding=False,
+            agent_forwarding=False,
+            keepalive_interval=5,
+            keepalive_count_max=3,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.drop_all()
+        if self._acceptor is not None:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+
+    def drop_all(self) -> int:
+        """Cut every client connection, as a crashed or restarted relay would."""
+        conns = [c for c in self.connections if c is not None]
+        for conn in conns:
+            conn.abort()
+        return len(conns)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -49,8 +50,13 @@ class Shutdown:
 class Supervisor:
     """Keeps every configured tunnel up until told to stop."""
 
-    def __init__(self, config: Config, *, connector: Connector | None = None,
-                 services: Sequence[Service] = ()) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        connector: Connector | None = None,
+        services: Sequence[Service] = (),
+    ) -> None:
         self.config = config
         self.pid = os.getpid()
         self.started = utcnow()
@@ -66,7 +72,9 @@ class Supervisor:
     def snapshot(self) -> SupervisorStatus:
         """A fresh frozen status. Call from the event loop's thread only."""
         return SupervisorStatus(
-            pid=self.pid, started=self.started, config=str(self.config.path),
+            pid=self.pid,
+            started=self.started,
+            config=str(self.config.path),
             tunnels=tuple(t.snapshot() for t in self._tunnels.values()),
         )
 
@@ -95,11 +103,17 @@ class Supervisor:
                 if reload is not None:
                     helpers.append(tg.create_task(self._reloads(reload)))
                 helpers += [tg.create_task(service(self)) for service in self._services]
-                log.info("supervisor started (pid %d) with %d tunnel(s) from %s",
-                         self.pid, len(self._tunnels), self.config.path)
+                log.info(
+                    "supervisor started (pid %d) with %d tunnel(s) from %s",
+                    self.pid,
+                    len(self._tunnels),
+                    self.config.path,
+                )
                 await shutdown.requested.wait()
-                log.info("stopping: closing relay listeners, draining up to %gs",
-                         self.config.supervisor.shutdown_grace)
+                log.info(
+                    "stopping: closing relay listeners, draining up to %gs",
+                    self.config.supervisor.shutdown_grace,
+                )
                 await self._stop_tunnels(list(self._tunnels), shutdown.forced)
                 for task in helpers:
                     task.cancel()
@@ -119,14 +133,18 @@ class Supervisor:
         if not changed and not added:
             log.info("reload: configuration unchanged")
             return
-        log.info("reload: restarting %s; starting %s",
-                 ", ".join(changed) or "none", ", ".join(added) or "none")
+        log.info(
+            "reload: restarting %s; starting %s",
+            ", ".join(changed) or "none",
+            ", ".join(added) or "none",
+        )
         assert self._tg is not None
         stopping = self._tg.create_task(self._stop_tunnels(changed, asyncio.Event()))
         self._tg.create_task(self._start_after(stopping, [wanted[n] for n in added]))
 
-    async def _start_after(self, stopping: asyncio.Task[None],
-                           tunnels: list[config_mod.Tunnel]) -> None:
+    async def _start_after(
+        self, stopping: asyncio.Task[None], tunnels: list[config_mod.Tunnel]
+    ) -> None:
         await stopping  # a changed tunnel's new listener needs the old one gone first
         for cfg in tunnels:
             self._start(cfg)
@@ -174,10 +192,15 @@ class Supervisor:
             backoff.connection_ended(up_for)
             delay = 0.0 if tunnel.spare_ready else backoff.next_delay(error)
             tunnel.failed(error, delay)
-            log.log(logging.WARNING if delay else logging.INFO,
-                    "tunnel %s: %s [%s]; next attempt in %.1fs (attempt %d, %.1fs since start)",
-                    tunnel.name, error, error.error_kind, delay, backoff.failures,
-                    loop.time() - started)
+            log.log(
+                logging.WARNING if delay else logging.INFO,
+                "tunnel %s: %s [%s]; %s (after %.1fs)",
+                tunnel.name,
+                error,
+                error.error_kind,
+                f"retry #{backoff.failures} in {delay:.1f}s" if delay else "retrying now",
+                loop.time() - started,
+            )
             await asyncio.sleep(delay)
 
     async def _publish(self) -> None:
@@ -195,6 +218,23 @@ class Supervisor:
                 log.error("reload refused, keeping the running configuration: %s", exc)
                 continue
             self.reload(new)
+
+
+async def serve(supervisor: Supervisor, stop_after: float | None = None) -> None:
+    """Run `supervisor` under signals: TERM/INT stop (a second one forces), HUP reloads."""
+    loop = asyncio.get_running_loop()
+    shutdown, reload = Shutdown(), asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, shutdown.request)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    timer = None if stop_after is None else loop.call_later(stop_after, shutdown.request)
+    try:
+        await supervisor.run(shutdown, reload)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
 
 
 def _set_log_level(level: str) -> None:

@@ -53,10 +53,18 @@ class ForwardRuntime:
     def snapshot(self) -> ForwardStatus:
         c = self.counters
         return ForwardStatus(
-            name=self.cfg.name, service=self.cfg.service, listen=str(self.cfg.listen),
-            target=str(self.cfg.target), state=self.state, connections_active=c.active,
-            connections_total=c.total, bytes_in=c.bytes_in, bytes_out=c.bytes_out,
-            probe=self.probe, error=self.error, since=self.since,
+            name=self.cfg.name,
+            service=self.cfg.service,
+            listen=str(self.cfg.listen),
+            target=str(self.cfg.target),
+            state=self.state,
+            connections_active=c.active,
+            connections_total=c.total,
+            bytes_in=c.bytes_in,
+            bytes_out=c.bytes_out,
+            probe=self.probe,
+            error=self.error,
+            since=self.since,
         )
 
 
@@ -90,9 +98,15 @@ class Tunnel:
 
     def snapshot(self) -> TunnelStatus:
         return TunnelStatus(
-            name=self.name, relay=self.cfg.relay, state=self.state, since=self.since,
-            connects=self.connects, next_retry_at=self.next_retry_at,
-            error_kind=self.error_kind, last_error=self.last_error, cipher=self.cipher,
+            name=self.name,
+            relay=self.cfg.relay,
+            state=self.state,
+            since=self.since,
+            connects=self.connects,
+            next_retry_at=self.next_retry_at,
+            error_kind=self.error_kind,
+            last_error=self.last_error,
+            cipher=self.cipher,
             standby="ready" if self.spare_ready else self._spare_state,  # type: ignore[arg-type]
             forwards=tuple(f.snapshot() for f in self.forwards),
         )
@@ -130,8 +144,13 @@ class Tunnel:
         self.state, self.since, self.cipher = "up", utcnow(), conn.cipher
         self.error_kind = self.last_error = None
         self.attempted.set()
-        log.info("tunnel %s: connected to %s, host key %s verified, cipher %s",
-                 self.name, self.cfg.relay, conn.host_key, conn.cipher)
+        log.info(
+            "tunnel %s: connected to %s, host key %s verified, cipher %s",
+            self.name,
+            self.cfg.relay,
+            conn.host_key,
+            conn.cipher,
+        )
         tasks = [asyncio.create_task(self._hold_forward(conn, f)) for f in self.forwards]
         if self.cfg.probe_interval > 0:
             tasks += [asyncio.create_task(self._probe_loop(conn, f)) for f in self.forwards]
@@ -162,8 +181,9 @@ class Tunnel:
                 fwd.listener = None
         active = sum(f.counters.active for f in self.forwards)
         if active:
-            log.info("tunnel %s: draining %d open connection(s), up to %gs",
-                     self.name, active, grace)
+            log.info(
+                "tunnel %s: draining %d open connection(s), up to %gs", self.name, active, grace
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     for fwd in self.forwards:
@@ -191,18 +211,28 @@ class Tunnel:
             except ForwardRefused as exc:
                 refusals += 1
                 if refusals == 1:
-                    log.warning("tunnel %s: forward %s refused: %s (port held by a stale "
-                                "session or not permitted); retrying every %gs",
-                                self.name, fwd.cfg.name, exc, self.cfg.forward_retry)
+                    log.warning(
+                        "tunnel %s: forward %s refused: %s (port held by a stale "
+                        "session or not permitted); retrying every %gs",
+                        self.name,
+                        fwd.cfg.name,
+                        exc,
+                        self.cfg.forward_retry,
+                    )
                 fwd.set_state("refused", f"{exc} (retry #{refusals})")
                 self._refresh_forward_error()
                 await asyncio.sleep(self.cfg.forward_retry)
                 continue
             fwd.set_state("up")
             self._refresh_forward_error()
-            log.info("tunnel %s: forward %s up: relay %s -> %s%s", self.name, fwd.cfg.name,
-                     fwd.cfg.listen, fwd.cfg.target,
-                     f" after {refusals} refusal(s)" if refusals else "")
+            log.info(
+                "tunnel %s: forward %s up: relay %s -> %s%s",
+                self.name,
+                fwd.cfg.name,
+                fwd.cfg.listen,
+                fwd.cfg.target,
+                f" after {refusals} refusal(s)" if refusals else "",
+            )
             return
 
     def _refresh_forward_error(self) -> None:
@@ -224,20 +254,34 @@ class Tunnel:
 
     async def _probe(self, conn: ssh.RelayConnection, fwd: ForwardRuntime) -> None:
         try:
-            result = await probes.run_probe(fwd.cfg, conn.open_stream, self.cfg.probe_timeout,
-                                            via_local=fwd.local_probes)
+            result = await probes.run_probe(
+                fwd.cfg, conn.open_stream, self.cfg.probe_timeout, via_local=fwd.local_probes
+            )
         except ChannelDenied as exc:
-            log.warning("tunnel %s: %s; probing %s's target directly instead (the relay "
-                        "side of the path is then unchecked)", self.name, exc, fwd.cfg.name)
+            log.warning(
+                "tunnel %s: %s; probing %s's target directly instead (the relay "
+                "side of the path is then unchecked)",
+                self.name,
+                exc,
+                fwd.cfg.name,
+            )
             fwd.local_probes = True
-            result = await probes.run_probe(fwd.cfg, conn.open_stream, self.cfg.probe_timeout,
-                                            via_local=True)
+            result = await probes.run_probe(
+                fwd.cfg, conn.open_stream, self.cfg.probe_timeout, via_local=True
+            )
         previous = fwd.probe
         fwd.probe = result
         if previous is None or previous.ok != result.ok:
             level = logging.INFO if result.ok else logging.WARNING
-            log.log(level, "tunnel %s: probe %s %s via %s: %s", self.name, fwd.cfg.name,
-                    "ok" if result.ok else "FAILED", result.via, result.detail)
+            log.log(
+                level,
+                "tunnel %s: probe %s %s via %s: %s",
+                self.name,
+                fwd.cfg.name,
+                "ok" if result.ok else "FAILED",
+                result.via,
+                result.detail,
+            )
 
     # -- standby -----------------------------------------------------------------------------
 

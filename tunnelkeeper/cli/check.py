@@ -53,8 +53,11 @@ def _print_plain(result: SupervisorStatus) -> None:
             how = ""
             if probe is not None:
                 latency = f" {probe.latency_ms:.1f} ms" if probe.latency_ms is not None else ""
-                how = f"; probe {'ok' if probe.ok else 'FAILED'}{latency} via {probe.via}: " \
-                      f"{probe.detail}"
+                how = (
+                    f"; probe {'ok' if probe.ok else 'FAILED'}{latency} via {probe.via}: "
+                    f"{probe.detail}"
+                )
             error = f" ({fwd.error})" if fwd.error else ""
-            out.write(f"  forward {fwd.name} {fwd.listen} -> {fwd.target}: {fwd.state}"
-                      f"{error}{how}\n")
+            out.write(
+                f"  forward {fwd.name} {fwd.listen} -> {fwd.target}: {fwd.state}{error}{how}\n"
+            )

@@ -19,10 +19,18 @@ DEFAULT_BITS = 4096
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("keygen", description=__doc__)
     add_config_option(parser)
-    parser.add_argument("--out", metavar="PATH",
-                        help="private key path (default: keys/tunnelkeeper_rsa beside the config)")
-    parser.add_argument("--bits", type=int, default=DEFAULT_BITS, metavar="N",
-                        help=f"RSA key size (default {DEFAULT_BITS}; at least 2048)")
+    parser.add_argument(
+        "--out",
+        metavar="PATH",
+        help="private key path (default: keys/tunnelkeeper_rsa beside the config)",
+    )
+    parser.add_argument(
+        "--bits",
+        type=int,
+        default=DEFAULT_BITS,
+        metavar="N",
+        help=f"RSA key size (default {DEFAULT_BITS}; at least 2048)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing key")
     parser.set_defaults(func=run)
 
@@ -40,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
         out = Path("keys") / "tunnelkeeper_rsa"
     pub = Path(str(out) + ".pub")
     if not args.force and (out.exists() or pub.exists()):
-        print(f"tunnelkeeper: {out} already exists; keeping it (use --force to replace it)",
-              file=sys.stderr)
+        print(
+            f"tunnelkeeper: {out} already exists; keeping it (use --force to replace it)",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     comment = f"tunnelkeeper@{socket.gethostname()}:{getpass.getuser()}"
     key = ssh.generate_rsa_key(args.bits, comment)
@@ -55,11 +65,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"public key:  {pub}")
     print(f"fingerprint: {key.fingerprint}")
     if cfg is not None:
-        lines = _authorized_keys_lines(cfg, out, key.public_line)
-        if lines:
-            print("authorized_keys line(s) for the relay account:")
-            for line in lines:
-                print(line)
+        text = _authorized_keys(cfg, out)
+        if text:
+            print("for the relay account's ~/.ssh/authorized_keys:")
+            print(text, end="")
     return EXIT_OK
 
 
@@ -84,9 +93,9 @@ def _write_private(path: Path, data: bytes, force: bool) -> None:
         os.close(fd)
 
 
-def _authorized_keys_lines(cfg: config.Config, key_path: Path, public_line: str) -> list[str]:
-    """The lines for tunnels that use this key (the relay kit writes the same)."""
+def _authorized_keys(cfg: config.Config, key_path: Path) -> str:
+    """The relay kit's authorized_keys text for the tunnels that use this key."""
     from ..relaykit import openssh
 
-    tunnels = [t for t in cfg.tunnel if t.identity.resolve() == key_path.resolve()]
-    return [openssh.authorized_keys_line(t, public_line) for t in tunnels]
+    names = [t.name for t in cfg.tunnel if t.identity.resolve() == key_path.resolve()]
+    return "".join(openssh.authorized_keys(cfg, name) for name in names)

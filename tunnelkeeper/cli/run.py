@@ -5,47 +5,42 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 
 from .. import config, logs, ssh
-from ..supervisor import Shutdown, Supervisor
+from ..supervisor import Supervisor, serve
 from . import EXIT_FAILURE, EXIT_OK, add_config_option
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("run", description=__doc__)
     add_config_option(parser)
-    parser.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=None,
-                        help="live dashboard (default: on when stdout is a terminal)")
-    parser.add_argument("--allow-root", action="store_true",
-                        help="run even as uid 0 (not recommended: use an unprivileged user)")
+    parser.add_argument(
+        "--dashboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live dashboard (default: on when stdout is a terminal)",
+    )
+    parser.add_argument(
+        "--allow-root",
+        action="store_true",
+        help="run even as uid 0 (not recommended: use an unprivileged user)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.load(config.find_config(args.config))
     if os.getuid() == 0 and not (args.allow_root or cfg.supervisor.allow_root):
-        print("tunnelkeeper: refusing to run as root: the tunnels need no privilege (relay "
-              "listens and local targets are ordinary sockets); run as an unprivileged user, "
-              "or pass --allow-root / set allow_root = true", file=sys.stderr)
+        print(
+            "tunnelkeeper: refusing to run as root: the tunnels need no privilege (relay "
+            "listens and local targets are ordinary sockets); run as an unprivileged user, "
+            "or pass --allow-root / set allow_root = true",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     ssh.preflight(cfg.tunnel)
     supervisor = Supervisor(cfg)
     logs.setup(cfg.supervisor.log_level)
-    asyncio.run(_serve(supervisor))
+    asyncio.run(serve(supervisor))
     return EXIT_OK
-
-
-async def _serve(supervisor: Supervisor) -> None:
-    """Run `supervisor` with signal handlers: TERM/INT stop (twice forces), HUP reloads."""
-    loop = asyncio.get_running_loop()
-    shutdown, reload = Shutdown(), asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, shutdown.request)
-    loop.add_signal_handler(signal.SIGHUP, reload.set)
-    try:
-        await supervisor.run(shutdown, reload)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)

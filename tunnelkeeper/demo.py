@@ -1,0 +1,251 @@
+"""`tunnelkeeper demo`: the whole product on one machine, with no external host.
+
+An embedded SSH relay on loopback, an embedded SMTP server and DNS server as the "internal"
+services, the real supervisor holding the forwards, a sender that plays the relay's sendmail
+(mail into the relay-side port every few seconds), and a chaos task that cuts the tunnel now
+and then so recovery can be watched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import smtplib
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+from . import config, ssh
+from .supervisor import Service, Supervisor
+
+log = logging.getLogger(__name__)
+
+ZONE = "example.org"
+MAIL_EVERY = 3.0
+CHAOS_EVERY = 20.0
+
+
+@dataclass
+class MailStats:
+    sent: int = 0
+    delivered: int = 0
+    refused: int = 0
+    received: list[bytes] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class SmtpService:
+    """The internal mail server: aiosmtpd on loopback, keeping what it receives."""
+
+    def __init__(self, stats: MailStats) -> None:
+        from aiosmtpd.controller import Controller
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                stats.received.append(envelope.original_content or envelope.content)
+                return "250 2.0.0 accepted by the internal server"
+
+        self.port = free_port()
+        self._controller = Controller(
+            Handler(), hostname="127.0.0.1", port=self.port, server_hostname=f"mail.{ZONE}"
+        )
+
+    def __enter__(self) -> SmtpService:
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._controller.stop()
+
+
+class DnsService:
+    """The internal name server: answers SOA/NS for one zone over TCP (what the tunnel carries)."""
+
+    def __init__(self, zone: str = ZONE, serial: int = 2026112601) -> None:
+        self.zone = zone
+        self.serial = serial
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+
+    async def __aenter__(self) -> DnsService:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def answer(self, wire: bytes) -> bytes:
+        query = dns.message.from_wire(wire)
+        reply = dns.message.make_response(query)
+        reply.flags |= 0x0400  # AA: this is the zone's primary
+        question = query.question[0]
+        name = question.name.to_text().rstrip(".").lower()
+        if name != self.zone:
+            reply.set_rcode(dns.rcode.REFUSED)
+        elif question.rdtype == dns.rdatatype.SOA:
+            reply.answer.append(
+                dns.rrset.from_text(
+                    question.name,
+                    3600,
+                    "IN",
+                    "SOA",
+                    f"ns1.{self.zone}. hostmaster.{self.zone}. {self.serial} 3600 600 604800 300",
+                )
+            )
+        elif question.rdtype == dns.rdatatype.NS:
+            reply.answer.append(
+                dns.rrset.from_text(question.name, 3600, "IN", "NS", f"ns1.{self.zone}.")
+            )
+        return bytes(reply.to_wire())
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                (length,) = struct.unpack("!H", await reader.readexactly(2))
+                reply = self.answer(await reader.readexactly(length))
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, IndexError):
+            pass
+        finally:
+            writer.close()
+
+
+def demo_config(folder: Path, relay_port: int, smtp_port: int, dns_port: int) -> config.Config:
+    raw = {
+        "supervisor": {"control_socket": str(folder / "control.sock"), "shutdown_grace": 3},
+        "defaults": {
+            "keepalive_interval": 2,
+            "keepalive_count_max": 2,
+            "probe_interval": 5,
+            "backoff_initial": 0.5,
+            "backoff_max": 5,
+            "stable_after": 10,
+        },
+        "tunnel": [
+            {
+                "name": "demo-relay",
+                "host": "127.0.0.1",
+                "port": relay_port,
+                "user": "tunnel",
+                "identity": "tunnelkeeper_rsa",
+                "known_hosts": "known_hosts",
+                "forward": [
+                    {
+                        "name": "smtp",
+                        "service": "smtp",
+                        "listen": free_port(),
+                        "target": smtp_port,
+                        "domains": [ZONE],
+                    },
+                    {
+                        "name": "dns",
+                        "service": "dns",
+                        "listen": free_port(),
+                        "target": dns_port,
+                        "zones": [ZONE],
+                    },
+                ],
+            }
+        ],
+    }
+    return config.from_dict(raw, folder / "demo.toml")
+
+
+@contextlib.asynccontextmanager
+async def running_demo() -> AsyncIterator[tuple[Supervisor, ssh.EmbeddedRelay, MailStats]]:
+    """Everything the demo needs, started; the supervisor is returned not yet running."""
+    stats = MailStats()
+    with tempfile.TemporaryDirectory(prefix="tunnelkeeper-demo-") as tmp:
+        folder = Path(tmp)
+        folder.chmod(0o700)
+        client = ssh.generate_rsa_key(2048, "tunnelkeeper-demo")
+        (folder / "tunnelkeeper_rsa").write_bytes(client.private_openssh)
+        (folder / "tunnelkeeper_rsa").chmod(0o600)
+        host = ssh.generate_rsa_key(2048, "demo-relay-host-key")
+        with SmtpService(stats) as smtp:
+            async with (
+                DnsService() as dns_service,
+                ssh.EmbeddedRelay(host.private_openssh, client.public_line) as relay,
+            ):
+                (folder / "known_hosts").write_text(
+                    f"[127.0.0.1]:{relay.port} {relay.host_public_line}\n"
+                )
+                cfg = demo_config(folder, relay.port, smtp.port, dns_service.port)
+                yield Supervisor(cfg, services=[_sender(stats), _chaos(relay)]), relay, stats
+
+
+def _sender(stats: MailStats) -> Service:
+    """Plays the relay's sendmail: hands a message to the tunnel port every MAIL_EVERY s."""
+
+    async def send(supervisor: Supervisor) -> None:
+        forward = supervisor.config.tunnel[0].forward[0]
+        for number in itertools.count(1):
+            await asyncio.sleep(MAIL_EVERY)
+            started = time.monotonic()
+            stats.sent += 1
+            try:
+                await asyncio.to_thread(_send_one, forward.listen.port, number)
+            except (OSError, smtplib.SMTPException) as exc:
+                stats.refused += 1
+                log.warning(
+                    "demo mail #%d not accepted at relay %s: %s (the relay's sendmail "
+                    "would queue it and retry)",
+                    number,
+                    forward.listen,
+                    exc,
+                )
+                continue
+            stats.delivered += 1
+            log.info(
+                "demo mail #%d went relay %s -> tunnel -> internal server in %.0f ms "
+                "(%d/%d delivered)",
+                number,
+                forward.listen,
+                (time.monotonic() - started) * 1000,
+                stats.delivered,
+                stats.sent,
+            )
+
+    return send
+
+
+def _send_one(port: int, number: int) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.sendmail(
+            f"sender@relay.{ZONE}",
+            [f"postmaster@{ZONE}"],
+            f"Subject: tunnelkeeper demo #{number}\r\n\r\nhello #{number}\r\n",
+        )
+
+
+def _chaos(relay: ssh.EmbeddedRelay) -> Service:
+    """Cuts every relay connection now and then, so the dashboard shows recovery."""
+
+    async def cut(supervisor: Supervisor) -> None:
+        while True:
+            await asyncio.sleep(CHAOS_EVERY)
+            dropped = relay.drop_all()
+            log.warning("demo: relay dropped %d connection(s) to show recovery", dropped)
+
+    return cut
