@@ -178,11 +178,7 @@ async def running_demo() -> AsyncIterator[tuple[Supervisor, ssh.EmbeddedRelay, M
     stats = MailStats()
     with tempfile.TemporaryDirectory(prefix="tunnelkeeper-demo-") as tmp:
         folder = Path(tmp)
-        folder.chmod(0o700)
-        client = ssh.generate_rsa_key(2048, "tunnelkeeper-demo")
-        (folder / "tunnelkeeper_rsa").write_bytes(client.private_openssh)
-        (folder / "tunnelkeeper_rsa").chmod(0o600)
-        host = ssh.generate_rsa_key(2048, "demo-relay-host-key")
+        client, host = _throwaway_keys(folder)
         with SmtpService(stats) as smtp:
             async with (
                 DnsService() as dns_service,
@@ -193,6 +189,16 @@ async def running_demo() -> AsyncIterator[tuple[Supervisor, ssh.EmbeddedRelay, M
                 )
                 cfg = demo_config(folder, relay.port, smtp.port, dns_service.port)
                 yield Supervisor(cfg, services=[_sender(stats), _chaos(relay)]), relay, stats
+
+
+def _throwaway_keys(folder: Path) -> tuple[ssh.NewKey, ssh.NewKey]:
+    """The demo's client key (written 0600 like a real one) and the relay's host key."""
+    folder.chmod(0o700)
+    client = ssh.generate_rsa_key(2048, "tunnelkeeper-demo")
+    key_file = folder / "tunnelkeeper_rsa"
+    key_file.write_bytes(client.private_openssh)
+    key_file.chmod(0o600)
+    return client, ssh.generate_rsa_key(2048, "demo-relay-host-key")
 
 
 def _sender(stats: MailStats) -> Service:

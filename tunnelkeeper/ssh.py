@@ -4,6 +4,7 @@ and the translation of asyncssh and OSError exceptions into tunnelkeeper's error
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import stat
@@ -313,10 +314,8 @@ class Listener:
         self._listener.close()
 
     async def wait_closed(self) -> None:
-        try:
+        with contextlib.suppress(asyncssh.Error, OSError):  # the connection is going away
             await self._listener.wait_closed()
-        except (asyncssh.Error, OSError):
-            pass  # the connection is going away anyway
 
 
 class StreamPair:

@@ -35,14 +35,23 @@ class ProbeResult:
 
     def to_json(self) -> dict[str, Any]:
         latency = None if self.latency_ms is None else round(self.latency_ms, 1)
-        return {"ok": self.ok, "latency_ms": latency, "at": _iso(self.at),
-                "detail": self.detail, "via": self.via}
+        return {
+            "ok": self.ok,
+            "latency_ms": latency,
+            "at": _iso(self.at),
+            "detail": self.detail,
+            "via": self.via,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProbeResult:
-        return cls(ok=bool(data["ok"]), latency_ms=data.get("latency_ms"),
-                   at=_dt(data["at"]) or utcnow(), detail=str(data.get("detail", "")),
-                   via=data.get("via", "relay"))
+        return cls(
+            ok=bool(data["ok"]),
+            latency_ms=data.get("latency_ms"),
+            at=_dt(data["at"]) or utcnow(),
+            detail=str(data.get("detail", "")),
+            via=data.get("via", "relay"),
+        )
 
 
 @dataclass(frozen=True)
@@ -80,26 +89,36 @@ class ForwardStatus:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "name": self.name, "service": self.service, "listen": self.listen,
-            "target": self.target, "state": self.state,
+            "name": self.name,
+            "service": self.service,
+            "listen": self.listen,
+            "target": self.target,
+            "state": self.state,
             "connections_active": self.connections_active,
             "connections_total": self.connections_total,
-            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
             "probe": None if self.probe is None else self.probe.to_json(),
-            "error": self.error, "since": _iso(self.since),
+            "error": self.error,
+            "since": _iso(self.since),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ForwardStatus:
         probe = data.get("probe")
         return cls(
-            name=data["name"], service=data["service"], listen=data["listen"],
-            target=data["target"], state=data["state"],
+            name=data["name"],
+            service=data["service"],
+            listen=data["listen"],
+            target=data["target"],
+            state=data["state"],
             connections_active=data.get("connections_active", 0),
             connections_total=data.get("connections_total", 0),
-            bytes_in=data.get("bytes_in", 0), bytes_out=data.get("bytes_out", 0),
+            bytes_in=data.get("bytes_in", 0),
+            bytes_out=data.get("bytes_out", 0),
             probe=None if probe is None else ProbeResult.from_json(probe),
-            error=data.get("error"), since=_dt(data.get("since")),
+            error=data.get("error"),
+            since=_dt(data.get("since")),
         )
 
 
@@ -124,11 +143,16 @@ class TunnelStatus:
 
     def to_json(self, now: datetime | None = None) -> dict[str, Any]:
         return {
-            "name": self.name, "relay": self.relay, "state": self.state,
-            "since": _iso(self.since), "connects": self.connects,
+            "name": self.name,
+            "relay": self.relay,
+            "state": self.state,
+            "since": _iso(self.since),
+            "connects": self.connects,
             "next_retry_in": self.next_retry_in(now),
-            "error_kind": self.error_kind, "last_error": self.last_error,
-            "cipher": self.cipher, "standby": self.standby,
+            "error_kind": self.error_kind,
+            "last_error": self.last_error,
+            "cipher": self.cipher,
+            "standby": self.standby,
             "forwards": [f.to_json() for f in self.forwards],
         }
 
@@ -137,11 +161,16 @@ class TunnelStatus:
         retry = data.get("next_retry_in")
         now = now or datetime.now(UTC)
         return cls(
-            name=data["name"], relay=data["relay"], state=data["state"],
-            since=_dt(data.get("since")), connects=data.get("connects", 0),
+            name=data["name"],
+            relay=data["relay"],
+            state=data["state"],
+            since=_dt(data.get("since")),
+            connects=data.get("connects", 0),
             next_retry_at=None if retry is None else now + timedelta(seconds=float(retry)),
-            error_kind=data.get("error_kind"), last_error=data.get("last_error"),
-            cipher=data.get("cipher"), standby=data.get("standby", "off"),
+            error_kind=data.get("error_kind"),
+            last_error=data.get("last_error"),
+            cipher=data.get("cipher"),
+            standby=data.get("standby", "off"),
             forwards=tuple(ForwardStatus.from_json(f) for f in data.get("forwards", [])),
         )
 
@@ -196,6 +225,8 @@ class SupervisorStatus:
     def from_json(cls, data: dict[str, Any]) -> SupervisorStatus:
         sup = data["supervisor"]
         return cls(
-            pid=int(sup["pid"]), started=_dt(sup["started"]) or utcnow(), config=sup["config"],
+            pid=int(sup["pid"]),
+            started=_dt(sup["started"]) or utcnow(),
+            config=sup["config"],
             tunnels=tuple(TunnelStatus.from_json(t) for t in data.get("tunnels", [])),
         )

@@ -4,10 +4,10 @@ SIGHUP, and a graceful stop (close the relay listeners, drain, exit) on SIGTERM/
     Supervisor.run(shutdown, reload)
       ├── ControlServer             answers `tunnelkeeper status` with snapshots
       └── TaskGroup
-          ├── _keep(tunnel) × N     run_once() → failed → Backoff.next_delay() → sleep → again
+          ├── _keep(tunnel) x N     run_once() → failed → Backoff.next_delay() → sleep → again
           ├── _publish()            a fresh frozen SupervisorStatus every PUBLISH_PERIOD
           ├── _reloads(reload)      SIGHUP: re-read the file, restart only changed tunnels
-          ├── services × M          sd_notify, metrics, alert hooks: readers of snapshots
+          ├── services x M          sd_notify, metrics, alert hooks: readers of snapshots
           └── (body)                waits for shutdown, drains, cancels the rest
 """
 
