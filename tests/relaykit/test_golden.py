@@ -26,14 +26,22 @@ COMMANDS: dict[str, list[str]] = {
 EXAMPLE_COMMANDS = {
     **COMMANDS,
     "mx-records.txt": [
-        "mx-records", "--internal-host", "mail.example.org", "--relay-host", "relay.example.net",
+        "mx-records",
+        "--internal-host",
+        "mail.example.org",
+        "--relay-host",
+        "relay.example.net",
     ],
 }
 TWO_RELAYS_COMMANDS = {
     **COMMANDS,
     # Input with trailing dots and capitals comes out the same as without.
     "mx-records.txt": [
-        "mx-records", "--internal-host", "Mail.Example.ORG.", "--relay-host", "mx-a.example.net.",
+        "mx-records",
+        "--internal-host",
+        "Mail.Example.ORG.",
+        "--relay-host",
+        "mx-a.example.net.",
     ],
     "mailertable-mx-b": ["mailertable", "--tunnel", "mx-b"],
     "named-mx-b.conf": ["named-conf", "--tunnel", "mx-b"],
@@ -77,19 +85,31 @@ def test_example_kit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     out = tmp_path / "kit"
     assert main(["relay-kit", "-c", str(config), "--out", str(out)]) == 0
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    printed = sorted(Path(line).relative_to(out).as_posix() for line in capsys.readouterr()[0].split())
+    printed = sorted(
+        Path(line).relative_to(out).as_posix() for line in capsys.readouterr()[0].split()
+    )
     assert printed == written
     for name in written:
         check_golden(GOLDEN / "example-kit" / name, (out / name).read_text(encoding="utf-8"))
-    golden = sorted(p.relative_to(GOLDEN / "example-kit").as_posix()
-                    for p in (GOLDEN / "example-kit").rglob("*") if p.is_file())
+    golden = sorted(
+        p.relative_to(GOLDEN / "example-kit").as_posix()
+        for p in (GOLDEN / "example-kit").rglob("*")
+        if p.is_file()
+    )
     assert written == golden
 
 
 def test_two_relays_kit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "kit"
-    argv = ["relay-kit", "-c", str(TWO_RELAYS), "--out", str(out),
-            "--internal-host", "mail.example.org"]
+    argv = [
+        "relay-kit",
+        "-c",
+        str(TWO_RELAYS),
+        "--out",
+        str(out),
+        "--internal-host",
+        "mail.example.org",
+    ]
     assert main(argv) == 0
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     for name in written:

@@ -353,8 +353,8 @@ def _trouble(tun: Tunnel) -> str:
 
 - No listener on the ports above: the tunnel is down; `tunnelkeeper status` on the internal
   host says why. `journalctl -u ssh` here shows the logins of `{tun.user}`.
-- "refused remote port forward" or "administratively prohibited" in the sshd log: the listen
-  is not in `permitlisten`/`PermitListen`; regenerate the kit after a change of ports.
+- "... to remote forward to host H port P, but the request was denied" in the sshd log: that
+  listen is not in `permitlisten`/`PermitListen`; regenerate the kit after a change of ports.
 - After the internal host lost its connection, sshd keeps the old session's listeners until it
   notices, within {alive.relay_worst} s (`ClientAliveInterval` x (`ClientAliveCountMax` + 1));
   tunnelkeeper retries the listens until then.

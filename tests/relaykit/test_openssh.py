@@ -1,0 +1,233 @@
+"""The real OpenSSH: `sshd -T` applies the Match block; a real sshd enforces the key line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunnelkeeper.config import Config, load
+from tunnelkeeper.relaykit.openssh import authorized_keys, read_public_key, sshd_config
+
+from .conftest import TWO_RELAYS, need_tool, run
+
+
+def sshd_t(folder: Path, block: str, user: str, *, layout: str) -> dict[str, str]:
+    """`sshd -T` for `user` with the block included the Debian way or appended at the end."""
+    sshd = need_tool("sshd")
+    host_key = folder / "host_ed25519"
+    if not host_key.exists():
+        run([need_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", host_key])
+    (folder / "conf.d").mkdir(exist_ok=True)
+    # Global settings that the block must override for its user and leave alone for others.
+    defaults = "X11Forwarding yes\nAllowTcpForwarding no\nPermitTTY yes\nClientAliveInterval 0\n"
+    if layout == "include":
+        (folder / "conf.d" / "tunnelkeeper.conf").write_text(block)
+        text = f"Include {folder}/conf.d/*.conf\nHostKey {host_key}\n{defaults}"
+    else:
+        text = f"HostKey {host_key}\n{defaults}{block}"
+    config = folder / "sshd_config"
+    config.write_text(text)
+    out = run(
+        [sshd, "-T", "-C", f"user={user},host=internal.example.org,addr=127.0.0.1", "-f", config]
+    ).stdout
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+EXPECTED_EXAMPLE = {
+    "allowtcpforwarding": "yes",
+    "permitlisten": "127.0.0.1:2525 127.0.0.1:5353",
+    "permitopen": "127.0.0.1:2525 127.0.0.1:5353",
+    "gatewayports": "no",
+    "x11forwarding": "no",
+    "allowagentforwarding": "no",
+    "allowstreamlocalforwarding": "no",
+    "permittunnel": "no",
+    "permittty": "no",
+    "forcecommand": "/bin/false",
+    "authenticationmethods": "publickey",
+    "clientaliveinterval": "3",
+    "clientalivecountmax": "3",
+}
+
+
+@pytest.mark.parametrize("layout", ["include", "appended"])
+def test_sshd_applies_the_match_block(tmp_path: Path, example: Config, layout: str) -> None:
+    block = sshd_config(example)
+    settings = sshd_t(tmp_path, block, "tunnel", layout=layout)
+    assert {key: settings.get(key) for key in EXPECTED_EXAMPLE} == EXPECTED_EXAMPLE
+    # Other accounts keep the global settings: the block does not leak past its Match.
+    others = sshd_t(tmp_path, block, "alice", layout=layout)
+    assert (others["x11forwarding"], others["allowtcpforwarding"]) == ("yes", "no")
+    assert (others["permitlisten"], others["forcecommand"]) == ("any", "none")
+
+
+def test_sshd_two_accounts(tmp_path: Path, two_relays: Config) -> None:
+    block = sshd_config(two_relays)
+    tk = sshd_t(tmp_path, block, "tk", layout="include")
+    assert tk["permitlisten"] == "127.0.0.1:2525 127.0.0.1:2526 [::1]:5353 127.0.0.1:1143"
+    assert (tk["clientaliveinterval"], tk["clientalivecountmax"]) == ("6", "2")
+    tunnel = sshd_t(tmp_path, block, "tunnel", layout="include")
+    assert tunnel["permitopen"] == "127.0.0.1:2525 127.0.0.1:5353"
+    assert (tunnel["clientaliveinterval"], tunnel["clientalivecountmax"]) == ("1", "1")
+
+
+def test_fingerprint_matches_ssh_keygen(two_relays: Config) -> None:
+    for tunnel in two_relays.tunnel:
+        pub = Path(f"{tunnel.identity}.pub")
+        listed = run([need_tool("ssh-keygen"), "-l", "-f", pub]).stdout.split()
+        assert listed[1] == read_public_key(tunnel).fingerprint
+
+
+def test_ssh_keygen_reads_the_authorized_keys_file(tmp_path: Path) -> None:
+    """ssh-keygen parses authorized_keys with options; every key line must come through."""
+    keys = tmp_path / "authorized_keys"
+    keys.write_text(authorized_keys(load(TWO_RELAYS)))
+    listed = run([need_tool("ssh-keygen"), "-l", "-f", keys]).stdout.splitlines()
+    assert len(listed) == 2
+
+
+# -- a real sshd with the generated line and block ------------------------------------------
+
+
+def ssh_args(sshd: Any, *args: str, command: str | None = None) -> list[str]:
+    return [
+        need_tool("ssh"),
+        "-F",
+        "/dev/null",
+        "-i",
+        str(sshd.client_key),
+        "-p",
+        str(sshd.port),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        f"UserKnownHostsFile={sshd.known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        "ConnectTimeout=5",
+        *args,
+        f"{sshd.user}@127.0.0.1",
+        *([command] if command else []),
+    ]
+
+
+def banner(port: int, timeout: float = 5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        return conn.recv(200)
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"ssh exited {proc.returncode}: {proc.stderr.read()!r}"  # type: ignore[union-attr]
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port} after {timeout}s")
+
+
+def write_tunnel_config(
+    path: Path, sshd: Any, smtp_listen: int, dns_listen: int, target: int
+) -> Config:
+    path.write_text(f"""\
+[[tunnel]]
+name = "relay1"
+host = "127.0.0.1"
+port = {sshd.port}
+user = "{sshd.user}"
+identity = "{sshd.client_key}"
+known_hosts = "{sshd.known_hosts}"
+
+  [[tunnel.forward]]
+  name = "smtp"
+  service = "smtp"
+  listen = {smtp_listen}
+  target = {target}
+  domains = ["example.org"]
+
+  [[tunnel.forward]]
+  name = "dns"
+  service = "dns"
+  listen = {dns_listen}
+  target = 53
+  zones = ["example.org"]
+""")
+    return load(path)
+
+
+def test_real_sshd_allows_exactly_the_configured_forwards(
+    tmp_path: Path, make_sshd: Any, smtp_sink: Any
+) -> None:
+    from tests.support.sshd import free_port
+
+    need_tool("ssh")
+    sshd = make_sshd(start=False)
+    smtp_listen, dns_listen, other = free_port(), free_port(), free_port()
+    config = write_tunnel_config(
+        tmp_path / "tk.toml", sshd, smtp_listen, dns_listen, smtp_sink.port
+    )
+    sshd.authorized_keys.write_text(authorized_keys(config))
+    sshd.extra_config = sshd_config(config)  # the harness appends it after its own settings
+    sshd.start()
+
+    forward = subprocess.Popen(
+        ssh_args(sshd, "-N", "-R", f"127.0.0.1:{smtp_listen}:127.0.0.1:{smtp_sink.port}"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        # A configured listen: sshd listens, and connections reach the internal mail server.
+        wait_listening(smtp_listen, forward)
+        assert banner(smtp_listen).startswith(b"220 mail.example.org")
+
+        # Any other listen port is refused.
+        refused = run(
+            ssh_args(sshd, "-N", "-R", f"127.0.0.1:{other}:127.0.0.1:{smtp_sink.port}"),
+            check=False,
+            timeout=20,
+        )
+        assert refused.returncode != 0
+        assert "remote port forwarding failed" in refused.stderr
+
+        # direct-tcpip (the end-to-end probe's way in) to the listen works, elsewhere it does not.
+        probe = run(
+            ssh_args(sshd, "-W", f"127.0.0.1:{smtp_listen}"),
+            input="QUIT\r\n",
+            check=False,
+            timeout=20,
+        )
+        assert probe.stdout.startswith("220 mail.example.org"), probe.stderr
+        elsewhere = run(
+            ssh_args(sshd, "-W", f"127.0.0.1:{sshd.port}"), input="", check=False, timeout=20
+        )
+        assert elsewhere.stdout == "", "PermitOpen let a probe elsewhere"
+        assert "administratively prohibited" in elsewhere.stderr
+
+        # No command runs: restrict + command="/bin/false" + ForceCommand.
+        marker = tmp_path / "ran"
+        shell = run(ssh_args(sshd, "-T", command=f"touch {marker}"), check=False, timeout=20)
+        assert shell.returncode == 1, shell.stderr  # /bin/false's status, not ssh's 255
+        assert not marker.exists()
+    finally:
+        forward.terminate()
+        try:
+            forward.wait(10)
+        except subprocess.TimeoutExpired:
+            forward.kill()
+            forward.wait(10)
+    if os.environ.get("TUNNELKEEPER_SHOW_SSHD_LOG"):
+        print(sshd.log_text())
