@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import threading
 from collections import deque
@@ -515,28 +514,21 @@ async def show(
     logs: LogBuffer | None = None,
     refresh_per_second: float = 2.0,
 ) -> None:
-    """Show the live dashboard until cancelled; while it shows, `logs` (if given) receives the
-    root logger's terminal output (see `logs_into`). Never returns on its own."""
+    """Show the live dashboard until cancelled; never returns on its own. While it shows,
+    `logs` (if given) takes the root logger's terminal output (see `logs_into`).
+
+    `get_status` is called here, on the event loop, at the refresh rate; rich's thread only
+    ever sees the snapshot last taken, so `get_status` may read live supervisor state.
+    """
+    latest = get_status()
     with contextlib.ExitStack() as stack:
         if logs is not None:
             stack.enter_context(logs_into(logs))
         stack.enter_context(
             LiveDashboard(
-                get_status, console=console, logs=logs, refresh_per_second=refresh_per_second
+                lambda: latest, console=console, logs=logs, refresh_per_second=refresh_per_second
             )
         )
-        await asyncio.Event().wait()
-
-
-def render_text(renderable: RenderableType, *, width: int = 100, terminal: bool = False) -> str:
-    """`renderable` as plain text at `width` columns, without colour (tests, non-TTY output)."""
-    console = Console(
-        file=io.StringIO(),
-        width=width,
-        color_system=None,
-        force_terminal=terminal,
-        legacy_windows=False,
-    )
-    console.print(renderable)
-    out = console.file.getvalue()  # type: ignore[attr-defined]
-    return "\n".join(line.rstrip() for line in out.splitlines()) + "\n"
+        while True:
+            await asyncio.sleep(1 / refresh_per_second)
+            latest = get_status()

@@ -17,11 +17,12 @@ if TYPE_CHECKING:  # prometheus-client is an optional dependency, imported when 
 log = logging.getLogger(__name__)
 
 TUNNEL_STATES = ("connecting", "up", "backoff", "stopped")
+SCRAPE_TIMEOUT = 5.0
 
 
 class StatusCollector:
     """A prometheus-client collector: every scrape reads one frozen snapshot. `collect()` runs
-    on the HTTP server's thread, so `get_status` must only hand back the current snapshot."""
+    on the HTTP server's thread; `serve` hands it a `get_status` that asks the event loop."""
 
     def __init__(self, get_status: Callable[[], SupervisorStatus]) -> None:
         self._get_status = get_status
@@ -125,9 +126,19 @@ async def serve(listen: Endpoint, get_status: Callable[[], SupervisorStatus]) ->
             "is set, but prometheus-client is not installed (pip install 'tunnelkeeper[metrics]')",
             key="supervisor.metrics_listen",
         ) from None
+    loop = asyncio.get_running_loop()
+
+    async def take() -> SupervisorStatus:
+        return get_status()
+
+    def on_loop() -> SupervisorStatus:
+        # Scrapes arrive on the HTTP server's thread; the snapshot is taken on the event loop,
+        # so `get_status` may read live supervisor state. A stuck loop fails the scrape.
+        return asyncio.run_coroutine_threadsafe(take(), loop).result(timeout=SCRAPE_TIMEOUT)
+
     # A registry of our own: the default one would add this process's Python internals.
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatusCollector(get_status))
+    registry.register(StatusCollector(on_loop))
     try:
         server, thread = start_http_server(listen.port, addr=listen.host, registry=registry)
     except OSError as exc:

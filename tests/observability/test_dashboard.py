@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -19,6 +20,7 @@ from tunnelkeeper.dashboard import (
     human_bytes,
     human_duration,
     logs_into,
+    show,
 )
 
 from .obs_snapshots import NOW, SNAPSHOTS, mixed
@@ -181,3 +183,22 @@ def test_live_dashboard_redraws_from_snapshots() -> None:
             time.sleep(0.02)
     assert len(calls) >= 3
     assert "DEGRADED" in out.getvalue() and "relay2" in out.getvalue()
+
+
+async def test_show_takes_snapshots_on_the_event_loop() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=100, color_system=None, force_terminal=True)
+    threads: list[threading.Thread] = []
+
+    def get_status() -> object:
+        threads.append(threading.current_thread())
+        return mixed()
+
+    task = asyncio.create_task(show(get_status, console=console, refresh_per_second=20))  # type: ignore[arg-type]
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(threads) >= 3
+    assert set(threads) == {threading.current_thread()}  # never rich's refresh thread
+    assert "DEGRADED" in out.getvalue()

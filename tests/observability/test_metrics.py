@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import urllib.request
 
 import pytest
@@ -44,8 +45,14 @@ async def wait_listening(port: int) -> None:
 
 async def test_scrape_reads_the_current_snapshot() -> None:
     status: SupervisorStatus = mixed()
+    threads: set[threading.Thread] = set()
+
+    def get_status() -> SupervisorStatus:
+        threads.add(threading.current_thread())
+        return status
+
     port = free_port()
-    task = asyncio.create_task(serve(Endpoint(host="127.0.0.1", port=port), lambda: status))
+    task = asyncio.create_task(serve(Endpoint(host="127.0.0.1", port=port), get_status))
     try:
         await wait_listening(port)
         m = await asyncio.to_thread(scrape, port)
@@ -80,6 +87,7 @@ async def test_scrape_reads_the_current_snapshot() -> None:
         m = await asyncio.to_thread(scrape, port)
         assert m[("tunnelkeeper_forward_up", dns)] == 1
         assert ("tunnelkeeper_tunnel_up", frozenset({("tunnel", "relay2")})) not in m
+        assert threads == {threading.current_thread()}  # taken on the loop, not the HTTP thread
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
