@@ -149,7 +149,9 @@ class Dashboard:
             yield Header(self.status, now=now)
         if self.notice:
             yield Text(self.notice, style="bold yellow")
-        if self.status is not None:
+        if self.status is not None and not self.status.tunnels:
+            yield Text("no tunnels configured", style="dim")
+        elif self.status is not None:
             table, errors_inline = _table(self.status, now, options)
             yield table
             problems = None if errors_inline else _problems(self.status, now)
@@ -178,14 +180,16 @@ def _table(status: SupervisorStatus, now: datetime, options: ConsoleOptions) -> 
         header = col.header.replace("→", arrow)
         if col.key == "error":
             table.add_column(header, min_width=ERROR_MIN, ratio=1)
+        elif col.key == "route":
+            # Narrower than the mandatory columns: the route wraps at its spaces rather than
+            # rich cutting the name and state to an ellipsis.
+            table.add_column(header, min_width=16)
         else:
             table.add_column(header, justify=col.justify, no_wrap=True, overflow="ellipsis")
     if columns[-1].key == "error":
         table.expand = True
     for row in rows:
         table.add_row(*(row.get(col.key, Text("")) for col in columns))
-    if not rows:
-        table.add_row(Text("no tunnels configured", style="dim"))
     return table, any(col.key == "error" for col in columns)
 
 

@@ -202,3 +202,18 @@ async def test_show_takes_snapshots_on_the_event_loop() -> None:
     assert len(threads) >= 3
     assert set(threads) == {threading.current_thread()}  # never rich's refresh thread
     assert "DEGRADED" in out.getvalue()
+
+
+@pytest.mark.parametrize("width", [60, 72])
+def test_very_narrow_terminals_keep_the_states(width: int) -> None:
+    text = render(Dashboard(mixed(), now=NOW), width)
+    assert all(len(line) <= width for line in text.splitlines())
+    for state in ("failing", "refused", "pending", "backoff 13s"):
+        assert state in text
+
+
+def test_no_tunnels() -> None:
+    from tunnelkeeper.state import SupervisorStatus
+
+    empty = SupervisorStatus(pid=1, started=NOW, config="x")
+    assert render(Dashboard(empty, now=NOW), 80).endswith("no tunnels configured\n")
