@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -136,3 +137,20 @@ async def test_slow_and_broken_hooks_are_logged_not_raised(
 async def test_no_hooks_returns_at_once() -> None:
     async with asyncio.timeout(1):
         await watch(SupervisorSettings(), healthy)
+
+
+async def test_hooks_in_flight_die_with_the_watch(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    slow = (
+        sys.executable,
+        "-c",
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(30)",
+    )
+    settings = SupervisorSettings(on_down=slow, alert_after=0)
+    task = asyncio.create_task(watch(settings, down, poll=0.02))
+    await until(lambda: pid_file.exists() and pid_file.read_text() != "")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
