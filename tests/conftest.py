@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -46,27 +45,31 @@ class SmtpSink:
     """aiosmtpd on 127.0.0.1: the internal mail server behind the tunnel."""
 
     def __init__(self, port: int | None = None) -> None:
-        from aiosmtpd.controller import Controller
-
-        self.messages: list[EmailMessage] = []
         self.raw: list[bytes] = []
         self.port = port or free_port()
+        self._controller: Any = None
+
+    def start(self) -> SmtpSink:
+        """Start (or start again after stop(): the internal server coming back)."""
+        from aiosmtpd.controller import Controller
+
         sink = self
 
         class Handler:
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's hook name
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
                 sink.raw.append(envelope.original_content or envelope.content)
                 return "250 OK queued"
 
-        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port,
-                                      server_hostname="mail.example.org")
-
-    def start(self) -> SmtpSink:
+        self._controller = Controller(
+            Handler(), hostname="127.0.0.1", port=self.port, server_hostname="mail.example.org"
+        )
         self._controller.start()
         return self
 
     def stop(self) -> None:
-        self._controller.stop()
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
 
 
 @pytest.fixture

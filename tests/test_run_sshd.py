@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import smtplib
 import time
@@ -18,8 +19,11 @@ pytestmark = pytest.mark.timeout(90)
 
 def send_mail(port: int, subject: str, timeout: float = 10) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as smtp:
-        smtp.sendmail("alice@example.net", ["bob@example.org"],
-                      f"Subject: {subject}\r\n\r\nbody of {subject}\r\n")
+        smtp.sendmail(
+            "alice@example.net",
+            ["bob@example.org"],
+            f"Subject: {subject}\r\n\r\nbody of {subject}\r\n",
+        )
 
 
 @pytest.fixture
@@ -31,14 +35,20 @@ def relay(make_sshd, tmp_path):  # type: ignore[no-untyped-def]
 
 
 def smtp_forward(listen: int, target: int) -> dict[str, object]:
-    return {"name": "smtp", "service": "smtp", "listen": f"127.0.0.1:{listen}",
-            "target": f"127.0.0.1:{target}", "domains": ["example.org"]}
+    return {
+        "name": "smtp",
+        "service": "smtp",
+        "listen": f"127.0.0.1:{listen}",
+        "target": f"127.0.0.1:{target}",
+        "domains": ["example.org"],
+    }
 
 
 def test_mail_goes_through_the_tunnel(relay, smtp_sink, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     sshd, listen = relay
-    cfg = write_config(tmp_path / "tk.toml", sshd, [smtp_forward(listen, smtp_sink.port)],
-                       probe_interval=1)
+    cfg = write_config(
+        tmp_path / "tk.toml", sshd, [smtp_forward(listen, smtp_sink.port)], probe_interval=1
+    )
     sup = SupervisorProcess(cfg)
     try:
         t0 = time.monotonic()
@@ -47,15 +57,19 @@ def test_mail_goes_through_the_tunnel(relay, smtp_sink, tmp_path: Path) -> None:
         send_mail(listen, "through the tunnel")
         wait_until(lambda: smtp_sink.raw, 10, what="message at the sink")
         assert b"body of through the tunnel" in smtp_sink.raw[0]
-        st = sup.wait_status(lambda s: s.forwards[0].probe is not None
-                             and s.forwards[0].probe.ok, 10, "a good probe")
+        st = sup.wait_status(
+            lambda s: s.forwards[0].probe is not None and s.forwards[0].probe.ok, 10, "a good probe"
+        )
         fwd = st.forwards[0]
         assert fwd.probe is not None and "220" in fwd.probe.detail and fwd.probe.via == "relay"
         assert fwd.connections_total >= 1 and fwd.bytes_in > 0 and fwd.bytes_out > 0
         tunnel = st.tunnels[0]
         assert tunnel.state == "up" and tunnel.connects == 1
-        assert tunnel.cipher in ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
-                                 "chacha20-poly1305@openssh.com")
+        assert tunnel.cipher in (
+            "aes128-gcm@openssh.com",
+            "aes256-gcm@openssh.com",
+            "chacha20-poly1305@openssh.com",
+        )
         assert "cipher aes128-gcm@openssh.com" in sup.log() or "cipher" in sup.log()
         print(f"time to first forward: {first_forward:.2f}s")
     finally:
@@ -71,8 +85,9 @@ def test_killed_session_comes_back(relay, smtp_sink, tmp_path: Path) -> None:  #
         killed = sshd.signal_sessions(signal.SIGKILL)
         assert killed, "no sshd session to kill"
         t0 = time.monotonic()
-        st = sup.wait_status(lambda s: s.tunnels[0].connects >= 2
-                             and s.forwards[0].state == "up", 15, "reconnect")
+        st = sup.wait_status(
+            lambda s: s.tunnels[0].connects >= 2 and s.forwards[0].state == "up", 15, "reconnect"
+        )
         print(f"recovery after kill -9: {time.monotonic() - t0:.2f}s")
         send_mail(listen, "after the kill")
         wait_until(lambda: smtp_sink.raw, 10, what="message after recovery")
@@ -83,14 +98,22 @@ def test_killed_session_comes_back(relay, smtp_sink, tmp_path: Path) -> None:  #
 
 def test_sshd_restart_comes_back_within_backoff(relay, smtp_sink, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     sshd, listen = relay
-    cfg = write_config(tmp_path / "tk.toml", sshd, [smtp_forward(listen, smtp_sink.port)],
-                       backoff_initial=0.2, backoff_max=1.0)
+    cfg = write_config(
+        tmp_path / "tk.toml",
+        sshd,
+        [smtp_forward(listen, smtp_sink.port)],
+        backoff_initial=0.2,
+        backoff_max=1.0,
+    )
     sup = SupervisorProcess(cfg)
     try:
         sup.wait_forward("up", 15)
         sshd.stop()
-        st = sup.wait_status(lambda s: s.tunnels[0].error_kind == "connect-refused", 10,
-                             "connect-refused while sshd is down")
+        st = sup.wait_status(
+            lambda s: s.tunnels[0].error_kind == "connect-refused",
+            10,
+            "connect-refused while sshd is down",
+        )
         assert st.tunnels[0].state in ("backoff", "connecting")
         sshd.start()
         t0 = time.monotonic()
@@ -103,17 +126,27 @@ def test_sshd_restart_comes_back_within_backoff(relay, smtp_sink, tmp_path: Path
 
 def test_frozen_session_is_noticed_and_port_freed(relay, smtp_sink, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     sshd, listen = relay
-    cfg = write_config(tmp_path / "tk.toml", sshd, [smtp_forward(listen, smtp_sink.port)],
-                       keepalive_interval=1, keepalive_count_max=2, forward_retry=0.5,
-                       backoff_initial=0.2, backoff_max=1.0)
+    cfg = write_config(
+        tmp_path / "tk.toml",
+        sshd,
+        [smtp_forward(listen, smtp_sink.port)],
+        keepalive_interval=1,
+        keepalive_count_max=2,
+        forward_retry=0.5,
+        backoff_initial=0.2,
+        backoff_max=1.0,
+    )
     sup = SupervisorProcess(cfg)
     frozen: list[int] = []
     try:
         sup.wait_forward("up", 15)
         frozen = sshd.signal_sessions(signal.SIGSTOP)
         t0 = time.monotonic()
-        sup.wait_status(lambda s: s.tunnels[0].connects >= 2 or
-                        s.tunnels[0].error_kind == "keepalive-timeout", 10, "keepalive timeout")
+        sup.wait_status(
+            lambda s: s.tunnels[0].connects >= 2 or s.tunnels[0].error_kind == "keepalive-timeout",
+            10,
+            "keepalive timeout",
+        )
         noticed = time.monotonic() - t0
         # keepalive_interval × keepalive_count_max, plus one period (SPEC §5)
         assert noticed <= 1 * 2 + 1 + 1.0, noticed
@@ -138,10 +171,8 @@ def test_frozen_session_is_noticed_and_port_freed(relay, smtp_sink, tmp_path: Pa
 def sshd_cont(pid: int) -> None:
     import os
 
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGCONT)
-    except ProcessLookupError:
-        pass
 
 
 def test_changed_host_key_fails_closed_without_offering_a_key(relay, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -149,13 +180,13 @@ def test_changed_host_key_fails_closed_without_offering_a_key(relay, tmp_path: P
     sshd.stop()
     sshd.rotate_host_key()
     sshd.start()
-    cfg = write_config(tmp_path / "tk.toml", sshd, [smtp_forward(listen, 25)],
-                       backoff_max=1.0)
+    cfg = write_config(tmp_path / "tk.toml", sshd, [smtp_forward(listen, 25)], backoff_max=1.0)
     log_before = len(sshd.log_text())
     sup = SupervisorProcess(cfg)
     try:
-        st = sup.wait_status(lambda s: s.tunnels[0].error_kind == "host-key-mismatch", 10,
-                             "host-key-mismatch")
+        st = sup.wait_status(
+            lambda s: s.tunnels[0].error_kind == "host-key-mismatch", 10, "host-key-mismatch"
+        )
         assert st.tunnels[0].state in ("backoff", "connecting")
         assert "no credentials were sent" in (st.tunnels[0].last_error or "")
         assert not port_open(listen)
@@ -170,12 +201,16 @@ def test_changed_host_key_fails_closed_without_offering_a_key(relay, tmp_path: P
 def test_key_removed_from_authorized_keys_is_auth_failed(relay, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     sshd, listen = relay
     sshd.authorized_keys.write_text("")
-    cfg = write_config(tmp_path / "tk.toml", sshd, [smtp_forward(listen, 25)],
-                       backoff_initial=0.5, backoff_max=4.0)
+    cfg = write_config(
+        tmp_path / "tk.toml", sshd, [smtp_forward(listen, 25)], backoff_initial=0.5, backoff_max=4.0
+    )
     sup = SupervisorProcess(cfg)
     try:
-        st = sup.wait_status(lambda s: s.tunnels[0].error_kind == "auth-failed"
-                             and s.tunnels[0].state == "backoff", 10, "auth-failed")
+        st = sup.wait_status(
+            lambda s: s.tunnels[0].error_kind == "auth-failed" and s.tunnels[0].state == "backoff",
+            10,
+            "auth-failed",
+        )
         retry = st.tunnels[0].next_retry_in()
         assert retry is not None and 0 < retry <= 4.0 * 1.25
         assert st.forwards[0].state == "down"

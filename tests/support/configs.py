@@ -21,24 +21,45 @@ def _toml_value(value: Any) -> str:
     raise TypeError(value)
 
 
-def write_config(path: Path, sshd: Sshd, forwards: list[dict[str, Any]], *,
-                 supervisor: dict[str, Any] | None = None, name: str = "relay1",
-                 **tunnel: Any) -> Path:
+def write_config(
+    path: Path,
+    sshd: Sshd,
+    forwards: list[dict[str, Any]],
+    *,
+    supervisor: dict[str, Any] | None = None,
+    name: str = "relay1",
+    **tunnel: Any,
+) -> Path:
     """A config with one tunnel to `sshd`; fast test timings unless overridden."""
     settings: dict[str, Any] = {
-        "keepalive_interval": 1, "keepalive_count_max": 2, "connect_timeout": 5,
-        "backoff_initial": 0.2, "backoff_max": 2.0, "stable_after": 5.0,
-        "forward_retry": 0.5, "probe_interval": 0,
+        "keepalive_interval": 1,
+        "keepalive_count_max": 2,
+        "connect_timeout": 5,
+        "backoff_initial": 0.2,
+        "backoff_max": 2.0,
+        "stable_after": 5.0,
+        "forward_retry": 0.5,
+        "probe_interval": 0,
     }
     settings.update(tunnel)
-    sup = {"control_socket": str(path.parent / "control.sock"), "shutdown_grace": 3,
-           "log_level": "debug"}
+    sup = {
+        "control_socket": str(path.parent / "control.sock"),
+        "shutdown_grace": 3,
+        "log_level": "debug",
+    }
     sup.update(supervisor or {})
     lines = ["[supervisor]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in sup.items()]
-    lines += ["", "[[tunnel]]", f'name = "{name}"', 'host = "127.0.0.1"', f"port = {sshd.port}",
-              f'user = "{sshd.user}"', f'identity = "{sshd.client_key}"',
-              f'known_hosts = "{sshd.known_hosts}"']
+    lines += [
+        "",
+        "[[tunnel]]",
+        f'name = "{name}"',
+        'host = "127.0.0.1"',
+        f"port = {sshd.port}",
+        f'user = "{sshd.user}"',
+        f'identity = "{sshd.client_key}"',
+        f'known_hosts = "{sshd.known_hosts}"',
+    ]
     lines += [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
     for fwd in forwards:
         lines += ["", "[[tunnel.forward]]"]

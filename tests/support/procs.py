@@ -36,8 +36,9 @@ class SupervisorProcess:
             args.append("--allow-root")
         args += list(extra)
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -55,10 +56,13 @@ class SupervisorProcess:
         try:
             return wait_until(check, timeout, 0.05, what)  # type: ignore[no-any-return]
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\nlast status: {self.status()}\nlog:\n{self.log()}") from None
+            raise AssertionError(
+                f"{exc}\nlast status: {self.status()}\nlog:\n{self.log()}"
+            ) from None
 
-    def wait_forward(self, state: str, timeout: float, forward: str | None = None,
-                     tunnel: int = 0) -> SupervisorStatus:
+    def wait_forward(
+        self, state: str, timeout: float, forward: str | None = None, tunnel: int = 0
+    ) -> SupervisorStatus:
         def ok(st: SupervisorStatus) -> bool:
             fwds = [f for f in st.tunnels[tunnel].forwards if forward in (None, f.name)]
             return bool(fwds) and all(f.state == state for f in fwds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -80,9 +81,15 @@ def descendants(pid: int) -> list[int]:
 class Sshd:
     """One sshd in `root`. `start()`, `stop()`, and tools to break it in realistic ways."""
 
-    def __init__(self, root: Path, *, client_key: Path | None = None,
-                 permitlisten: Iterable[str] = (), key_options: str | None = None,
-                 extra_config: str = "") -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        client_key: Path | None = None,
+        permitlisten: Iterable[str] = (),
+        key_options: str | None = None,
+        extra_config: str = "",
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.user = getpass.getuser()
@@ -100,8 +107,13 @@ class Sshd:
 
     # -- files --------------------------------------------------------------------------------
 
-    def set_authorized(self, *, permitlisten: Iterable[str] = (), options: str | None = None,
-                       key: Path | None = None) -> None:
+    def set_authorized(
+        self,
+        *,
+        permitlisten: Iterable[str] = (),
+        options: str | None = None,
+        key: Path | None = None,
+    ) -> None:
         """Write authorized_keys: `restrict,port-forwarding,permitlisten=…` unless `options`."""
         pub = (key or self.client_key).with_suffix(".pub")
         if not pub.exists():
@@ -156,7 +168,9 @@ class Sshd:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [SSHD, "-D", "-e", "-f", str(self.config_path)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -197,10 +211,8 @@ class Sshd:
     def signal_sessions(self, sig: int) -> list[int]:
         pids = self.sessions()
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         return pids
 
     def log_text(self) -> str:

@@ -1,0 +1,226 @@
+"""The keep-loop with fake connections: backoff, stable reset, slow host-key retries, reload."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunnelkeeper import config
+from tunnelkeeper.backoff import Backoff
+from tunnelkeeper.errors import (
+    AuthFailed,
+    ConnectRefused,
+    Disconnected,
+    ForwardRefused,
+    HostKeyMismatch,
+    TunnelError,
+)
+from tunnelkeeper.supervisor import Shutdown, Supervisor
+
+
+def make_config(tmp_path: Path, **settings: Any) -> config.Config:
+    base: dict[str, Any] = {
+        "backoff_initial": 1.0,
+        "backoff_max": 8.0,
+        "backoff_multiplier": 2.0,
+        "stable_after": 30.0,
+        "probe_interval": 0,
+    }
+    base.update(settings)
+    raw = {
+        "supervisor": {"control_socket": str(tmp_path / "c.sock"), "shutdown_grace": 0.5},
+        "tunnel": [
+            {
+                "name": name,
+                "host": "relay.example.net",
+                "user": "t",
+                **base,
+                "forward": [{"name": "smtp", "listen": 2525 + i, "target": 25}],
+            }
+            for i, name in enumerate(("one", "two"))
+        ],
+    }
+    return config.from_dict(raw, tmp_path / "tk.toml")
+
+
+def test_backoff_grows_to_max_with_jitter_and_resets_after_stable(tmp_path: Path) -> None:
+    settings = make_config(tmp_path).tunnel[0]
+    backoff = Backoff(settings, random.Random(7))
+    delays = [backoff.next_delay(ConnectRefused("x")) for _ in range(6)]
+    for delay, base in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
+        assert base <= delay <= min(8.0, base * 1.25)
+    backoff.connection_ended(up_for=31.0)
+    assert backoff.next_delay(Disconnected("x")) == 0.0  # first reconnect is immediate
+    assert 1.0 <= backoff.next_delay(Disconnected("x")) <= 1.25
+    backoff.connection_ended(up_for=3.0)  # short-lived: no reset
+    assert backoff.next_delay(Disconnected("x")) >= 2.0
+
+
+def test_host_key_mismatch_retries_at_backoff_max(tmp_path: Path) -> None:
+    backoff = Backoff(make_config(tmp_path).tunnel[0])
+    assert backoff.next_delay(HostKeyMismatch("x")) == 8.0
+
+
+class FakeListener:
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass
+
+
+class FakeConnection:
+    """Stands in for ssh.RelayConnection: up until `lose()`."""
+
+    cipher = "aes128-gcm@openssh.com"
+    host_key = "SHA256:fake"
+
+    def __init__(self, refuse: int = 0) -> None:
+        self._lost: asyncio.Future[TunnelError] = asyncio.get_running_loop().create_future()
+        self.refuse = refuse
+
+    @property
+    def is_closing(self) -> bool:
+        return self._lost.done()
+
+    def lose(self, error: TunnelError | None = None) -> None:
+        if not self._lost.done():
+            self._lost.set_result(error or Disconnected("cut"))
+
+    async def wait_lost(self) -> TunnelError:
+        return await self._lost
+
+    async def listen(self, listen: Any, accept: Any) -> FakeListener:
+        if self.refuse:
+            self.refuse -= 1
+            raise ForwardRefused(f"relay refused to listen on {listen}")
+        return FakeListener()
+
+    def close(self) -> None:
+        self.lose()
+
+
+class FakeRelay:
+    """A connector whose outcomes the test scripts: a list of errors or "ok"."""
+
+    def __init__(self, outcomes: list[Any]) -> None:
+        self.outcomes = outcomes
+        self.attempts: list[tuple[str, float]] = []
+        self.live: list[FakeConnection] = []
+
+    async def __call__(self, tunnel: config.Tunnel) -> FakeConnection:
+        self.attempts.append((tunnel.name, asyncio.get_running_loop().time()))
+        outcome = self.outcomes.pop(0) if self.outcomes else "ok"
+        if isinstance(outcome, Exception):
+            raise outcome
+        conn = FakeConnection(refuse=outcome if isinstance(outcome, int) else 0)
+        self.live.append(conn)
+        return conn
+
+
+async def until(predicate: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_keep_loop_backs_off_then_holds_the_forwards(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, backoff_initial=0.05, backoff_max=0.2)
+    cfg = cfg.model_copy(update={"tunnel": cfg.tunnel[:1]})
+    relay = FakeRelay([ConnectRefused("no"), AuthFailed("no"), "ok"])
+    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    shutdown = Shutdown()
+    task = asyncio.create_task(sup.run(shutdown))
+    await until(
+        lambda: (
+            sup.snapshot().tunnels
+            and sup.snapshot().tunnels[0].state == "up"
+            and sup.snapshot().forwards[0].state == "up"
+        )
+    )
+    times = [t for _, t in relay.attempts]
+    assert len(times) == 3
+    assert times[1] - times[0] >= 0.05 and times[2] - times[1] >= 0.1  # growing delays
+    assert sup.snapshot().tunnels[0].connects == 1
+    shutdown.request()
+    await asyncio.wait_for(task, 5)
+    assert sup.snapshot().tunnels == ()
+
+
+async def test_refused_listen_keeps_connection_and_retries(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, forward_retry=0.05)
+    cfg = cfg.model_copy(update={"tunnel": cfg.tunnel[:1]})
+    relay = FakeRelay([3])  # the relay refuses the listen three times
+    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    shutdown = Shutdown()
+    task = asyncio.create_task(sup.run(shutdown))
+    await until(lambda: sup.snapshot().tunnels and sup.snapshot().forwards[0].state == "refused")
+    st = sup.snapshot().tunnels[0]
+    assert st.state == "up" and st.error_kind == "forward-refused"
+    await until(lambda: sup.snapshot().forwards[0].state == "up")
+    assert sup.snapshot().tunnels[0].error_kind is None
+    assert len(relay.attempts) == 1  # one connection throughout
+    shutdown.request()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_stable_connection_reconnects_immediately(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, stable_after=0.1, backoff_initial=5.0, backoff_max=10.0)
+    cfg = cfg.model_copy(update={"tunnel": cfg.tunnel[:1]})
+    relay = FakeRelay(["ok", "ok"])
+    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    shutdown = Shutdown()
+    task = asyncio.create_task(sup.run(shutdown))
+    await until(lambda: relay.live)
+    await asyncio.sleep(0.2)
+    relay.live[0].lose()
+    await until(lambda: len(relay.attempts) == 2, timeout=1.0)  # not after backoff_initial (5s)
+    shutdown.request()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_reload_restarts_only_changed_tunnels(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    relay = FakeRelay([])
+    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    shutdown = Shutdown()
+    task = asyncio.create_task(sup.run(shutdown))
+    await until(lambda: len(relay.live) == 2)
+    changed = cfg.tunnel[1].model_copy(update={"keepalive_interval": 9.0})
+    sup.reload(cfg.model_copy(update={"tunnel": (cfg.tunnel[0], changed)}))
+    await until(lambda: len(relay.attempts) == 3)
+    assert [name for name, _ in relay.attempts] == ["one", "two", "two"]
+    assert not relay.live[0].is_closing and relay.live[1].is_closing
+    shutdown.request()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_second_shutdown_request_forces(tmp_path: Path) -> None:
+    shutdown = Shutdown()
+    shutdown.request()
+    assert shutdown.requested.is_set() and not shutdown.forced.is_set()
+    shutdown.request()
+    assert shutdown.forced.is_set()
+
+
+@pytest.mark.parametrize("kind", ["host-key-mismatch", "auth-failed"])
+async def test_failed_state_reports_kind_and_countdown(tmp_path: Path, kind: str) -> None:
+    cfg = make_config(tmp_path, backoff_initial=3.0, backoff_max=6.0)
+    cfg = cfg.model_copy(update={"tunnel": cfg.tunnel[:1]})
+    error = HostKeyMismatch("mismatch") if kind == "host-key-mismatch" else AuthFailed("no")
+    relay = FakeRelay([error])
+    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    shutdown = Shutdown()
+    task = asyncio.create_task(sup.run(shutdown))
+    await until(lambda: sup.snapshot().tunnels and sup.snapshot().tunnels[0].state == "backoff")
+    st = sup.snapshot().tunnels[0]
+    assert st.error_kind == kind
+    retry = st.next_retry_in()
+    assert retry is not None and (retry > 5.0 if kind == "host-key-mismatch" else retry <= 3.75)
+    assert st.forwards[0].state == "down"
+    shutdown.request()
+    await asyncio.wait_for(task, 5)
