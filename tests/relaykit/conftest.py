@@ -40,6 +40,7 @@ def run(
     timeout: float = 30,
     check: bool = True,
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a real program with a time limit; on failure the assertion shows its output."""
     proc = subprocess.run(
@@ -49,6 +50,7 @@ def run(
         text=True,
         timeout=timeout,
         env=env,
+        cwd=cwd,
         check=False,
     )
     if check:
