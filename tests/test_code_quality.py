@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_scripts_check_passes() -> None:
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "check")],
-        cwd=ROOT, capture_output=True, text=True, timeout=280,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
         env={"PY": sys.executable, "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
