@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import smtplib
+import socket
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tunnelkeeper.config import Config
+from tunnelkeeper.config import Config, load
 from tunnelkeeper.relaykit.mailertable import mailertable
 from tunnelkeeper.relaykit.sendmail import mailer_definitions, mailer_definitions_m4
 
@@ -184,3 +190,83 @@ def test_makemap_reads_every_line(tmp_path: Path, two_relays: Config) -> None:
             ["example.com", "tk2526:[127.0.0.1]"],
         ]
     )
+
+
+# -- a real sendmail daemon delivering through the mailertable --------------------------------
+
+DAEMON_MC = """\
+dnl The relay accepts mail for the routed domain from anyone, as a real MX does.
+RELAY_DOMAIN(`example.org')dnl
+dnl Without DNS no sender domain resolves; a real relay does not need this.
+FEATURE(`accept_unresolvable_domains')dnl
+DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl
+dnl Deliver while the client waits, so that the test need not run the queue.
+define(`confDELIVERY_MODE', `interactive')dnl
+"""
+
+
+def stop_tree(proc: subprocess.Popen[bytes]) -> None:
+    """End the daemon and every child it forked (children are its own, by pid)."""
+    from tests.support.sshd import descendants
+
+    for pid in [*descendants(proc.pid), proc.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def test_sendmail_daemon_delivers_through_the_tunnel_port(tmp_path: Path, smtp_sink: Any) -> None:
+    """Mail for example.org, sent to the relay's port 25 stand-in, arrives at the sink that
+    stands in for the relay end of the tunnel, by way of mailertable and the tk<port> mailer."""
+    from tests.support.sshd import free_port, wait_until
+
+    config_file = tmp_path / "tk.toml"
+    config_file.write_text(
+        "[[tunnel]]\n"
+        'name = "relay1"\nhost = "relay.example.net"\nuser = "tunnel"\n'
+        "[[tunnel.forward]]\n"
+        f'name = "smtp"\nservice = "smtp"\nlisten = {smtp_sink.port}\ntarget = 25\n'
+        'domains = ["example.org"]\n'
+    )
+    config = load(config_file)
+    mta_port = free_port()
+    relay = build_relay(tmp_path / "relay", config, extra_mc=DAEMON_MC.format(port=mta_port))
+    daemon = subprocess.Popen(
+        [
+            need_tool("unshare"),
+            "-u",
+            "sh",
+            "-c",
+            f'hostname {RELAY_NAME} && exec "$0" -C "$1" -bD',
+            need_tool("sendmail"),
+            relay.cf,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(
+            lambda: port_open(mta_port) or daemon.poll() is not None, 15, what="sendmail to listen"
+        )
+        assert daemon.poll() is None, daemon.stdout.read()  # type: ignore[union-attr]
+        with smtplib.SMTP("127.0.0.1", mta_port, timeout=20) as client:
+            client.sendmail(
+                "sender@example.net",
+                ["postmaster@host.sub.example.org"],
+                b"Subject: through the tunnel\r\n\r\nhello\r\n",
+            )
+        wait_until(lambda: smtp_sink.raw, 15, what="the sink to receive the message")
+    finally:
+        stop_tree(daemon)
+    message = smtp_sink.raw[0].decode(errors="replace")
+    assert "Subject: through the tunnel" in message
+    assert f"by {RELAY_NAME}" in message  # sendmail's Received: line: it went through the relay
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
