@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,3 +86,100 @@ def example(example_path: Path) -> Config:
 @pytest.fixture
 def two_relays() -> Config:
     return load(TWO_RELAYS)
+
+
+# -- an OpenSSH client as the tunnel, against the sshd fixture of tests/conftest.py ----------
+
+
+def ssh_args(sshd: Any, *args: str, command: str | None = None) -> list[str]:
+    return [
+        need_tool("ssh"),
+        "-F",
+        "/dev/null",
+        "-i",
+        str(sshd.client_key),
+        "-p",
+        str(sshd.port),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        f"UserKnownHostsFile={sshd.known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        "ConnectTimeout=5",
+        *args,
+        f"{sshd.user}@127.0.0.1",
+        *([command] if command else []),
+    ]
+
+
+def banner(port: int, timeout: float = 5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        return conn.recv(200)
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"ssh exited {proc.returncode}: {proc.stderr.read()!r}"  # type: ignore[union-attr]
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port} after {timeout}s")
+
+
+@contextlib.contextmanager
+def reverse_forward(sshd: Any, listen: int, target: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`ssh -N -R 127.0.0.1:listen:127.0.0.1:target` held open: the tunnel, by OpenSSH."""
+    proc = subprocess.Popen(
+        ssh_args(sshd, "-N", "-R", f"127.0.0.1:{listen}:127.0.0.1:{target}"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_listening(listen, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def write_tunnel_config(
+    path: Path, sshd: Any, smtp_listen: int, dns_listen: int, target: int
+) -> Config:
+    path.write_text(f"""\
+[[tunnel]]
+name = "relay1"
+host = "127.0.0.1"
+port = {sshd.port}
+user = "{sshd.user}"
+identity = "{sshd.client_key}"
+known_hosts = "{sshd.known_hosts}"
+
+  [[tunnel.forward]]
+  name = "smtp"
+  service = "smtp"
+  listen = {smtp_listen}
+  target = {target}
+  domains = ["example.org"]
+
+  [[tunnel.forward]]
+  name = "dns"
+  service = "dns"
+  listen = {dns_listen}
+  target = 53
+  zones = ["example.org"]
+""")
+    return load(path)

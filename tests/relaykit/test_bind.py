@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
 import pytest
 
+from tests.support.sshd import free_port, port_open, wait_until
 from tunnelkeeper.config import Config
 from tunnelkeeper.relaykit.bind import named_conf
 from tunnelkeeper.relaykit.mx import mx_records
+from tunnelkeeper.relaykit.openssh import authorized_keys, sshd_config
 
-from .conftest import need_tool, run
+from .conftest import need_tool, reverse_forward, run, write_tunnel_config
 
 # The checks that make named-checkzone fail on a broken MX target instead of passing it.
 STRICT = ["-i", "local", "-k", "fail", "-m", "fail", "-M", "fail", "-r", "fail"]
@@ -104,3 +113,121 @@ def test_strict_checkzone_catches_the_trailing_dot_pitfall(tmp_path: Path) -> No
     proc = checkzone(tmp_path, "example.org", "example.org. IN MX 10 relay.example.net\n")
     assert proc.returncode != 0
     assert "relay.example.net.example.org" in proc.stdout
+
+
+# -- a real secondary named pulling a zone through an SSH reverse forward ----------------------
+
+
+def named_options(folder: Path, port: int) -> str:
+    """A named of its own on 127.0.0.1:`port`: no rndc, no system paths, no recursion."""
+    return f"""\
+options {{
+	directory "{folder}";
+	pid-file "{folder}/named.pid";
+	session-keyfile "{folder}/session.key";
+	managed-keys-directory "{folder}";
+	listen-on port {port} {{ 127.0.0.1; }};
+	listen-on-v6 {{ none; }};
+	recursion no;
+	notify no;
+}};
+controls {{ }};
+"""
+
+
+PRIMARY_ZONE = """\
+$TTL 300
+@     IN SOA ns1.example.org. hostmaster.example.org. 2026112601 900 300 604800 300
+@     IN NS  ns1.example.org.
+ns1   IN A   192.0.2.53
+mail  IN A   192.0.2.25
+"""
+
+
+@contextlib.contextmanager
+def named(folder: Path, conf: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "named.conf").write_text(conf)
+    run([need_tool("named-checkconf"), folder / "named.conf"])
+    log = (folder / "named.log").open("wb")
+    proc = subprocess.Popen(
+        [need_tool("named"), "-g", "-4", "-c", folder / "named.conf"],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+    )
+    log.close()
+    try:
+        wait_until(lambda: port_open(port) or proc.poll() is not None, 15, what="named")
+        assert proc.poll() is None, (folder / "named.log").read_text()
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def soa(port: int) -> dns.message.Message | None:
+    query = dns.message.make_query("example.org", "SOA")
+    try:
+        return dns.query.tcp(query, "127.0.0.1", port=port, timeout=2)
+    except (OSError, dns.exception.DNSException):
+        return None
+
+
+@pytest.mark.parametrize("tcp_only", [True, False], ids=["as-generated", "without-tcp-only"])
+def test_secondary_named_pulls_the_zone_through_the_tunnel(
+    tmp_path: Path, make_sshd: Any, tcp_only: bool
+) -> None:
+    """Primary named <- ssh -R (the tunnel: TCP only) <- secondary named with named-conf.
+
+    Without the generated `tcp-only` the secondary's SOA query goes out over UDP, which the
+    tunnel does not carry, and the zone never loads: the control case shows the stanza matters.
+    """
+    need_tool("ssh")
+    primary_port, tunnel_port, secondary_port = free_port(), free_port(), free_port()
+    sshd = make_sshd(start=False)
+    config = write_tunnel_config(tmp_path / "tk.toml", sshd, free_port(), tunnel_port, 25)
+    sshd.authorized_keys.write_text(authorized_keys(config))
+    sshd.extra_config = sshd_config(config)
+    sshd.start()
+
+    primary = tmp_path / "primary"
+    primary.mkdir()
+    (primary / "example.org.zone").write_text(PRIMARY_ZONE)
+    # The transfers arrive from 127.0.0.1, where the tunnel hands them over.
+    primary_conf = named_options(primary, primary_port) + (
+        'zone "example.org" { type primary; file "example.org.zone"; '
+        "allow-transfer { 127.0.0.1; }; };\n"
+    )
+    secondary = tmp_path / "secondary"
+    stanzas = named_conf(config)
+    if not tcp_only:
+        stanzas = stanzas.replace("\ttcp-only yes;\n", "")
+    log = secondary / "named.log"
+    with (
+        named(primary, primary_conf, primary_port),
+        reverse_forward(sshd, tunnel_port, primary_port),
+        named(secondary, named_options(secondary, secondary_port) + stanzas, secondary_port),
+    ):
+        if not tcp_only:
+            wait_until(
+                lambda: "refresh: failure trying primary" in log.read_text(),
+                15,
+                what="the secondary's refresh over UDP to fail",
+            )
+            answer = soa(secondary_port)
+            assert answer is not None and not answer.answer
+            return
+        answer = wait_until(
+            lambda: (a := soa(secondary_port)) is not None and a.answer and a,
+            20,
+            what="the secondary to load example.org",
+        )
+    assert answer.flags & dns.flags.AA  # served with authority: the zone was transferred
+    assert answer.answer[0][0].serial == 2026112601
+    assert (secondary / "tunnelkeeper-example.org.db").exists()
+    assert "Transfer status: success" in log.read_text()

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +10,15 @@ import pytest
 from tunnelkeeper.config import Config, load
 from tunnelkeeper.relaykit.openssh import authorized_keys, read_public_key, sshd_config
 
-from .conftest import TWO_RELAYS, need_tool, run
+from .conftest import (
+    TWO_RELAYS,
+    banner,
+    need_tool,
+    reverse_forward,
+    run,
+    ssh_args,
+    write_tunnel_config,
+)
 
 
 def sshd_t(folder: Path, block: str, user: str, *, layout: str) -> dict[str, str]:
@@ -95,79 +99,6 @@ def test_ssh_keygen_reads_the_authorized_keys_file(tmp_path: Path) -> None:
 # -- a real sshd with the generated line and block ------------------------------------------
 
 
-def ssh_args(sshd: Any, *args: str, command: str | None = None) -> list[str]:
-    return [
-        need_tool("ssh"),
-        "-F",
-        "/dev/null",
-        "-i",
-        str(sshd.client_key),
-        "-p",
-        str(sshd.port),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        f"UserKnownHostsFile={sshd.known_hosts}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-o",
-        "ConnectTimeout=5",
-        *args,
-        f"{sshd.user}@127.0.0.1",
-        *([command] if command else []),
-    ]
-
-
-def banner(port: int, timeout: float = 5.0) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
-        return conn.recv(200)
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"ssh exited {proc.returncode}: {proc.stderr.read()!r}"  # type: ignore[union-attr]
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port} after {timeout}s")
-
-
-def write_tunnel_config(
-    path: Path, sshd: Any, smtp_listen: int, dns_listen: int, target: int
-) -> Config:
-    path.write_text(f"""\
-[[tunnel]]
-name = "relay1"
-host = "127.0.0.1"
-port = {sshd.port}
-user = "{sshd.user}"
-identity = "{sshd.client_key}"
-known_hosts = "{sshd.known_hosts}"
-
-  [[tunnel.forward]]
-  name = "smtp"
-  service = "smtp"
-  listen = {smtp_listen}
-  target = {target}
-  domains = ["example.org"]
-
-  [[tunnel.forward]]
-  name = "dns"
-  service = "dns"
-  listen = {dns_listen}
-  target = 53
-  zones = ["example.org"]
-""")
-    return load(path)
-
-
 def test_real_sshd_allows_exactly_the_configured_forwards(
     tmp_path: Path, make_sshd: Any, smtp_sink: Any
 ) -> None:
@@ -183,15 +114,8 @@ def test_real_sshd_allows_exactly_the_configured_forwards(
     sshd.extra_config = sshd_config(config)  # the harness appends it after its own settings
     sshd.start()
 
-    forward = subprocess.Popen(
-        ssh_args(sshd, "-N", "-R", f"127.0.0.1:{smtp_listen}:127.0.0.1:{smtp_sink.port}"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
+    with reverse_forward(sshd, smtp_listen, smtp_sink.port):
         # A configured listen: sshd listens, and connections reach the internal mail server.
-        wait_listening(smtp_listen, forward)
         assert banner(smtp_listen).startswith(b"220 mail.example.org")
 
         # Any other listen port is refused.
@@ -222,12 +146,3 @@ def test_real_sshd_allows_exactly_the_configured_forwards(
         shell = run(ssh_args(sshd, "-T", command=f"touch {marker}"), check=False, timeout=20)
         assert shell.returncode == 1, shell.stderr  # /bin/false's status, not ssh's 255
         assert not marker.exists()
-    finally:
-        forward.terminate()
-        try:
-            forward.wait(10)
-        except subprocess.TimeoutExpired:
-            forward.kill()
-            forward.wait(10)
-    if os.environ.get("TUNNELKEEPER_SHOW_SSHD_LOG"):
-        print(sshd.log_text())
