@@ -27,7 +27,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from . import config, ssh
+from . import config, services, ssh
 from .supervisor import Service, Supervisor
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,9 @@ def demo_config(folder: Path, relay_port: int, smtp_port: int, dns_port: int) ->
 
 
 @contextlib.asynccontextmanager
-async def running_demo() -> AsyncIterator[tuple[Supervisor, ssh.EmbeddedRelay, MailStats]]:
+async def running_demo(
+    *, dashboard: bool = False
+) -> AsyncIterator[tuple[Supervisor, ssh.EmbeddedRelay, MailStats]]:
     """Everything the demo needs, started; the supervisor is returned not yet running."""
     stats = MailStats()
     with tempfile.TemporaryDirectory(prefix="tunnelkeeper-demo-") as tmp:
@@ -188,7 +190,9 @@ async def running_demo() -> AsyncIterator[tuple[Supervisor, ssh.EmbeddedRelay, M
                     f"[127.0.0.1]:{relay.port} {relay.host_public_line}\n"
                 )
                 cfg = demo_config(folder, relay.port, smtp.port, dns_service.port)
-                yield Supervisor(cfg, services=[_sender(stats), _chaos(relay)]), relay, stats
+                extras = [_sender(stats), _chaos(relay)]
+                companions = services.standard(cfg, dashboard=dashboard)
+                yield Supervisor(cfg, services=extras + companions), relay, stats
 
 
 def _throwaway_keys(folder: Path) -> tuple[ssh.NewKey, ssh.NewKey]:

@@ -66,6 +66,7 @@ class Supervisor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._published = self.snapshot()
+        self.ready = asyncio.Event()  # every tunnel had its first attempt (sd_notify READY=1)
 
     # -- readers -----------------------------------------------------------------------------
 
@@ -82,27 +83,39 @@ class Supervisor:
         """The last published status; safe from any thread (rich's Live refreshes from its own)."""
         return self._published
 
-    async def first_attempts_done(self) -> None:
-        """Return once every tunnel had its first connection attempt (for READY=1)."""
+    async def _mark_ready(self) -> None:
         for tunnel in list(self._tunnels.values()):
             await tunnel.attempted.wait()
+        self.ready.set()
+        log.info("every tunnel had its first attempt: %s", self.snapshot().summary())
 
     # -- life --------------------------------------------------------------------------------
 
     async def run(self, shutdown: Shutdown, reload: asyncio.Event | None = None) -> None:
         """Run until `shutdown` is requested, then stop gracefully.
 
-        Raises AlreadyRunning/ControlError when the control socket cannot be taken.
+        Raises AlreadyRunning/ControlError when the control socket cannot be taken, or the
+        TunnelkeeperError of a service that cannot start (e.g. a metrics port in use).
         """
+        try:
+            await self._run(shutdown, reload)
+        except BaseExceptionGroup as group:
+            first = _only_our_errors(group)
+            if first is None:
+                raise
+            raise first from group
+
+    async def _run(self, shutdown: Shutdown, reload: asyncio.Event | None) -> None:
         async with ControlServer(self.config.control_socket, self.snapshot):
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 for cfg in self.config.tunnel:
                     self._start(cfg)
-                helpers = [tg.create_task(self._publish())]
+                helpers = [tg.create_task(self._publish()), tg.create_task(self._mark_ready())]
                 if reload is not None:
                     helpers.append(tg.create_task(self._reloads(reload)))
                 helpers += [tg.create_task(service(self)) for service in self._services]
+                await asyncio.sleep(0)  # let services start (the dashboard takes over the log)
                 log.info(
                     "supervisor started (pid %d) with %d tunnel(s) from %s",
                     self.pid,
@@ -235,6 +248,21 @@ async def serve(supervisor: Supervisor, stop_after: float | None = None) -> None
             timer.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+def _only_our_errors(group: BaseExceptionGroup[BaseException]) -> TunnelkeeperError | None:
+    """The first error of a group made only of TunnelkeeperErrors (else None: a bug, be loud)."""
+    leaves: list[BaseException] = []
+    todo: list[BaseException] = [group]
+    while todo:
+        exc = todo.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            todo.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if leaves and all(isinstance(e, TunnelkeeperError) for e in leaves):
+        return leaves[-1]  # type: ignore[return-value]
+    return None
 
 
 def _set_log_level(level: str) -> None:

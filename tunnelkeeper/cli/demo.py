@@ -31,14 +31,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     dashboard = sys.stdout.isatty() if args.dashboard is None else args.dashboard
-    if not dashboard:
-        logs.setup("info")
+    logs.setup("info")
     asyncio.run(_demo(args.duration, dashboard))
     return EXIT_OK
 
 
 async def _demo(duration: float | None, dashboard: bool) -> None:
-    async with running_demo() as (supervisor, _relay, stats):
+    async with running_demo(dashboard=dashboard) as (supervisor, _relay, stats):
         await serve(supervisor, stop_after=duration)
     print(
         f"demo: {stats.delivered} of {stats.sent} messages delivered through the tunnel, "

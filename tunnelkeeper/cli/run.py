@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 
-from .. import config, logs, ssh
+from .. import config, logs, services, ssh
 from ..supervisor import Supervisor, serve
 from . import EXIT_FAILURE, EXIT_OK, add_config_option
 
@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURE
     ssh.preflight(cfg.tunnel)
-    supervisor = Supervisor(cfg)
+    dashboard = sys.stdout.isatty() if args.dashboard is None else args.dashboard
+    supervisor = Supervisor(cfg, services=services.standard(cfg, dashboard=dashboard))
     logs.setup(cfg.supervisor.log_level)
     asyncio.run(serve(supervisor))
     return EXIT_OK
