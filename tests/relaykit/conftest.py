@@ -126,7 +126,9 @@ def banner(port: int, timeout: float = 5.0) -> bytes:
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"ssh exited {proc.returncode}: {proc.stderr.read()!r}"  # type: ignore[union-attr]
+        if proc.poll() is not None:
+            stderr = proc.stderr.read() if proc.stderr else b""
+            raise AssertionError(f"ssh exited {proc.returncode}: {stderr!r}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return
