@@ -25,6 +25,7 @@ from .state import ProbeResult, utcnow
 
 Opener = Callable[[Endpoint, float], Awaitable[Stream]]
 MAX_LINE = 4096
+TCP_SETTLE = 0.3  # seconds a tcp probe waits to see the connection really held
 
 
 async def run_probe(
@@ -59,7 +60,17 @@ async def run_probe(
 
 
 async def _check_tcp(stream: Stream, forward: Forward) -> str:
-    return "connected"
+    # Through the relay the channel opens even when the target is down: the relay accepts,
+    # and only then is the connection handed back to us and refused. So a connection that
+    # is closed at once, with nothing said, means the far end is not there.
+    try:
+        async with asyncio.timeout(TCP_SETTLE):
+            data = await stream.read(1)
+    except TimeoutError:
+        return "connected"
+    if not data:
+        raise ProbeError("connection closed at once: nothing accepts it behind the tunnel")
+    return "connected, target spoke first"
 
 
 async def _read_reply(stream: Stream) -> tuple[int, str]:

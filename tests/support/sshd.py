@@ -100,7 +100,8 @@ class Sshd:
         self.known_hosts = root / "known_hosts"
         self.config_path = root / "sshd_config"
         self.log_path = root / "sshd.log"
-        self.extra_config = extra_config
+        self.extra_config = extra_config  # appended: Match blocks go here
+        self.override_config = ""  # prepended: sshd keeps the first value of a keyword
         self.proc: subprocess.Popen[bytes] | None = None
         self.set_authorized(permitlisten=permitlisten, options=key_options)
         self.write_known_hosts()
@@ -139,6 +140,7 @@ class Sshd:
     def write_config(self) -> None:
         root_login = "PermitRootLogin prohibit-password\n" if os.getuid() == 0 else ""
         self.config_path.write_text(
+            f"{self.override_config}\n"
             f"Port {self.port}\n"
             "ListenAddress 127.0.0.1\n"
             f"HostKey {self.host_key}\n"
