@@ -81,11 +81,13 @@ def test_without_a_config_the_default_socket_is_asked(
         server.stop()
 
 
-def test_a_broken_config_is_3_not_2(short_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # 2 would read as "every forward down" to a monitoring system.
+def test_a_broken_config_is_a_configuration_error(
+    short_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # SPEC §3: configuration errors exit 2 everywhere, status included.
     cfg = short_tmp / "bad.toml"
     cfg.write_text("[supervisor]\nbogus = 1\n")
-    assert main(["status", "-c", str(cfg)]) == 3
+    assert main(["status", "-c", str(cfg)]) == 2
     assert "bogus" in capsys.readouterr().err
 
 

@@ -16,7 +16,7 @@ from ..config import default_control_socket, find_config, load
 from ..control import fetch_status
 from ..errors import ConfigError, ControlError
 from ..state import SupervisorStatus
-from . import add_config_option
+from . import EXIT_USAGE, add_config_option
 
 if TYPE_CHECKING:  # rich is imported only when something is shown
     from rich.console import Console
@@ -27,7 +27,7 @@ WATCH_INTERVAL = 1.0  # seconds between polls of the control socket under --watc
 
 EPILOG = """\
 exit status: 0 every forward up, 1 some down (a failed probe counts as down), 2 none up,
-3 no supervisor reachable (or its control socket cannot be worked out from the config).
+3 no supervisor reachable; a configuration named with -c that is invalid exits 2.
 --watch polls about once a second until Ctrl-C, then exits with the status of the last poll.
 """
 
@@ -52,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         path = control_socket(args.config)
     except ConfigError as exc:
-        # Not exit 2 as elsewhere: to a monitoring system 2 would mean "every forward down".
+        # SPEC §3: a configuration error exits 2 everywhere, status included.
         print(f"tunnelkeeper: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return EXIT_USAGE
     if args.watch:
         return _watch(path)
     try:
