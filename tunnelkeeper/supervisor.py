@@ -137,6 +137,14 @@ class Supervisor:
         """Apply a re-read configuration: restart only tunnels whose settings changed."""
         if new.control_socket != self.config.control_socket:
             log.warning("reload: control_socket changes only take effect on restart")
+        keep = {"log_level"}
+        if new.supervisor.model_dump(exclude=keep) != self.config.supervisor.model_dump(
+            exclude=keep
+        ):
+            log.warning(
+                "reload: [supervisor] changes other than log_level (metrics, alert "
+                "hooks, shutdown_grace) take effect on restart"
+            )
         old = {t.name: t for t in self.config.tunnel}
         wanted = {t.name: t for t in new.tunnel}
         changed = [n for n in old if n not in wanted or wanted[n] != old[n]]
