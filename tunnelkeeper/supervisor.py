@@ -137,13 +137,13 @@ class Supervisor:
         """Apply a re-read configuration: restart only tunnels whose settings changed."""
         if new.control_socket != self.config.control_socket:
             log.warning("reload: control_socket changes only take effect on restart")
-        keep = {"log_level"}
+        keep = {"log_level", "shutdown_grace"}  # these two apply at once
         if new.supervisor.model_dump(exclude=keep) != self.config.supervisor.model_dump(
             exclude=keep
         ):
             log.warning(
-                "reload: [supervisor] changes other than log_level (metrics, alert "
-                "hooks, shutdown_grace) take effect on restart"
+                "reload: [supervisor] changes to metrics, alert hooks or allow_root "
+                "take effect on restart"
             )
         old = {t.name: t for t in self.config.tunnel}
         wanted = {t.name: t for t in new.tunnel}
