@@ -137,7 +137,7 @@ class Supervisor:
         """Apply a re-read configuration: restart only tunnels whose settings changed."""
         if new.control_socket != self.config.control_socket:
             log.warning("reload: control_socket changes only take effect on restart")
-        keep = {"log_level", "shutdown_grace"}  # these two apply at once
+        keep = {"log_level", "shutdown_grace", "control_socket"}  # applied, or said above
         if new.supervisor.model_dump(exclude=keep) != self.config.supervisor.model_dump(
             exclude=keep
         ):
