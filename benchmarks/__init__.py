@@ -1,0 +1,1 @@
+"""tunnelkeeper benchmarks against OpenSSH `ssh -R` and autossh (see BENCHMARKS.md)."""
