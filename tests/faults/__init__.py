@@ -1,0 +1,1 @@
+"""The fault and hostile-input suite: real sshd, namespaces, signals, fuzzed input."""
