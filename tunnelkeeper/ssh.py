@@ -118,11 +118,26 @@ def check_known_hosts(path: Path, policy: str) -> None:
         raise KeyFileError(f"cannot read known_hosts: {exc.strerror}", path=str(path)) from None
 
 
+# Parsed keys by path, with the (inode, size, mtime) they were read at. Parsing validates the
+# RSA key (a primality check in OpenSSL: ~0.2 s for 4096 bits) and blocks the event loop, so
+# every reconnect, standby and tunnel sharing the file would stall the others without it.
+_identities: dict[Path, tuple[tuple[int, int, int], asyncssh.SSHKey]] = {}
+
+
 def load_identity(path: Path) -> asyncssh.SSHKey:
-    """Read the private key. Raises KeyFileError with a hint for encrypted or foreign keys."""
+    """Read the private key (again only when the file changed). Raises KeyFileError with a hint
+    for encrypted or foreign keys."""
     check_identity_file(path)
     try:
-        return asyncssh.read_private_key(str(path))
+        st = path.stat()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read private key: {exc.strerror}", path=str(path)) from None
+    version = (st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _identities.get(path)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    try:
+        key = asyncssh.read_private_key(str(path))
     except asyncssh.KeyEncryptionError:
         raise KeyFileError(
             "private key is encrypted; tunnelkeeper runs unattended and needs an unencrypted "
@@ -134,6 +149,8 @@ def load_identity(path: Path) -> asyncssh.SSHKey:
         raise KeyFileError(f"not a usable private key: {exc}", path=str(path)) from None
     except OSError as exc:
         raise KeyFileError(f"cannot read private key: {exc.strerror}", path=str(path)) from None
+    _identities[path] = (version, key)
+    return key
 
 
 @dataclass(frozen=True)
