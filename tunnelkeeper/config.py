@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,8 +23,9 @@ from pydantic import (
 
 from .errors import ConfigError
 
-Seconds = Annotated[float, Field(strict=True, ge=0)]
-PositiveSeconds = Annotated[float, Field(strict=True, gt=0)]
+# inf would silently mean "never": no keepalive verdict, no connect timeout, an endless drain.
+Seconds = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
 Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
 Name = Annotated[str, Field(strict=True, pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
 Service = Literal["smtp", "dns", "tcp"]
@@ -32,6 +34,17 @@ HostKeyPolicy = Literal["strict", "accept-new"]
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
 CONFIG_NAME = "tunnelkeeper.toml"
+
+
+def _no_nul(value: Any) -> Any:
+    # TOML allows "\u0000"; no path or argv can hold it, and os calls would raise ValueError.
+    if "\x00" in str(value):
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+FilePath = Annotated[Path, AfterValidator(_no_nul)]
+Argv = tuple[Annotated[str, AfterValidator(_no_nul)], ...]
 
 
 class _Model(BaseModel):
@@ -107,7 +120,7 @@ class TunnelSettings(_Model):
     connect_timeout: PositiveSeconds = 10.0
     backoff_initial: Seconds = 1.0
     backoff_max: PositiveSeconds = 60.0
-    backoff_multiplier: Annotated[float, Field(strict=True, ge=1)] = 2.0
+    backoff_multiplier: Annotated[float, Field(strict=True, ge=1, allow_inf_nan=False)] = 2.0
     stable_after: Seconds = 30.0
     forward_retry: PositiveSeconds = 2.0
     probe_interval: Seconds = 30.0
@@ -125,8 +138,8 @@ class Defaults(TunnelSettings):
 
     port: Port | None = None
     user: str | None = None
-    identity: Path | None = None
-    known_hosts: Path | None = None
+    identity: FilePath | None = None
+    known_hosts: FilePath | None = None
     host_key_policy: HostKeyPolicy | None = None
     standby: bool | None = None
 
@@ -188,8 +201,8 @@ class Tunnel(TunnelSettings):
     host: Annotated[str, Field(strict=True, min_length=1, max_length=253)]
     port: Port = 22
     user: Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")]
-    identity: Path = Path("keys/tunnelkeeper_rsa")
-    known_hosts: Path = Path("keys/known_hosts")
+    identity: FilePath = Path("keys/tunnelkeeper_rsa")
+    known_hosts: FilePath = Path("keys/known_hosts")
     host_key_policy: HostKeyPolicy = "strict"
     standby: bool = False
     from_: tuple[str, ...] = Field(default=(), alias="from")
@@ -225,13 +238,13 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 class SupervisorSettings(_Model):
     """`[supervisor]`: process-wide settings."""
 
-    control_socket: Path | None = None
+    control_socket: FilePath | None = None
     log_level: LogLevel = "info"
     allow_root: bool = False
     shutdown_grace: Seconds = 10.0
     metrics_listen: Endpoint | None = None
-    on_down: tuple[str, ...] = ()
-    on_up: tuple[str, ...] = ()
+    on_down: Argv = ()
+    on_up: Argv = ()
     alert_after: Seconds = 60.0
 
     @field_validator("metrics_listen", mode="before")
@@ -334,12 +347,18 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"cannot read: {exc}", path=str(file)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", path=str(file)) from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(
+            "not valid TOML: arrays or tables nested too deeply", path=str(file)
+        ) from None
     return from_dict(raw, file)
 
 
 def from_dict(raw: Mapping[str, Any], file: Path) -> Config:
     """Validate an already parsed document as if read from `file`."""
     base = file.resolve().parent
+    if "path" in raw:  # Config.path is where the file was read from; it is no setting
+        raise ConfigError("unknown key", path=str(file), key="path")
     try:
         defaults = Defaults.model_validate(raw.get("defaults", {}))
     except ValidationError as exc:
