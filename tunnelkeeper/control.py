@@ -99,7 +99,8 @@ class ControlServer:
             try:
                 line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
                 request = json.loads(line)
-            except (ValueError, asyncio.LimitOverrunError, TimeoutError):
+            # RecursionError: json's decoder recurses per bracket; "[[[[..." fits in one line.
+            except (ValueError, RecursionError, asyncio.LimitOverrunError, TimeoutError):
                 await _reply(writer, {"error": "bad request: send one JSON line"})
                 return
             if not isinstance(request, dict) or request.get("cmd") != "status":
