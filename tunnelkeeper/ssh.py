@@ -138,17 +138,26 @@ def load_identity(path: Path) -> asyncssh.SSHKey:
         return cached[1]
     try:
         key = asyncssh.read_private_key(str(path))
-    except asyncssh.KeyEncryptionError:
-        raise KeyFileError(
-            "private key is encrypted; tunnelkeeper runs unattended and needs an unencrypted "
-            f"key readable only by its user: make one with `tunnelkeeper keygen`, or decrypt "
-            f"a copy with `ssh-keygen -p -N '' -f {path}`",
-            path=str(path),
-        ) from None
-    except (asyncssh.KeyImportError, ValueError) as exc:
+    except (asyncssh.KeyEncryptionError, asyncssh.KeyImportError, ValueError) as exc:
+        # Without a passphrase asyncssh reports an encrypted key as a KeyImportError
+        # ("Passphrase must be specified ..."), so the message is the only sign of it.
+        if isinstance(exc, asyncssh.KeyEncryptionError) or "passphrase" in str(exc).lower():
+            raise KeyFileError(
+                "private key is encrypted; tunnelkeeper runs unattended and reads no passphrase "
+                "and no ssh-agent: it needs an unencrypted key readable only by its user. Make "
+                "one with `tunnelkeeper keygen`, or decrypt a copy with `ssh-keygen -p -N '' "
+                "-f COPY` and point identity at that copy (mode 0600)",
+                path=str(path),
+            ) from None
         raise KeyFileError(f"not a usable private key: {exc}", path=str(path)) from None
     except OSError as exc:
         raise KeyFileError(f"cannot read private key: {exc.strerror}", path=str(path)) from None
+    if key.algorithm == b"ssh-dss":
+        raise KeyFileError(
+            "DSA keys are refused by OpenSSH since 7.0 and would only fail at the relay; make "
+            "an RSA key with `tunnelkeeper keygen`",
+            path=str(path),
+        )
     _identities[path] = (version, key)
     return key
 
