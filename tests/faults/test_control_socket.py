@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -28,10 +29,9 @@ def _client(path: Path, payload: bytes, *, close_early: bool = False) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
         sock.connect(str(path))
-        try:
+        # The server may give up on a huge line before we finished writing it.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server gave up on a huge line before we finished writing it
         if close_early:
             return b""
         chunks = []
