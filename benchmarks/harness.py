@@ -235,11 +235,13 @@ class BenchSshd(Sshd):
         return out
 
     def session_of(self, listen: int) -> list[int]:
-        """The sshd session processes behind the listener on `listen` (child and monitor)."""
+        """The sshd session processes behind the listener on `listen`: the holder, its
+        children, and its parent when that is a per-connection monitor, not the daemon."""
         assert self.proc is not None
         ours = set(descendants(self.proc.pid))
         pids = [p for p in listener_pids(listen) if p in ours]
         for pid in list(pids):
+            pids += [kid for kid in descendants(pid) if kid not in pids]
             with contextlib.suppress(OSError, IndexError):
                 parent = int(proc_stat(pid)[1])
                 if parent in ours and parent not in pids:
