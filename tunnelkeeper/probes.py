@@ -73,17 +73,20 @@ async def _check_tcp(stream: Stream, forward: Forward) -> str:
     return "connected, target spoke first"
 
 
-async def _read_reply(stream: Stream) -> tuple[int, str]:
+async def _read_reply(stream: Stream, what: str) -> tuple[int, str]:
     """One SMTP reply, possibly multi-line; returns (code, first line)."""
     first = ""
     for _ in range(100):
         raw = await stream.readline()
         if not raw:
-            raise ProbeError(
-                "connection closed before the SMTP reply"
-                if not first
-                else f"connection closed inside reply {first!r}"
-            )
+            if first:
+                raise ProbeError(f"connection closed inside the {what} reply {first!r}")
+            if what == "greeting":
+                raise ProbeError(
+                    "connection closed before the SMTP greeting: is the mail server "
+                    "behind the tunnel running?"
+                )
+            raise ProbeError(f"connection closed before the {what} reply")
         line = raw[:MAX_LINE].decode("utf-8", "replace").rstrip("\r\n")
         first = first or line
         if len(line) < 3 or not line[:3].isdigit():
@@ -94,17 +97,17 @@ async def _read_reply(stream: Stream) -> tuple[int, str]:
 
 
 async def _check_smtp(stream: Stream, forward: Forward) -> str:
-    code, greeting = await _read_reply(stream)
+    code, greeting = await _read_reply(stream, "greeting")
     if code != 220:
         raise ProbeError(f"greeting was {greeting!r}, not 220")
     stream.write(b"EHLO tunnelkeeper.probe\r\n")
     await stream.drain()
-    code, line = await _read_reply(stream)
+    code, line = await _read_reply(stream, "EHLO")
     if code != 250:
         raise ProbeError(f"EHLO answered {line!r}")
     stream.write(b"QUIT\r\n")
     await stream.drain()
-    await _read_reply(stream)
+    await _read_reply(stream, "QUIT")
     return greeting
 
 
