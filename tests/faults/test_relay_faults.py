@@ -23,7 +23,14 @@ def _mail_through(loop: MailLoop, at_least: int, timeout: float) -> None:
     wait_until(lambda: len(loop.accepted) >= goal, timeout, 0.05, f"{at_least} more messages")
 
 
-@pytest.mark.parametrize(("fault", "rounds"), [("kill-sessions", 6), ("restart-sshd", 2)])
+@pytest.mark.parametrize(
+    ("fault", "rounds"),
+    [
+        ("kill-sessions", 6),
+        ("restart-sshd", 2),
+        pytest.param("kill-sessions", 60, marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
+    ],
+)
 def test_relay_breaks_while_mail_flows(  # type: ignore[no-untyped-def]
     fault: str, rounds: int, make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
