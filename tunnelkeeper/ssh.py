@@ -440,6 +440,13 @@ def _translate(
         return ConnectRefused(f"{where}: connection refused")
     if isinstance(exc, OSError) and not isinstance(exc, ConnectionResetError | BrokenPipeError):
         return ConnectRefused(f"{where}: {exc.strerror or exc}")
+    if client is not None and isinstance(exc, asyncssh.ConnectionLost | ConnectionResetError):
+        # Closed on us before we were in. sshd does this past MaxStartups, after a line
+        # ("Exceeded MaxStartups") that asyncssh does not pass on; so say what it may be.
+        return Disconnected(
+            f"{where}: the relay closed the connection during the SSH handshake (sshd "
+            "overloaded, e.g. MaxStartups reached, or not an SSH server)"
+        )
     return _lost_reason(exc if isinstance(exc, Exception) else None, where)
 
 
