@@ -67,6 +67,7 @@ def test_sighup_storm_while_tunnels_flap(  # type: ignore[no-untyped-def]
         cfg.write_text(original)
         sup.signal(signal.SIGHUP)
         t1 = time.monotonic()
+        time.sleep(0.3)  # the last reload may restart relay2: do not read the state before it
         st = sup.wait_status(_all_up, 20, "both tunnels up after the storm")
         settled = time.monotonic() - t1
         assert [t.name for t in st.tunnels] == ["relay1", "relay2"]
@@ -98,33 +99,80 @@ def test_sighup_storm_while_tunnels_flap(  # type: ignore[no-untyped-def]
     assert fds_after <= fds_before + 2
 
 
-def test_sigterm_during_backoff(  # type: ignore[no-untyped-def]
-    make_relay, fdir: Path, outcome: dict[str, Any]
+@pytest.mark.parametrize("moment", ["backoff", "connecting"])
+def test_sigterm_while_reconnecting(  # type: ignore[no-untyped-def]
+    moment: str, make_relay, fdir: Path, outcome: dict[str, Any]
 ) -> None:
-    """A long backoff sleep does not hold up a stop."""
+    """A long backoff sleep, or a connect to a relay that never answers, does not hold up a
+    stop."""
     sshd = make_relay(start=False)
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    via = ("127.0.0.1", mute.getsockname()[1]) if moment == "connecting" else None
     cfg = relay_config(
         fdir / "tk.toml",
         sshd,
         [smtp_forward(free_port(), 25)],
+        via=via,
+        connect_timeout=60.0,
         backoff_initial=30.0,
         backoff_max=60.0,
     )
     sup = SupervisorProcess(cfg)
     try:
-        st = sup.wait_status(lambda s: s.tunnels[0].state == "backoff", 10, "backoff")
+        st = sup.wait_status(lambda s: s.tunnels[0].state == moment, 10, moment)
         retry = st.tunnels[0].next_retry_in()
-        assert retry is not None and retry > 20
+        if moment == "backoff":
+            assert retry is not None and retry > 20
+        time.sleep(0.5)
         t0 = time.monotonic()
         sup.signal(signal.SIGTERM)
         code = sup.proc.wait(10)
         stopped = time.monotonic() - t0
     finally:
+        mute.close()
         sup.stop()
-    outcome.update(next_retry_in_s=retry, stop_s=round(stopped, 2), exit=code)
+    outcome.update(moment=moment, next_retry_in_s=retry, stop_s=round(stopped, 2), exit=code)
     assert code == 0
     assert stopped < 1.5
     assert not (fdir / "control.sock").exists()
+
+
+def test_second_sigterm_forces(  # type: ignore[no-untyped-def]
+    make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
+) -> None:
+    """A long shutdown_grace with a connection open: the second SIGTERM ends the drain."""
+    listen = free_port()
+    sshd = make_relay(permitlisten=[f"127.0.0.1:{listen}"])
+    cfg = relay_config(
+        fdir / "tk.toml",
+        sshd,
+        [smtp_forward(listen, smtp_sink.port)],
+        supervisor={"shutdown_grace": 60},
+    )
+    sup = SupervisorProcess(cfg)
+    idle = None
+    try:
+        sup.wait_forward("up", 15)
+        idle = socket.create_connection(("127.0.0.1", listen), timeout=10)
+        assert idle.recv(3) == b"220"
+        sup.wait_status(lambda s: s.forwards[0].connections_active == 1, 5, "1 open")
+        sup.signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert sup.proc.poll() is None  # draining: up to 60 s
+        t0 = time.monotonic()
+        sup.signal(signal.SIGTERM)
+        code = sup.proc.wait(10)
+        forced = time.monotonic() - t0
+    finally:
+        if idle is not None:
+            idle.close()
+        sup.stop()
+    outcome.update(grace_s=60, forced_exit_s=round(forced, 2), exit=code)
+    assert code == 0
+    assert forced < 1.5
+    assert "stop forced" in sup.log()
 
 
 def test_sigterm_with_connections_open(  # type: ignore[no-untyped-def]
