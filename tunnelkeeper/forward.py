@@ -100,6 +100,8 @@ class Splice:
         self._pending_eof = False
         self._relay_eof = False  # the relay side said it sends no more
         self._target_eof = False  # the target said it sends no more
+        self._target_full = False  # the local socket's write buffer is above its high water
+        self._flushing = False  # the channel is handing us what it held while paused
         self._closed = False
 
     async def connect_target(self, target: Endpoint, timeout: float) -> None:
@@ -172,12 +174,26 @@ class Splice:
             self._chan.write_eof()
 
     def pause_channel(self) -> None:
-        if self._chan is not None:
+        self._target_full = True
+        if self._chan is not None and not self._flushing:
             self._chan.pause_reading()
 
     def resume_channel(self) -> None:
-        if self._chan is not None:
+        # asyncssh reopens the whole SSH window on the first packet it delivers after a pause,
+        # however much it still holds; pausing again mid-flush would leave that on top of a
+        # fresh window, and the backlog would grow by up to a window per cycle without bound.
+        # So take everything it held (at most one window) into the local socket's buffer,
+        # then pause again if that filled it.
+        self._target_full = False
+        if self._chan is None:
+            return
+        self._flushing = True
+        try:
             self._chan.resume_reading()
+        finally:
+            self._flushing = False
+        if self._target_full and not self._closed:
+            self._chan.pause_reading()
 
     # -- both -------------------------------------------------------------------------------
 
