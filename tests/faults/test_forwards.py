@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from tests.conftest import SmtpSink
 from tests.support.procs import SupervisorProcess
 from tests.support.sshd import free_port, wait_until
 
-from .kit import relay_config, send, smtp_forward, tcp_forward
+from .kit import relay_config, rss_kb, send, smtp_forward, tcp_forward
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -205,3 +206,69 @@ def test_internal_service_accepts_and_hangs(  # type: ignore[no-untyped-def]
     outcome.update(hung_probe=detail, hung_connections=20, stop_s=round(stopped, 2), grace_s=grace)
     assert code == 0
     assert grace - 0.2 <= stopped <= grace + 2.0
+
+
+class _SlowReader:
+    """A target that reads at about `rate` bytes/s: a busy internal server."""
+
+    def __init__(self, rate: int) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.got = 0
+        self._rate = rate
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            while data := conn.recv(65536):
+                self.got += len(data)
+                time.sleep(len(data) / self._rate)
+
+
+def test_slow_target_memory_stays_bounded(  # type: ignore[no-untyped-def]
+    make_relay, fdir: Path, outcome: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast sender and a slow internal server: the supervisor holds about one SSH window
+    (4 MiB) per direction, not the whole transfer."""
+    total, rate = 48 * 1024 * 1024, 12 * 1024 * 1024
+    target = _SlowReader(rate)
+    listen = free_port()
+    sshd = make_relay(permitlisten=[f"127.0.0.1:{listen}"])
+    cfg = relay_config(fdir / "tk.toml", sshd, [tcp_forward(listen, target.port)])
+    # Big buffers straight from mmap and back: RSS then follows what is held, not the heap's
+    # high-water mark.
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "16384")
+    sup = SupervisorProcess(cfg)
+    peak = 0
+    try:
+        sup.wait_forward("up", 15)
+        base = rss_kb(sup.proc.pid)
+        sender = socket.create_connection(("127.0.0.1", listen), timeout=30)
+
+        def send_all() -> None:
+            chunk = b"m" * 65536
+            for _ in range(total // len(chunk)):
+                sender.sendall(chunk)
+            sender.shutdown(socket.SHUT_WR)
+
+        threading.Thread(target=send_all, daemon=True).start()
+        t0 = time.monotonic()
+        while target.got < total and time.monotonic() - t0 < 60:
+            peak = max(peak, rss_kb(sup.proc.pid) - base)
+            time.sleep(0.05)
+        elapsed = time.monotonic() - t0
+        sender.close()
+    finally:
+        assert sup.stop() == 0
+    outcome.update(
+        transferred_mib=target.got >> 20,
+        seconds=round(elapsed, 1),
+        peak_rss_growth_kib=peak,
+    )
+    assert target.got == total
+    assert peak < 14 * 1024, peak  # two windows and change; the whole transfer is 48 MiB
