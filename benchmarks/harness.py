@@ -518,6 +518,9 @@ class Env:
         self.sshd.stop()
         self._tmp.cleanup()
 
+    def sink_pids(self) -> list[int]:
+        return [self._sink.pid] if self._sink is not None else []
+
     def tunnelkeeper(self, listens: Sequence[int], **kwargs: Any) -> Tunnelkeeper:
         return self._keep(Tunnelkeeper(self, listens, **kwargs))
 
