@@ -41,7 +41,7 @@ def events(out: Path) -> list[dict[str, str | None]]:
 async def until(check: Callable[[], bool], within: float = 5.0) -> None:
     """Poll `check` (it reads a file that a hook process writes) for at most `within` s."""
     async with asyncio.timeout(within):
-        while not check():  # noqa: ASYNC110 - another process writes the file: no event to await
+        while not check():  # another process writes the file: there is no event to await
             await asyncio.sleep(0.02)
 
 
