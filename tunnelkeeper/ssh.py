@@ -55,6 +55,7 @@ SIGNATURE_ALGS = (
 WINDOW = 4 * 1024 * 1024
 MAX_PACKET = 32768
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+READ_CHUNK = 36 * 1024  # one of sshd's 32 KiB channel packets with its framing
 
 ChannelSession = Any  # duck-typed asyncssh SSHTCPSession, see forward.Splice
 Acceptor = Callable[[str, int], Awaitable[ChannelSession]]
@@ -416,6 +417,7 @@ async def connect(tunnel: Tunnel) -> RelayConnection:
         conn = await asyncssh.connect(
             tunnel.host,
             tunnel.port,
+            tunnel=_PacketSizedReads(),
             username=tunnel.user,
             client_factory=lambda: client,
             client_keys=[key],
@@ -440,6 +442,59 @@ async def connect(tunnel: Tunnel) -> RelayConnection:
     if client.new_key is not None:
         _pin(tunnel, client.new_key)
     return RelayConnection(tunnel, conn, client, fingerprint)
+
+
+class _PacketSizedReads:
+    """asyncssh's `tunnel` hook used for a plain TCP connection, so that asyncssh is fed what
+    the socket gives in pieces of about one relay packet.
+
+    asyncssh re-slices its whole input buffer for each packet it takes off the front: a
+    256 KiB read (eight of sshd's 32 KiB packets) is copied about seven times over before it
+    is used up. Fed packet-sized pieces, each byte is copied about once: 10 % less CPU per
+    forwarded byte (benchmarks/fig1_throughput).
+    """
+
+    async def create_connection(
+        self, session_factory: Callable[[], Any], host: str, port: int
+    ) -> tuple[asyncio.BaseTransport, Any]:
+        conn = session_factory()
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_connection(lambda: _Chunker(conn), host, port)
+        return transport, conn
+
+
+class _Chunker(asyncio.Protocol):
+    """Passes everything to asyncssh's connection, data in READ_CHUNK pieces."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._conn.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if len(data) <= READ_CHUNK:
+            self._conn.data_received(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), READ_CHUNK):
+            if self._transport is not None and self._transport.is_closing():
+                return  # asyncssh closed the connection on what it has read so far
+            self._conn.data_received(view[start : start + READ_CHUNK])
+
+    def eof_received(self) -> bool | None:
+        return self._conn.eof_received()  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._conn.resume_writing()
 
 
 def _translate(
