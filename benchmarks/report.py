@@ -54,7 +54,7 @@ def environment() -> dict[str, str]:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} CPUs (nproc), {_cpu_model()}, {_memory()} RAM",
         "kernel": f"{platform.system()} {platform.release()}",
-        "load average at the end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load average before the run (1/5/15 min)": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "tunnelkeeper": f"{_version('tunnelkeeper')} at {commit}"
         + (" (package modified)" if dirty not in ("", "?") else ""),
