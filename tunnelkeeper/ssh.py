@@ -294,11 +294,9 @@ class RelayConnection:
         TunnelError when the connection fails meanwhile.
         """
 
-        sock = self._conn.get_extra_info("socket")
-
         async def factory(orig_host: str, orig_port: int) -> ChannelSession:
             try:
-                return _AckOnClose(await accept(orig_host, orig_port), sock)
+                return await accept(orig_host, orig_port)
             except TargetUnavailable as exc:
                 raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from exc
 
@@ -332,33 +330,6 @@ class RelayConnection:
         except (asyncssh.Error, OSError) as exc:
             raise _translate(exc, self.tunnel) from exc
         return StreamPair(reader, writer)
-
-
-class _AckOnClose:
-    """A forwarded connection's session that acknowledges the relay at once when it ends.
-
-    sshd keeps Nagle on for a session without a terminal, so while the channel's last packet
-    (its CHANNEL_CLOSE) waits for our delayed ACK (40 ms on Linux), the next CHANNEL_OPEN waits
-    behind it: every connection arriving within a few ms of the previous one's end would stall
-    40 ms. TCP_QUICKACK sends the pending ACK now.
-    """
-
-    def __init__(self, session: ChannelSession, sock: Any) -> None:
-        self._session = session
-        self._sock = sock
-        # Bound once, so asyncssh calls the session's own methods with no indirection.
-        self.connection_made = session.connection_made
-        self.session_started = session.session_started
-        self.data_received = session.data_received
-        self.eof_received = session.eof_received
-        self.pause_writing = session.pause_writing
-        self.resume_writing = session.resume_writing
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._session.connection_lost(exc)
-        if self._sock is not None and _TCP_QUICKACK is not None:
-            with contextlib.suppress(OSError):
-                self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
 
 class Listener:
@@ -464,25 +435,40 @@ class _PacketSizedReads:
 
 
 class _Chunker(asyncio.Protocol):
-    """Passes everything to asyncssh's connection, data in READ_CHUNK pieces."""
+    """Passes everything to asyncssh's connection, data in READ_CHUNK pieces, and acknowledges
+    what it read at once.
+
+    sshd keeps Nagle on for a session without a terminal: when it sends two messages in a row
+    and we have nothing to answer the first with, the second waits for our delayed ACK (40 ms
+    on Linux). That stalled the reply to our first tcpip-forward after every login (the
+    relay's debug and host-key messages come just before it) and every CHANNEL_OPEN that
+    followed a channel's CHANNEL_CLOSE. TCP_QUICKACK after each read sends a pending ACK now;
+    when asyncssh answered anything, the ACK went with it and this sends nothing.
+    """
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
         self._transport: asyncio.BaseTransport | None = None
+        self._sock: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
+        if _TCP_QUICKACK is not None:
+            self._sock = transport.get_extra_info("socket")
         self._conn.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if len(data) <= READ_CHUNK:
             self._conn.data_received(data)
-            return
-        view = memoryview(data)
-        for start in range(0, len(data), READ_CHUNK):
-            if self._transport is not None and self._transport.is_closing():
-                return  # asyncssh closed the connection on what it has read so far
-            self._conn.data_received(view[start : start + READ_CHUNK])
+        else:
+            view = memoryview(data)
+            for start in range(0, len(data), READ_CHUNK):
+                if self._transport is not None and self._transport.is_closing():
+                    return  # asyncssh closed the connection on what it has read so far
+                self._conn.data_received(view[start : start + READ_CHUNK])
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
     def eof_received(self) -> bool | None:
         return self._conn.eof_received()  # type: ignore[no-any-return]
