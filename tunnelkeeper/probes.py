@@ -13,11 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-import dns.exception
-import dns.message
-import dns.rcode
-import dns.rdatatype
-
 from .config import Endpoint, Forward
 from .errors import ChannelDenied, ProbeError, TargetUnavailable, TunnelError
 from .ssh import Stream, StreamPair
@@ -112,6 +107,12 @@ async def _check_smtp(stream: Stream, forward: Forward) -> str:
 
 
 async def _check_dns(stream: Stream, forward: Forward) -> str:
+    # Imported here: a supervisor without dns forwards never pays for dnspython (1.6 MB RSS).
+    import dns.exception
+    import dns.message
+    import dns.rcode
+    import dns.rdatatype
+
     zone = forward.zones[0]
     query = dns.message.make_query(zone, dns.rdatatype.SOA)
     wire = query.to_wire()
