@@ -20,6 +20,7 @@ Connector = Callable[[config.Tunnel], Awaitable[ssh.RelayConnection]]
 TARGET_CONNECT_TIMEOUT = 10.0
 PROBE_START_DELAY = 0.5  # let the relay settle a fresh listener before the first probe
 SPARE_RETRY = 5.0
+QUICK_RETRY = 0.05  # first retry of a refused listen; doubles up to forward_retry
 
 
 class ForwardRuntime:
@@ -203,7 +204,8 @@ class Tunnel:
     # -- forwards ----------------------------------------------------------------------------
 
     async def _hold_forward(self, conn: ssh.RelayConnection, fwd: ForwardRuntime) -> None:
-        """Open the relay listener; while the relay refuses, retry every forward_retry."""
+        """Open the relay listener; while the relay refuses, retry soon, then every
+        forward_retry."""
         refusals = 0
         while not self._draining:
             try:
@@ -221,7 +223,10 @@ class Tunnel:
                     )
                 fwd.set_state("refused", f"{exc} (retry #{refusals})")
                 self._refresh_forward_error()
-                await asyncio.sleep(self.cfg.forward_retry)
+                # A refusal often lasts a moment only: a killed relay session drops its
+                # connection a little before its listener, so the move onto the standby (or
+                # a fast reconnect) can ask while the port is still held.
+                await asyncio.sleep(min(self.cfg.forward_retry, QUICK_RETRY * 2 ** (refusals - 1)))
                 continue
             fwd.set_state("up")
             self._refresh_forward_error()
