@@ -30,7 +30,7 @@ from .tunnel import Connector, Tunnel
 
 log = logging.getLogger(__name__)
 
-PUBLISH_PERIOD = 0.25
+PUBLISH_PERIOD = 0.5  # the dashboard refreshes twice a second; more is idle CPU for nothing
 Service = Callable[["Supervisor"], Coroutine[Any, Any, None]]
 
 
