@@ -177,6 +177,8 @@ class RelayConnection:
                 factory, listen.host, listen.port, window=WINDOW, max_pktsize=MAX_PACKET
             )
         except asyncssh.ChannelListenError as exc:
+            if self.is_closing:
+                raise self._failed(self._client.lost) from exc
             raise ForwardRefused(f"relay refused to listen on {listen}") from exc
         except WIRE_ERRORS as exc:
             raise self._failed(exc) from exc
@@ -194,6 +196,8 @@ class RelayConnection:
                     dest.host, dest.port, window=WINDOW, max_pktsize=MAX_PACKET
                 )
         except asyncssh.ChannelOpenError as exc:
+            if self.is_closing:
+                raise self._failed(self._client.lost) from exc
             said = quoted("it", exc.reason)
             if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
                 raise ChannelDenied(f"relay forbids channels to {dest} ({said})") from exc
@@ -204,7 +208,7 @@ class RelayConnection:
             raise self._failed(exc) from exc
         return StreamPair(reader, writer, f"channel to {dest}")
 
-    def _failed(self, exc: BaseException) -> TunnelError:
+    def _failed(self, exc: BaseException | None) -> TunnelError:
         lost = exc if isinstance(exc, Exception) else None
         return lost_reason(lost, self.tunnel, self._transport.silent_for())
 
