@@ -45,12 +45,18 @@ class World:
         return config.from_dict({"supervisor": sup, "tunnel": list(tunnels)}, self.folder / "t")
 
 
+def _relay_keys(folder: Path) -> tuple[bytes, str, Path, str]:
+    """The relay's host key (private, public) and the client's key (path, public line)."""
+    host = keygen(folder / "host_ed25519", "ed25519")
+    client = keygen(folder / "client_rsa")
+    host_pub = " ".join(Path(f"{host}.pub").read_text().split()[:2])
+    return host.read_bytes(), host_pub, client, Path(f"{client}.pub").read_text()
+
+
 @pytest.fixture
 async def world(fdir: Path) -> AsyncIterator[World]:
-    host = keygen(fdir / "host_ed25519", "ed25519")
-    client = keygen(fdir / "client_rsa")
-    host_pub = " ".join(Path(f"{host}.pub").read_text().split()[:2])
-    relay = ssh.EmbeddedRelay(host.read_bytes(), Path(f"{client}.pub").read_text())
+    host_key, host_pub, client, client_pub = _relay_keys(fdir)
+    relay = ssh.EmbeddedRelay(host_key, client_pub)
     async with relay:
         (fdir / "known_hosts").write_text(f"[127.0.0.1]:{relay.port} {host_pub}\n")
         yield World(fdir, relay, client)

@@ -16,7 +16,7 @@ from tunnelkeeper.errors import ProbeError, StreamLost, TunnelError, Tunnelkeepe
 from tunnelkeeper.forward import Splice
 from tunnelkeeper.supervisor import Shutdown, Supervisor
 
-from .embedded import World, forward, wait_for, world  # noqa: F401 (the fixture)
+from .embedded import World, forward, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

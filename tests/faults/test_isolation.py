@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
-from tunnelkeeper import probes, supervisor as supervisor_mod, tunnel as tunnel_mod
+from tunnelkeeper import probes
+from tunnelkeeper import supervisor as supervisor_mod
+from tunnelkeeper import tunnel as tunnel_mod
 from tunnelkeeper.supervisor import Shutdown, Supervisor
 
-from .embedded import World, forward, wait_for, world  # noqa: F401 (the fixture)
+from .embedded import World, forward, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
