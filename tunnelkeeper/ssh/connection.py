@@ -252,6 +252,9 @@ async def connect(tunnel: Tunnel) -> RelayConnection:
             client_factory=lambda: client,
             client_keys=[key],
             known_hosts=known.as_asyncssh(),
+            # Only a CA known: offer plain keys too, so a relay without a certificate fails
+            # on our host-key check (with its key named) rather than on a bare handshake.
+            server_host_key_algs="default" if known.cas and not known.trusted else (),
             agent_path=None,
             config=None,
             password=None,
