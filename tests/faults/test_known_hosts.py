@@ -5,6 +5,7 @@ line names; strict key exchange (Terrapin) negotiated."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,9 +76,21 @@ def test_accept_new_pins_nothing_when_any_line_names_the_host(
 def test_host_certificate_signed_by_a_cert_authority(make_sshd: Any, tmp_path: Path) -> None:
     sshd = make_sshd(start=False)
     ca = keygen(tmp_path / "host_ca", "ed25519")
+    sign = [
+        SSH_KEYGEN,
+        "-q",
+        "-s",
+        str(ca),
+        "-h",
+        "-I",
+        "relay",
+        "-n",
+        "127.0.0.1",
+        "-V",
+        "-5m:+1h",
+    ]
     subprocess.run(
-        [SSH_KEYGEN, "-q", "-s", str(ca), "-h", "-I", "relay", "-n", "127.0.0.1"]
-        + ["-V", "-5m:+1h", f"{sshd.host_key}.pub"],
+        [*sign, f"{sshd.host_key}.pub"],
         check=True,
         timeout=30,
     )
@@ -106,15 +119,13 @@ def test_names_match_as_openssh_matches_them(make_sshd: Any, tmp_path: Path, for
         assert "localhost" not in sshd.known_hosts.read_text()
     cfg = _config(tmp_path, sshd)
     cfg.write_text(cfg.read_text().replace('host = "127.0.0.1"', 'host = "LOCALHOST"'))
-    code, result = _check(cfg)
+    _, result = _check(cfg)
     assert _tunnel_of(result)["state"] == "up", result
 
 
 def test_a_known_hosts_fifo_does_not_block(make_sshd: Any, tmp_path: Path) -> None:
     sshd = make_sshd()
     sshd.known_hosts.unlink()
-    import os
-
     os.mkfifo(sshd.known_hosts)
     proc = subprocess.run(
         [sys.executable, "-m", "tunnelkeeper", "check", "-c", str(_config(tmp_path, sshd))],
