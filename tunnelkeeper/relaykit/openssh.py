@@ -77,12 +77,17 @@ def listens(tunnels: tuple[Tunnel, ...]) -> list[str]:
     return list(dict.fromkeys(str(f.listen) for t in tunnels for f in t.forward))
 
 
+def opens(tunnels: tuple[Tunnel, ...]) -> list[str]:
+    """Every direct-tcpip destination these tunnels open, `host:port`, config order."""
+    # The end-to-end probes open direct-tcpip channels to the relay's own listen address.
+    return listens(tunnels)
+
+
 def key_options(tunnel: Tunnel) -> str:
     """`restrict` and then exactly what the tunnel needs: its listens, and opens to them."""
     options = ["restrict", "port-forwarding"]
     options += [f'permitlisten="{listen}"' for listen in listens((tunnel,))]
-    # The end-to-end probes open direct-tcpip channels to the relay's own listen address.
-    options += [f'permitopen="{listen}"' for listen in listens((tunnel,))]
+    options += [f'permitopen="{target}"' for target in opens((tunnel,))]
     options.append('command="/bin/false"')
     if tunnel.from_:
         options.append(f'from="{",".join(tunnel.from_)}"')
@@ -168,6 +173,7 @@ def _match_block(host: str, user: str, tunnels: tuple[Tunnel, ...]) -> list[str]
     alive = client_alive(tightest)
     public = any(not f.listen.is_loopback for t in tunnels for f in t.forward)
     allowed = " ".join(listens(tunnels))
+    destinations = " ".join(opens(tunnels))
     lines = [
         f"# Relay account {user} on {host} (tunnel {names}).",
         f"# Keepalive arithmetic (tunnel {tightest.name}). tunnelkeeper gives up on a silent",
@@ -200,7 +206,7 @@ def _match_block(host: str, user: str, tunnels: tuple[Tunnel, ...]) -> list[str]
         f"Match User {user}",
         "\tAllowTcpForwarding yes",
         f"\tPermitListen {allowed}",
-        f"\tPermitOpen {allowed}",
+        f"\tPermitOpen {destinations}",
         f"\tGatewayPorts {'clientspecified' if public else 'no'}",
         "\tX11Forwarding no",
         "\tAllowAgentForwarding no",
