@@ -224,6 +224,11 @@ install -m 644 {SSHD_CONFIG} /etc/ssh/sshd_config.d/tunnelkeeper.conf
 sshd -t && systemctl reload ssh    # the unit is "sshd" on some systems
 ```
 
+Both files are required. The key line alone still lets the key forward Unix sockets
+(`ssh -R /some/path.sock:...` creates a socket on this relay: `permitlisten` limits TCP
+listens only); the `Match` block's `AllowStreamLocalForwarding no` refuses them, and it turns
+off X11 and agent forwarding, tunnel devices and ttys for the account as well.
+
 If `/etc/ssh/sshd_config` has no `Include /etc/ssh/sshd_config.d/*.conf` line at its top, append
 the file's text to the very end of `sshd_config` instead: a `Match` block runs to the end of the
 file. Check what sshd will apply to the account:

@@ -99,6 +99,9 @@ def authorized_keys(config: Config, tunnel: str | None = None) -> str:
     lines = [
         "# authorized_keys lines written by tunnelkeeper: the key may hold these reverse forwards",
         "# and open channels to them, and nothing else (no shell, pty, agent or X11).",
+        "# The sshd Match block (tunnelkeeper sshd-config) is required as well: port-forwarding",
+        "# here also allows Unix-socket forwards, which permitlisten does not limit; the block's",
+        "# AllowStreamLocalForwarding no refuses them.",
     ]
     for tun in select_tunnels(config, tunnel):
         key = read_public_key(tun)
@@ -161,6 +164,8 @@ def sshd_config(config: Config, tunnel: str | None = None) -> str:
         "# Put it in /etc/ssh/sshd_config.d/tunnelkeeper.conf where sshd_config includes that",
         "# folder (Debian, Ubuntu), or else at the very end of sshd_config: a Match block lasts",
         "# until the next Match line or the end of the file. Check with `sshd -t` and reload sshd.",
+        "# It is required, not optional: the authorized_keys line alone lets the key forward",
+        "# Unix sockets (permitlisten limits TCP only); AllowStreamLocalForwarding no stops that.",
     ]
     for host, user, tunnels in _accounts(config, tunnel):
         lines += ["", *_match_block(host, user, tunnels)]
