@@ -173,7 +173,9 @@ class Availability:
             conn.close()
 
 
-async def record(supervisor: Supervisor, *, poll: float = POLL) -> None:
+async def record(
+    supervisor: Supervisor, *, poll: float = POLL, refresh: float = REFRESH
+) -> None:
     """Record `supervisor`'s state changes until cancelled. A database that cannot be opened
     turns history off (logged); it never stops the supervisor."""
     settings = supervisor.config.supervisor
@@ -207,7 +209,7 @@ async def record(supervisor: Supervisor, *, poll: float = POLL) -> None:
             if now - beat >= HEARTBEAT:
                 beat = now
                 writer.heartbeat(now)
-            if now - refreshed >= REFRESH and (refreshing is None or refreshing.done()):
+            if now - refreshed >= refresh and (refreshing is None or refreshing.done()):
                 refreshed = now
                 refreshing = asyncio.create_task(_refresh(avail, path, now))
             await asyncio.sleep(poll)
