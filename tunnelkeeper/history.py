@@ -173,9 +173,7 @@ class Availability:
             conn.close()
 
 
-async def record(
-    supervisor: Supervisor, *, poll: float = POLL, refresh: float = REFRESH
-) -> None:
+async def record(supervisor: Supervisor, *, poll: float = POLL, refresh: float = REFRESH) -> None:
     """Record `supervisor`'s state changes until cancelled. A database that cannot be opened
     turns history off (logged); it never stops the supervisor."""
     settings = supervisor.config.supervisor

@@ -138,7 +138,9 @@ def with_history() -> SupervisorStatus:
     return replace(
         status,
         tunnels=tuple(
-            replace(t, forwards=tuple(replace(f, availability_24h=next(values)) for f in t.forwards))
+            replace(
+                t, forwards=tuple(replace(f, availability_24h=next(values)) for f in t.forwards)
+            )
             for t in status.tunnels
         ),
     )

@@ -138,7 +138,10 @@ def write_history(path: Path, sessions: list[tuple[float, float, list[Event]]]) 
 
 
 def fwd_events(at: float, name: str = "smtp") -> list[Event]:
-    return [Event(at, "forward", "relay1", name, "added"), Event(at, "forward", "relay1", name, "up")]
+    return [
+        Event(at, "forward", "relay1", name, "added"),
+        Event(at, "forward", "relay1", name, "up"),
+    ]
 
 
 def test_report_outages_and_availability(tmp_path: Path) -> None:
