@@ -189,7 +189,8 @@ class Writer:
                 "('forward', 'outage') GROUP BY session, tunnel, forward, kind) "
                 "AND NOT (kind = 'forward' AND state = 'removed') "
                 "AND NOT (kind = 'outage' AND state = 'end') "
-                "AND session IN (SELECT id FROM sessions WHERE coalesce(stopped, last_seen) >= :cut)",
+                "AND session IN "
+                "(SELECT id FROM sessions WHERE coalesce(stopped, last_seen) >= :cut)",
                 {"cut": before},
             )
             c.execute("DELETE FROM events WHERE at < ?", (before,))

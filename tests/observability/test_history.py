@@ -109,7 +109,8 @@ def test_a_failing_probe_is_an_outage_and_a_refused_listen_too() -> None:
     assert [(e.forward, e.state, e.reason) for e in events if e.kind == "probe"] == [
         ("smtp", "failed", "no 220 banner")
     ]
-    refused = replace(failing, forwards=(replace(SMTP_OK, probe=bad), replace(DNS_OK, state="refused", error="held")))  # fmt: skip
+    dns_refused = replace(DNS_OK, state="refused", error="held")
+    refused = replace(failing, forwards=(replace(SMTP_OK, probe=bad), dns_refused))
     events = rec.observe(snap(refused), T0 + 2, probes())
     assert outages(events) == [("dns", "start", "forward-refused")]
     good = replace(SMTP_OK, probe=replace(bad, ok=True, at=NOW + timedelta(seconds=3)))
@@ -218,7 +219,8 @@ def test_prune_forgets_old_events_and_the_report_still_adds_up(tmp_path: Path) -
     writer.prune(T0 - 90 * DAY)
     writer.close(now=T0)
     conn = connect(db, readonly=True)
-    assert conn.execute("SELECT count(*) FROM events WHERE at < ?", (T0 - 90 * DAY,)).fetchone()[0] == 0  # fmt: skip
+    old = conn.execute("SELECT count(*) FROM events WHERE at < ?", (T0 - 90 * DAY,))
+    assert old.fetchone()[0] == 0
     doc = history_report.report(conn, T0 - 30 * DAY, T0)
     conn.close()
     [row] = doc["availability"]  # still known although its "added" was pruned away
@@ -337,7 +339,10 @@ def test_kill_9_mid_burst_leaves_a_consistent_database(tmp_path: Path) -> None:
 
 def test_history_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "tunnelkeeper.toml"
-    body = '[[tunnel]]\nname = "r"\nhost = "r.example"\nuser = "t"\n[[tunnel.forward]]\nname = "s"\nlisten = 2525\ntarget = 25\n'  # fmt: skip
+    body = (
+        '[[tunnel]]\nname = "r"\nhost = "r.example"\nuser = "t"\n'
+        '[[tunnel.forward]]\nname = "s"\nlisten = 2525\ntarget = 25\n'
+    )
     cfg.write_text(f'[supervisor]\nhistory_path = "none.db"\n{body}')
     assert main(["history", "-c", str(cfg)]) == 1
     assert "no history recorded yet" in capsys.readouterr().err
