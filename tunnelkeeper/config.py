@@ -299,15 +299,34 @@ class SupervisorSettings(_Model):
     log_level: LogLevel = "info"
     allow_root: bool = False
     shutdown_grace: Seconds = 10.0
+    # Declared before metrics_listen so that its validator can see it.
+    allow_public_metrics: bool = False
     metrics_listen: Endpoint | None = None
+    metrics_textfile: FilePath | None = None
     on_down: Argv = ()
     on_up: Argv = ()
     alert_after: Seconds = 60.0
+    history: bool = True
+    history_path: FilePath | None = None
+    history_days: Annotated[int, Field(strict=True, ge=1, le=36500)] = 90
 
     @field_validator("metrics_listen", mode="before")
     @classmethod
-    def _metrics(cls, value: object) -> Endpoint | None:
-        return None if value is None else parse_endpoint(value)
+    def _metrics(cls, value: object, info: ValidationInfo) -> Endpoint | None:
+        if value is None:
+            return None
+        listen = parse_endpoint(value)
+        if not listen.is_loopback and not info.data.get("allow_public_metrics", False):
+            raise ValueError(
+                f"{listen} is not a loopback address: anyone who can reach it would read the "
+                "tunnels' state; set allow_public_metrics = true if that is intended"
+            )
+        return listen
+
+    @property
+    def history_file(self) -> Path:
+        """Where the history database lives: history_path, else under $XDG_STATE_HOME."""
+        return self.history_path or default_history_path()
 
 
 class Config(_Model):
@@ -352,6 +371,12 @@ def _unique(values: list[str], what: str) -> None:
         if value in seen:
             raise ValueError(f"duplicate {what} {value!r}")
         seen.add(value)
+
+
+def default_history_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "tunnelkeeper" / "history.db"
 
 
 def default_control_socket(env: Mapping[str, str] | None = None) -> Path:
@@ -443,8 +468,10 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         for t in config.tunnel
     )
     sup = config.supervisor
-    if sup.control_socket is not None:
-        sup = sup.model_copy(update={"control_socket": resolve(sup.control_socket)})
+    paths = ("control_socket", "history_path", "metrics_textfile")
+    sup = sup.model_copy(
+        update={k: resolve(getattr(sup, k)) for k in paths if getattr(sup, k) is not None}
+    )
     return config.model_copy(update={"tunnel": tunnels, "supervisor": sup})
 
 
