@@ -304,6 +304,35 @@ class StatusPoller:
         return [s for s in list(self.samples) if start <= s.at <= end]
 
 
+@dataclass
+class PeakRss:
+    """The highest VmRSS of `pid`, sampled every `period` s from a thread."""
+
+    pid: int
+    period: float = 0.05
+    peak_kb: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> PeakRss:
+        self._thread = threading.Thread(target=self._body, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _body(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak_kb = max(self.peak_kb, rss_kb(self.pid))
+            except (OSError, AssertionError):
+                return
+            self._stop.wait(self.period)
+
+
 def median(values: list[int]) -> int:
     ordered = sorted(values)
     return ordered[len(ordered) // 2] if ordered else 0
