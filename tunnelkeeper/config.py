@@ -156,6 +156,8 @@ class Forward(_Model):
     domains: tuple[str, ...] = ()
     subdomains: bool = True
     zones: tuple[str, ...] = ()
+    # Postfix's default_process_limit: as many SMTP sessions as a stock MTA serves at once.
+    max_connections: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 100
 
     @field_validator("target", mode="before")
     @classmethod
