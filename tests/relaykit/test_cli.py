@@ -170,10 +170,13 @@ def test_kit_without_mail_or_dns(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert sorted(p.name for p in (tmp_path / "kit").iterdir()) == [
         "README.md",
         "authorized_keys",
+        "check-relay.sh",
         "sshd_config-tunnelkeeper.conf",
     ]
     readme = (tmp_path / "kit" / "README.md").read_text()
     assert "sendmail" not in readme and "BIND" not in readme
+    script = (tmp_path / "kit" / "check-relay.sh").read_text()
+    assert "sendmail" not in script and "named" not in script
 
 
 CONFLICT = """\
