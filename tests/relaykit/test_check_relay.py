@@ -27,6 +27,7 @@ from tunnelkeeper.relaykit.kit import CHECK_SCRIPT, relay_kit, write_kit
 from tunnelkeeper.relaykit.openssh import authorized_keys, sshd_config
 
 from .conftest import need_tool, run, ssh_args, write_tunnel_config
+from .test_postfix import postmap  # noqa: F401  (a fixture: pytest finds it by name here)
 from .test_sendmail import RELAY_NAME, build_relay
 
 pytestmark = pytest.mark.timeout(120)
@@ -283,3 +284,33 @@ def test_dropbear_kit_passes_inside_dropbears_namespace(
     status, lines = staged.check(via=inside())
     assert status == 1
     assert [line for line in failures(lines) if "-K" in line], lines
+
+
+def test_postfix_relay(
+    tmp_path: Path,
+    openssh_relay: Staged,
+    postmap: Any,  # noqa: F811  (the fixture imported from test_postfix, requested by name)
+) -> None:
+    """TK_MTA=postfix: postmap -q for every key instead of sendmail -bt, and the .db's age."""
+    table = tmp_path / "postfix" / "transport"
+    table.parent.mkdir()
+    shutil.copy(openssh_relay.kit / "transport", table)
+    postmap.build(table)
+    wrapper = tmp_path / "postmap"
+    env = "".join(f"{k}={v} " for k, v in (postmap.env or {}).items() if k == "LD_LIBRARY_PATH")
+    wrapper.write_text(f'#!/bin/sh\nexec env {env}{postmap.binary} -c {postmap.config_dir} "$@"\n')
+    wrapper.chmod(0o755)
+    openssh_relay.env |= {
+        "TK_MTA": "postfix",
+        "TK_TRANSPORT": str(table),
+        "TK_POSTMAP": str(wrapper),
+        "TK_SENDMAIL": "/nonexistent",  # not consulted for a Postfix relay
+    }
+    status, lines = openssh_relay.check()
+    assert failures(lines) == [] and status == 0
+    assert "ok postmap -q .example.org: smtp:[127.0.0.1]:" in "\n".join(lines)
+    later = time.time() + 60
+    os.utime(table, (later, later))  # edited after the last postmap
+    status, lines = openssh_relay.check()
+    assert status == 1
+    assert [line for line in failures(lines) if "transport.db is newer than" in line], lines

@@ -139,7 +139,7 @@ _POSTFIX = """
 # -- Postfix routes the domains down the tunnel ---------------------------------------
 for pair in {pairs}; do
     key=${{pair%% *}} want=${{pair#* }}
-    got=$(postmap -q "$key" "hash:$TK_TRANSPORT" 2>&1)
+    got=$("$TK_POSTMAP" -q "$key" "hash:$TK_TRANSPORT" 2>&1)
     if [ "$got" = "$want" ]; then
         pass "postmap -q $key: $want"
     else
@@ -205,6 +205,7 @@ def check_relay(config: Config, tun: Tunnel, sshd: SshServer, *, mail: bool, dns
             ("TK_MAILERTABLE", "/etc/mail/mailertable", "the mailertable source"),
             ("TK_MAILERTABLE_MAP", "", "its map (default: TK_MAILERTABLE.db)"),
             ("TK_TRANSPORT", "/etc/postfix/transport", "Postfix's transport map source"),
+            ("TK_POSTMAP", "postmap", "Postfix's postmap program"),
         ]
     if dns:
         variables.append(("TK_NAMED_CONF", "/etc/bind/named.conf", "the named.conf to check"))

@@ -15,6 +15,7 @@
 #   TK_MAILERTABLE=/etc/mail/mailertable  the mailertable source
 #   TK_MAILERTABLE_MAP=                   its map (default: TK_MAILERTABLE.db)
 #   TK_TRANSPORT=/etc/postfix/transport   Postfix's transport map source
+#   TK_POSTMAP=postmap                    Postfix's postmap program
 #   TK_NAMED_CONF=/etc/bind/named.conf    the named.conf to check
 set -u
 : "${TK_USER:=tk}"
@@ -25,6 +26,7 @@ set -u
 : "${TK_SENDMAIL_CF:=/etc/mail/sendmail.cf}"
 : "${TK_MAILERTABLE:=/etc/mail/mailertable}"
 : "${TK_TRANSPORT:=/etc/postfix/transport}"
+: "${TK_POSTMAP:=postmap}"
 : "${TK_NAMED_CONF:=/etc/bind/named.conf}"
 
 failed=0
@@ -84,7 +86,7 @@ if [ "$TK_MTA" = postfix ]; then
     # -- Postfix routes the domains down the tunnel ---------------------------------------
     for pair in 'example.org smtp:[127.0.0.1]:2525' '.example.org smtp:[127.0.0.1]:2525' 'lists.example.org smtp:[127.0.0.1]:2525' '.lists.example.org smtp:[127.0.0.1]:2525' 'example.com smtp:[127.0.0.1]:2526'; do
         key=${pair%% *} want=${pair#* }
-        got=$(postmap -q "$key" "hash:$TK_TRANSPORT" 2>&1)
+        got=$("$TK_POSTMAP" -q "$key" "hash:$TK_TRANSPORT" 2>&1)
         if [ "$got" = "$want" ]; then
             pass "postmap -q $key: $want"
         else
