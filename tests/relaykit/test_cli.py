@@ -267,3 +267,16 @@ def test_generators_start_without_asyncssh_or_rich() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=REPO)
+
+
+def test_sshd_option(example_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(["authorized-keys", "-c", str(example_path), "--sshd", "dropbear"], capsys)
+    assert code == 0
+    assert out.splitlines()[-1].startswith("no-pty,no-agent-forwarding,no-X11-forwarding,")
+    assert "Dropbear cannot limit listen ports per key" in out
+    code, default, _ = cli(["authorized-keys", "-c", str(example_path)], capsys)
+    assert code == 0 and default.splitlines()[-1].startswith("restrict,port-forwarding,")
+    for verb in (["authorized-keys"], ["relay-kit", "--out", str(example_path.parent / "k")]):
+        code, out, err = cli([*verb, "-c", str(example_path), "--sshd", "lsh"], capsys)
+        assert (code, out) == (2, "")
+        assert "invalid choice: 'lsh'" in err
