@@ -140,10 +140,9 @@ def test_tunnel_through_the_relay_ten_kills(
     run_through(kind, 10, relay, cfg, listen, smtp_sink)
 
 
-# -- what the ssh layer is to report about the relay (the lead's change, not yet merged) ------
+# -- what the ssh layer reports about the relay ------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="needs relay_version/hint from the ssh layer")
 def test_status_shows_the_relays_version(
     make_sshd: Any, make_dropbear: Any, smtp_sink: Any, tmp_path: Path
 ) -> None:
@@ -160,7 +159,6 @@ def test_status_shows_the_relays_version(
         assert sup.stop() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs relay_version/hint from the ssh layer")
 def test_refused_key_on_dropbear_names_the_fix(
     make_dropbear: Any, smtp_sink: Any, tmp_path: Path
 ) -> None:
