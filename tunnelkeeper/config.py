@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import filetrust
 from .errors import ConfigError
 
 # inf would silently mean "never": no keepalive verdict, no connect timeout, an endless drain.
@@ -389,11 +390,13 @@ def find_config(
 
 
 def load(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the TOML file at `path`.
+    """Read and validate the TOML file at `path`, refusing a file another user could change
+    (it names commands to run; see filetrust).
 
     Raises ConfigError naming the file, the key path and what is wrong.
     """
     file = Path(path)
+    filetrust.check_file(file, "configuration")
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
