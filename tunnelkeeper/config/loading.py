@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .. import filetrust
 from ..errors import ConfigError
 from .models import Config, Defaults
 from .values import CONFIG_NAME, control_character
@@ -43,11 +44,13 @@ def find_config(
 
 
 def load(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the TOML file at `path`.
+    """Read and validate the TOML file at `path`, refusing a file another user could change
+    (it names commands to run; see filetrust).
 
     Raises ConfigError naming the file, the key path and what is wrong.
     """
     file = Path(path)
+    filetrust.check_file(file, "configuration")
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
