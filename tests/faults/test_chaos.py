@@ -22,15 +22,14 @@ from tests.support.sshd import free_port, wait_until
 from .chaos import (
     EXECUTOR_CAP,
     Chaos,
-    DnsTarget,
     Sample,
-    SmtpTarget,
     StatusPoller,
     exactly_once,
     fetch_raw,
     median,
 )
 from .kit import FaultSshd, MailLoop, add_tunnel, relay_config, smtp_forward
+from .targets import DnsTarget, SmtpTarget
 
 BACKOFF_MAX = 2.0
 PROBE_INTERVAL = 1.0
@@ -114,6 +113,17 @@ def _healthy(status: dict[str, Any] | None, before: dict[tuple[str, str], Any]) 
     )
 
 
+def _summary(status: dict[str, Any] | None) -> list[str]:
+    """One line per forward: state, and its last probe."""
+    if status is None:
+        return ["no status"]
+    return [
+        f"{t['name']}/{f['name']} {t['state']} {f['state']} probe={f['probe']}"
+        for t in status["tunnels"]
+        for f in t["forwards"]
+    ]
+
+
 def _standby_ready(status: dict[str, Any] | None) -> bool:
     return status is not None and status["tunnels"][0].get("standby") == "ready"
 
@@ -160,6 +170,7 @@ def run_chaos(make_relay: Any, fdir: Path, outcome: dict[str, Any], seconds: flo
 
     chaos = Chaos(seed, sshd, smtp, dns, reload, alive)
     back: float | None = None
+    stuck: list[str] = []
     internal: list[Any] = []
     quiet_before: list[Sample] = []
     quiet_after: list[Sample] = []
@@ -178,7 +189,9 @@ def run_chaos(make_relay: Any, fdir: Path, outcome: dict[str, Any], seconds: flo
         last = fetch_raw(sup.socket)
         if last is not None and alive():
             back = _recovery(sup, _probe_ids(last), restored, alive)
-        if back is not None:
+        if back is None:
+            stuck = _summary(fetch_raw(sup.socket))
+        else:
             wait_until(lambda: _standby_ready(fetch_raw(sup.socket)), 30, 0.1, "standby again")
             time.sleep(3)
             quiet_after = poller.window(time.monotonic() - 3, time.monotonic())
@@ -236,7 +249,7 @@ def run_chaos(make_relay: Any, fdir: Path, outcome: dict[str, Any], seconds: flo
     )
     assert exits == 0, f"the supervisor exited during the chaos:\n{log[-8000:]}"
     assert code == 0, log[-4000:]
-    assert back is not None, f"not every forward came back:\n{log[-4000:]}"
+    assert back is not None, f"not every forward came back: {stuck}\n{log[-4000:]}"
     for book in books:
         assert book.acknowledged > 0, book
         assert not book.lost and not book.duplicated and not book.altered, book
