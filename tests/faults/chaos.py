@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .kit import MailLoop, fd_count, rss_kb, seq_of
+from .kit import MailLoop, fd_count, rss_kb
 from .targets import DnsTarget, SmtpTarget
 
 # -- the control socket, raw ---------------------------------------------------------------------
@@ -152,19 +153,26 @@ class MailBooks:
     refused: int
 
 
-def exactly_once(loop: MailLoop, received: list[bytes]) -> MailBooks:
-    """Every mail the sender got 250 for must be there once, byte for byte; none twice."""
+class Digests(dict[int, bytes]):
+    """MailLoop's `accepted`, keeping each body's SHA-256 rather than the body."""
+
+    def __setitem__(self, seq: int, body: bytes) -> None:
+        super().__setitem__(seq, hashlib.sha256(body).digest())
+
+
+def exactly_once(loop: MailLoop, received: list[tuple[int | None, bytes]]) -> MailBooks:
+    """Every mail the sender got 250 for must be there once, byte for byte; none twice.
+    `loop.accepted` and `received` hold digests (Digests, SmtpTarget)."""
     got: dict[int, list[bytes]] = {}
-    for raw in list(received):
-        seq = seq_of(raw)
+    for seq, digest in list(received):
         if seq is not None:
-            got.setdefault(seq, []).append(raw)
+            got.setdefault(seq, []).append(digest)
     accepted = dict(loop.accepted)
     return MailBooks(
         acknowledged=len(accepted),
         lost=[s for s in accepted if s not in got],
         duplicated=[s for s, copies in got.items() if len(copies) > 1],
-        altered=[s for s, body in accepted.items() if s in got and got[s][0] != body],
+        altered=[s for s, digest in accepted.items() if s in got and got[s][0] != digest],
         refused=len(loop.refused),
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
 import socket
 import struct
@@ -13,6 +14,8 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from tests.support.sshd import free_port
+
+from .kit import seq_of
 
 T = TypeVar("T")
 
@@ -112,12 +115,14 @@ class SmtpTarget(_Switchable):
     normal: a plain MTA; slow-greet: greets after 3-8 s (sendmail's greet_pause);
     reset-in-data: sends RST in the middle of DATA; mute: accepts and never speaks;
     down: not listening. Leaving slow-greet or mute releases the held connections (greet now;
-    close), as a restarted service would. Each delivered body is recorded before its 250.
+    close), as a restarted service would. Each delivered body is recorded (as a digest) before
+    its 250.
     """
 
     def __init__(self, seed: int, port: int | None = None) -> None:
         self._rng = random.Random(seed)
-        self.received: list[bytes] = []
+        # (X-Seq, SHA-256) of each delivered body: a soak delivers gigabytes, kept as digests.
+        self.received: list[tuple[int | None, bytes]] = []
         self.resets = 0
         super().__init__(port)
 
@@ -151,7 +156,7 @@ class SmtpTarget(_Switchable):
                 body = await self._data(reader, writer, mode == "reset-in-data")
                 if body is None:
                     return
-                self.received.append(body)
+                self.received.append((seq_of(body), hashlib.sha256(body).digest()))
                 writer.write(b"250 OK queued\r\n")
             else:
                 writer.write(b"500 what?\r\n")

@@ -22,6 +22,7 @@ from tests.support.sshd import free_port, wait_until
 from .chaos import (
     EXECUTOR_CAP,
     Chaos,
+    Digests,
     Sample,
     StatusPoller,
     exactly_once,
@@ -154,8 +155,8 @@ def run_chaos(make_relay: Any, fdir: Path, outcome: dict[str, Any], seconds: flo
     cfg.write()
     sup = SupervisorProcess(cfg.path)
     loops = [
-        MailLoop(ports[0], seed=seed, timeout=10.0),
-        MailLoop(ports[2], seed=seed + 1, timeout=10.0),
+        MailLoop(ports[0], seed=seed, timeout=10.0, accepted=Digests()),
+        MailLoop(ports[2], seed=seed + 1, timeout=10.0, accepted=Digests()),
     ]
     poller = StatusPoller(sup.socket, sup.proc.pid)
 
