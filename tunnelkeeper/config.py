@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,13 +28,43 @@ from .errors import ConfigError
 Seconds = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
 PositiveSeconds = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
 Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
+# pydantic matches `pattern` with its Rust engine, where "$" is the very end (no newline).
 Name = Annotated[str, Field(strict=True, pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
 Service = Literal["smtp", "dns", "tcp"]
 HostKeyPolicy = Literal["strict", "accept-new"]
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
+# Always matched whole (fullmatch): "$" in re.match also accepts a trailing newline.
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_HOSTNAME = re.compile(r"[A-Za-z0-9.-]{1,253}")
+# An OpenSSH pattern-list entry (from="..."): host names, addresses, CIDR, wildcards, negation.
+_FROM_PATTERN = re.compile(r"!?[A-Za-z0-9.:*?/_-]+(,!?[A-Za-z0-9.:*?/_-]+)*")
 CONFIG_NAME = "tunnelkeeper.toml"
+
+
+def control_character(text: str) -> str | None:
+    """The first character of `text` that could end or disguise a line, escaped; else None.
+
+    Control characters (C0, DEL, C1, including tab and the NUL no path or argv can hold), the
+    Unicode line and paragraph separators, and the bidirectional overrides that reorder what a
+    reader of a generated file sees.
+    """
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI:
+            name = _CONTROL_NAMES.get(char)
+            return f"U+{ord(char):04X} ({name})" if name else f"U+{ord(char):04X}"
+    return None
+
+
+_CONTROL_NAMES = {
+    "\x00": "NUL",
+    "\t": "tab",
+    "\n": "newline",
+    "\r": "carriage return",
+    "\x1b": "escape",
+}
+
+
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def _no_nul(value: Any) -> Any:
@@ -49,6 +80,19 @@ Argv = tuple[Annotated[str, AfterValidator(_no_nul)], ...]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _refuse_control(cls, value: Any) -> Any:
+        # One check for every string field of every table, present and future ones alike:
+        # each string ends up in a generated line, a log line, an argv or a path.
+        items = value if isinstance(value, list | tuple) else (value,)
+        for index, item in enumerate(items):
+            found = control_character(item) if isinstance(item, str) else None
+            if found is not None:
+                where = f"item {index} " if items is value else ""
+                raise ValueError(f"{where}contains the control character {found}")
+        return value
 
 
 class Endpoint(_Model):
@@ -97,7 +141,7 @@ def parse_endpoint(value: object) -> Endpoint:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
-    elif not _HOSTNAME.match(host):
+    elif not _HOSTNAME.fullmatch(host):
         raise ValueError(f"{text!r}: {host!r} is not an address or host name")
     return Endpoint(host=host, port=int(port_text))
 
@@ -107,7 +151,7 @@ def _domain(value: str, what: str) -> str:
     if name.startswith("."):
         raise ValueError(f"{value!r}: give the {what} without a leading dot (see 'subdomains')")
     labels = name.split(".")
-    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"{value!r} is not a valid {what}")
     return name
 
@@ -215,9 +259,20 @@ class Tunnel(TunnelSettings):
     @field_validator("host", mode="after")
     @classmethod
     def _host(cls, value: str) -> str:
-        if not _HOSTNAME.match(value) and not _is_ip(value):
+        if not _HOSTNAME.fullmatch(value) and not _is_ip(value):
             raise ValueError(f"{value!r} is not a host name or address")
         return value.lower()
+
+    @field_validator("from_", mode="after")
+    @classmethod
+    def _from(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if not _FROM_PATTERN.fullmatch(entry):
+                raise ValueError(
+                    f"{entry!r} is not an OpenSSH pattern list (host names, addresses, "
+                    "address/bits, *, ?, ! and commas)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _unique_forwards(self) -> Tunnel:
@@ -244,15 +299,34 @@ class SupervisorSettings(_Model):
     log_level: LogLevel = "info"
     allow_root: bool = False
     shutdown_grace: Seconds = 10.0
+    # Declared before metrics_listen so that its validator can see it.
+    allow_public_metrics: bool = False
     metrics_listen: Endpoint | None = None
+    metrics_textfile: FilePath | None = None
     on_down: Argv = ()
     on_up: Argv = ()
     alert_after: Seconds = 60.0
+    history: bool = True
+    history_path: FilePath | None = None
+    history_days: Annotated[int, Field(strict=True, ge=1, le=36500)] = 90
 
     @field_validator("metrics_listen", mode="before")
     @classmethod
-    def _metrics(cls, value: object) -> Endpoint | None:
-        return None if value is None else parse_endpoint(value)
+    def _metrics(cls, value: object, info: ValidationInfo) -> Endpoint | None:
+        if value is None:
+            return None
+        listen = parse_endpoint(value)
+        if not listen.is_loopback and not info.data.get("allow_public_metrics", False):
+            raise ValueError(
+                f"{listen} is not a loopback address: anyone who can reach it would read the "
+                "tunnels' state; set allow_public_metrics = true if that is intended"
+            )
+        return listen
+
+    @property
+    def history_file(self) -> Path:
+        """Where the history database lives: history_path, else under $XDG_STATE_HOME."""
+        return self.history_path or default_history_path()
 
 
 class Config(_Model):
@@ -297,6 +371,12 @@ def _unique(values: list[str], what: str) -> None:
         if value in seen:
             raise ValueError(f"duplicate {what} {value!r}")
         seen.add(value)
+
+
+def default_history_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "tunnelkeeper" / "history.db"
 
 
 def default_control_socket(env: Mapping[str, str] | None = None) -> Path:
@@ -388,8 +468,10 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         for t in config.tunnel
     )
     sup = config.supervisor
-    if sup.control_socket is not None:
-        sup = sup.model_copy(update={"control_socket": resolve(sup.control_socket)})
+    paths = ("control_socket", "history_path", "metrics_textfile")
+    sup = sup.model_copy(
+        update={k: resolve(getattr(sup, k)) for k in paths if getattr(sup, k) is not None}
+    )
     return config.model_copy(update={"tunnel": tunnels, "supervisor": sup})
 
 
@@ -423,5 +505,8 @@ def _key_path(loc: tuple[Any, ...]) -> str:
         elif part == "path":
             continue
         else:
-            out += f".{part}" if out else str(part)
+            text = str(part)
+            if control_character(text) is not None:  # an unknown key may hold anything
+                text = repr(text)
+            out += f".{text}" if out else text
     return out.replace("from_", "from")

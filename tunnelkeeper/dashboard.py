@@ -111,6 +111,7 @@ COLUMNS = (
     _Column("state", "State", 100),
     _Column("route", "Relay / listen → target", 100),
     _Column("up", "Up", 60, "right"),
+    _Column("avail", "Avail 24h", 90, "right"),  # availability over the last day (history)
     _Column("probe", "Probe", 100),
     _Column("conns", "Conns", 80, "right"),
     _Column("bytes", "In/out", 50, "right"),
@@ -216,6 +217,8 @@ def _fit(rows: list[dict[str, Text]], width: int, arrow: str) -> list[_Column]:
             and not any(row.get("cipher") for row in rows)
         ):
             continue  # nothing to say: no tunnel reported a cipher or a standby
+        if col.key == "avail" and not any(row.get("avail") for row in rows):
+            continue  # no history recorded (or history off)
         need = natural[col.key] + GAP
         if col.priority >= 100 or used + need <= width:
             chosen.add(col.key)
@@ -253,6 +256,7 @@ def _forward_cells(
         "state": Text(label, style=FORWARD_STYLE.get(label, "")),
         "route": Text(f"{fwd.listen} {arrow} {fwd.target}"),
         "up": Text(_since(fwd.since, now) if fwd.state == "up" else ""),
+        "avail": _availability(fwd.availability_24h),
         "probe": _probe_cell(fwd),
         "conns": Text(f"{fwd.connections_active}/{fwd.connections_total}"),
         "bytes": Text(
@@ -260,6 +264,13 @@ def _forward_cells(
         ),
         "error": Text(reason or "", style="red"),
     }
+
+
+def _availability(percent: float | None) -> Text:
+    if percent is None:
+        return Text("")
+    style = "green" if percent >= 99.9 else "yellow" if percent >= 99 else "red"
+    return Text(f"{percent:.2f}%", style=style)
 
 
 def _probe_cell(fwd: ForwardStatus) -> Text:

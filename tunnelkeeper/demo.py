@@ -133,7 +133,11 @@ class DnsService:
 
 def demo_config(folder: Path, relay_port: int, smtp_port: int, dns_port: int) -> config.Config:
     raw = {
-        "supervisor": {"control_socket": str(folder / "control.sock"), "shutdown_grace": 3},
+        "supervisor": {
+            "control_socket": str(folder / "control.sock"),
+            "shutdown_grace": 3,
+            "history_path": str(folder / "history.db"),  # the demo's, not the user's history
+        },
         "defaults": {
             "keepalive_interval": 2,
             "keepalive_count_max": 2,

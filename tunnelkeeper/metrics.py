@@ -1,10 +1,15 @@
-"""Prometheus metrics, read from the status snapshot at scrape time; off unless metrics_listen."""
+"""Prometheus metrics, read from the status snapshot: served at scrape time (metrics_listen) or
+written for node_exporter's textfile collector (metrics_textfile); off unless one is set."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Endpoint
@@ -18,6 +23,7 @@ log = logging.getLogger(__name__)
 
 TUNNEL_STATES = ("connecting", "up", "backoff", "stopped")
 SCRAPE_TIMEOUT = 5.0
+TEXTFILE_PERIOD = 15.0
 
 
 class StatusCollector:
@@ -36,6 +42,12 @@ class StatusCollector:
         )
         start.add_metric([], status.started.timestamp())
         yield start
+        taken = GaugeMetricFamily(
+            "tunnelkeeper_snapshot_timestamp_seconds",
+            "When these values were read, in Unix time (a stale textfile shows here)",
+        )
+        taken.add_metric([], time.time())
+        yield taken
 
         tl = ["tunnel"]
         up = GaugeMetricFamily(
@@ -94,6 +106,11 @@ class StatusCollector:
         bytes_out = CounterMetricFamily(
             "tunnelkeeper_forward_bytes_out", "Bytes from the local target to the relay", labels=fl
         )
+        avail = GaugeMetricFamily(
+            "tunnelkeeper_forward_availability_24h_percent",
+            "Share of the last 24 h the forward was not in an outage (history database)",
+            labels=fl,
+        )
         for tunnel in status.tunnels:
             for fwd in tunnel.forwards:
                 values = [tunnel.name, fwd.name, fwd.service]
@@ -102,6 +119,8 @@ class StatusCollector:
                 total.add_metric(values, fwd.connections_total)
                 bytes_in.add_metric(values, fwd.bytes_in)
                 bytes_out.add_metric(values, fwd.bytes_out)
+                if fwd.availability_24h is not None:
+                    avail.add_metric(values, fwd.availability_24h)
                 probe = fwd.probe
                 if probe is None:
                     continue  # no sample rather than a fake 0 before the first probe
@@ -111,6 +130,25 @@ class StatusCollector:
                 if probe.latency_ms is not None:
                     latency.add_metric(probe_values, probe.latency_ms / 1000)
         yield from (fwd_up, probe_ok, latency, probe_at, active, total, bytes_in, bytes_out)
+        yield avail
+
+
+def render(status: SupervisorStatus) -> bytes:
+    """The metrics of one snapshot in Prometheus' text format.
+
+    Raises ImportError when prometheus-client is not installed."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(lambda: status))
+    return bytes(generate_latest(registry))
+
+
+def _missing_client(key: str) -> ConfigError:
+    return ConfigError(
+        "is set, but prometheus-client is not installed (pip install 'tunnelkeeper[metrics]')",
+        key=key,
+    )
 
 
 async def serve(listen: Endpoint, get_status: Callable[[], SupervisorStatus]) -> None:
@@ -122,10 +160,7 @@ async def serve(listen: Endpoint, get_status: Callable[[], SupervisorStatus]) ->
     try:
         from prometheus_client import CollectorRegistry, start_http_server
     except ImportError:
-        raise ConfigError(
-            "is set, but prometheus-client is not installed (pip install 'tunnelkeeper[metrics]')",
-            key="supervisor.metrics_listen",
-        ) from None
+        raise _missing_client("supervisor.metrics_listen") from None
     loop = asyncio.get_running_loop()
 
     async def take() -> SupervisorStatus:
@@ -151,3 +186,63 @@ async def serve(listen: Endpoint, get_status: Callable[[], SupervisorStatus]) ->
         await asyncio.to_thread(server.shutdown)
         server.server_close()
         thread.join(timeout=5)
+
+
+async def write_textfile(
+    path: Path, get_status: Callable[[], SupervisorStatus], period: float = TEXTFILE_PERIOD
+) -> None:
+    """Rewrite `path` with the metrics every `period` seconds until cancelled, then remove it
+    (a stopped supervisor's metrics must not look current). Each write is a temporary file in
+    the same folder renamed over `path`, mode 0644, so node_exporter never reads half a file.
+
+    Raises ConfigError when prometheus-client is not installed and TunnelkeeperError when the
+    first write fails; later failures are logged (once until they change).
+    """
+    try:
+        import prometheus_client  # noqa: F401  (present: render() will work)
+    except ImportError:
+        raise _missing_client("supervisor.metrics_textfile") from None
+    last_error: str | None = None
+    first = True
+    try:
+        while True:
+            status = get_status()  # on the event loop; the thread only formats and writes
+            try:
+                await asyncio.to_thread(_replace_file, path, status)
+            except OSError as exc:
+                if first:
+                    raise TunnelkeeperError(f"metrics: cannot write {path}: {exc}") from exc
+                if str(exc) != last_error:
+                    log.warning("metrics: cannot write %s: %s", path, exc)
+                last_error = str(exc)
+            else:
+                if first:
+                    log.info("metrics written to %s every %g s", path, period)
+                elif last_error is not None:
+                    log.info("metrics: writing %s again", path)
+                last_error = None
+            first = False
+            await asyncio.sleep(period)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # one quick call; the loop is stopping anyway
+
+
+def _replace_file(path: Path, status: SupervisorStatus) -> None:
+    data = render(status)
+    # Not ending in .prom: the textfile collector reads only *.prom, so never the temporary.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            os.fchmod(fd, 0o644)  # whatever the umask: node_exporter runs as another user
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -1,4 +1,5 @@
-"""The optional companions of a running supervisor: sd_notify, metrics, alert hooks, dashboard.
+"""The optional companions of a running supervisor: sd_notify, history, metrics, alert hooks,
+dashboard.
 
 Each is a `Service`: a coroutine given the supervisor, reading only its frozen snapshots.
 """
@@ -12,8 +13,12 @@ from .supervisor import Service, Supervisor
 def standard(config: Config, *, dashboard: bool = False) -> list[Service]:
     """The services `run` and `demo` start for `config`."""
     services: list[Service] = [_notify]
+    if config.supervisor.history:
+        services.append(_history)
     if config.supervisor.metrics_listen is not None:
         services.append(_metrics)
+    if config.supervisor.metrics_textfile is not None:
+        services.append(_textfile)
     if config.supervisor.on_down or config.supervisor.on_up:
         services.append(_alerts)
     if dashboard:
@@ -33,6 +38,20 @@ async def _metrics(supervisor: Supervisor) -> None:
     listen = supervisor.config.supervisor.metrics_listen
     assert listen is not None
     await metrics.serve(listen, supervisor.status)
+
+
+async def _textfile(supervisor: Supervisor) -> None:
+    from . import metrics
+
+    path = supervisor.config.supervisor.metrics_textfile
+    assert path is not None
+    await metrics.write_textfile(path, supervisor.status)
+
+
+async def _history(supervisor: Supervisor) -> None:
+    from . import history
+
+    await history.record(supervisor)
 
 
 async def _alerts(supervisor: Supervisor) -> None:

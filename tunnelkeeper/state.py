@@ -69,6 +69,7 @@ class ForwardStatus:
     probe: ProbeResult | None = None
     error: str | None = None  # why it is refused or down, for people
     since: datetime | None = None
+    availability_24h: float | None = None  # percent, from the history database; None: unknown
 
     @property
     def healthy(self) -> bool:
@@ -103,6 +104,7 @@ class ForwardStatus:
             "probe": None if self.probe is None else self.probe.to_json(),
             "error": self.error,
             "since": _iso(self.since),
+            "availability_24h": self.availability_24h,
         }
 
     @classmethod
@@ -122,6 +124,7 @@ class ForwardStatus:
             probe=None if probe is None else ProbeResult.from_json(probe),
             error=data.get("error"),
             since=_dt(data.get("since")),
+            availability_24h=data.get("availability_24h"),
         )
 
 

@@ -71,6 +71,8 @@ class Supervisor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self.internal_errors = 0  # bugs in services and helpers (tunnels count their own)
+        # Services that add what only they know to every snapshot (history: availability_24h).
+        self.amend: list[Callable[[SupervisorStatus], SupervisorStatus]] = []
         self._published = self.snapshot()
         self.ready = asyncio.Event()  # every tunnel had its first attempt (sd_notify READY=1)
 
@@ -78,13 +80,16 @@ class Supervisor:
 
     def snapshot(self) -> SupervisorStatus:
         """A fresh frozen status. Call from the event loop's thread only."""
-        return SupervisorStatus(
+        status = SupervisorStatus(
             pid=self.pid,
             started=self.started,
             config=str(self.config.path),
             tunnels=tuple(t.snapshot() for t in self._tunnels.values()),
             internal_errors=self.internal_errors,
         )
+        for amend in self.amend:
+            status = amend(status)
+        return status
 
     def status(self) -> SupervisorStatus:
         """The last published status; safe from any thread (rich's Live refreshes from its own)."""

@@ -131,4 +131,25 @@ def smtp_failing() -> SupervisorStatus:
     return SupervisorStatus(pid=4242, started=STARTED, config=CONFIG, tunnels=(relay1,))
 
 
-SNAPSHOTS = {"healthy": healthy, "mixed": mixed, "down": down, "smtp_failing": smtp_failing}
+def with_history() -> SupervisorStatus:
+    """mixed(), with each forward's availability over 24 h from the history database."""
+    status = mixed()
+    values = iter((100.0, 99.42, 97.1, 88.0))
+    return replace(
+        status,
+        tunnels=tuple(
+            replace(
+                t, forwards=tuple(replace(f, availability_24h=next(values)) for f in t.forwards)
+            )
+            for t in status.tunnels
+        ),
+    )
+
+
+SNAPSHOTS = {
+    "healthy": healthy,
+    "mixed": mixed,
+    "down": down,
+    "smtp_failing": smtp_failing,
+    "with_history": with_history,
+}

@@ -22,6 +22,7 @@ GROUPS: dict[str, dict[str, str]] = {
     "Supervisor": {
         "run": "run the supervisor in the foreground (dashboard on a terminal)",
         "status": "ask the running supervisor how its tunnels are",
+        "history": "outages and availability per forward, from the history database",
         "check": "one-shot: connect, verify, authenticate, try each forward and probe",
         "demo": "everything on this machine: embedded relay, mail flowing, recovery",
         "keygen": "make the RSA key pair for the relay account",

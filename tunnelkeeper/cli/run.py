@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.load(config.find_config(args.config))
-    if os.getuid() == 0 and not (args.allow_root or cfg.supervisor.allow_root):
+    if os.geteuid() == 0 and not (args.allow_root or cfg.supervisor.allow_root):
         print(
             "tunnelkeeper: refusing to run as root: the tunnels need no privilege (relay "
             "listens and local targets are ordinary sockets); run as an unprivileged user, "

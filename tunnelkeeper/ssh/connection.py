@@ -177,6 +177,8 @@ class RelayConnection:
                 factory, listen.host, listen.port, window=WINDOW, max_pktsize=MAX_PACKET
             )
         except asyncssh.ChannelListenError as exc:
+            if self.is_closing:
+                raise self._failed(self._client.lost) from exc
             raise ForwardRefused(f"relay refused to listen on {listen}") from exc
         except WIRE_ERRORS as exc:
             raise self._failed(exc) from exc
@@ -194,6 +196,8 @@ class RelayConnection:
                     dest.host, dest.port, window=WINDOW, max_pktsize=MAX_PACKET
                 )
         except asyncssh.ChannelOpenError as exc:
+            if self.is_closing:
+                raise self._failed(self._client.lost) from exc
             said = quoted("it", exc.reason)
             if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
                 raise ChannelDenied(f"relay forbids channels to {dest} ({said})") from exc
@@ -204,7 +208,7 @@ class RelayConnection:
             raise self._failed(exc) from exc
         return StreamPair(reader, writer, f"channel to {dest}")
 
-    def _failed(self, exc: BaseException) -> TunnelError:
+    def _failed(self, exc: BaseException | None) -> TunnelError:
         lost = exc if isinstance(exc, Exception) else None
         return lost_reason(lost, self.tunnel, self._transport.silent_for())
 
@@ -248,6 +252,9 @@ async def connect(tunnel: Tunnel) -> RelayConnection:
             client_factory=lambda: client,
             client_keys=[key],
             known_hosts=known.as_asyncssh(),
+            # Only a CA known: offer plain keys too, so a relay without a certificate fails
+            # on our host-key check (with its key named) rather than on a bare handshake.
+            server_host_key_algs="default" if known.cas and not known.trusted else (),
             agent_path=None,
             config=None,
             password=None,

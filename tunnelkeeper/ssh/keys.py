@@ -128,10 +128,18 @@ class NewKey:
     fingerprint: str
 
 
-def generate_rsa_key(bits: int, comment: str) -> NewKey:
+def generate_rsa_key(bits: int, comment: str, passphrase: str | None = None) -> NewKey:
+    """A new RSA key; with `passphrase`, the private key is encrypted (OpenSSH's bcrypt KDF).
+
+    Raises KeyFileError when encryption is asked for and the bcrypt package is missing.
+    """
     key = asyncssh.generate_private_key("ssh-rsa", comment=comment, key_size=bits)
+    try:
+        private = key.export_private_key("openssh", passphrase)
+    except asyncssh.KeyExportError as exc:
+        raise KeyFileError(f"cannot encrypt the key: {exc} (pip install bcrypt)") from None
     return NewKey(
-        private_openssh=key.export_private_key("openssh"),
+        private_openssh=private,
         public_line=key.export_public_key("openssh").decode().strip(),
         fingerprint=key.get_fingerprint("sha256"),
     )

@@ -1,0 +1,151 @@
+"""Outages and availability per forward, from the history database (supervisor running or not)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .. import history_report
+from ..config import default_history_path, find_config, load
+from ..errors import ConfigError
+from ..history_store import connect
+from . import EXIT_OK, add_config_option
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+
+EPILOG = """\
+An outage starts when a forward leaves `up` (or its probe fails while it is up) and ends when it
+is up again and, with probes on, its next probe passed. Availability is the share of the
+recorded time in each window without an outage; 100.00 only when there was none at all.
+"""
+
+
+def parse_duration(text: str) -> float:
+    """`90m`, `24h`, `7d` (also `s` and `w`) in seconds."""
+    match = _DURATION.match(text.strip())
+    if not match or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration like 90m, 24h or 7d (units s, m, h, d, w)"
+        )
+    return float(match[1]) * UNITS[match[2]]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "history",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_option(parser)
+    parser.add_argument(
+        "--since",
+        metavar="DURATION",
+        type=parse_duration,
+        default=parse_duration("7d"),
+        help="list the outages of this last span, like 90m, 24h, 7d (default 7d)",
+    )
+    parser.add_argument("--tunnel", metavar="NAME", help="only this tunnel's forwards")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(func=run)
+
+
+def database(explicit: str | None) -> Path:
+    """The history database named by the configuration, else the default path.
+
+    Raises ConfigError when a configuration is found (or named) but invalid, or turns
+    history off."""
+    try:
+        path = find_config(explicit)
+    except ConfigError:
+        if explicit:
+            raise
+        return default_history_path()
+    settings = load(path).supervisor
+    if not settings.history:
+        raise ConfigError("is false: no history is recorded", path=str(path), key="history")
+    return settings.history_file
+
+
+def run(args: argparse.Namespace) -> int:
+    path = database(args.config)
+    until = time.time()
+    conn = connect(path, readonly=True)  # HistoryError (exit 1) when there is none yet
+    try:
+        doc = history_report.report(conn, until - args.since, until, args.tunnel)
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        _print(doc, path)
+    return EXIT_OK
+
+
+def _local(value: str | None) -> str:
+    if value is None:
+        return "ongoing"
+    return f"{datetime.fromisoformat(value).astimezone():%Y-%m-%d %H:%M:%S}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
+
+
+def _print(doc: dict[str, Any], path: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..dashboard import human_duration
+
+    tty = sys.stdout.isatty()
+    console = Console(width=None if tty or "COLUMNS" in os.environ else 100, highlight=False)
+    console.print(f"history from {path}, {_local(doc['since'])} to {_local(doc['until'])}")
+    avail = Table(title="Availability", title_justify="left", show_edge=False, pad_edge=False)
+    avail.add_column("Forward")
+    for name in history_report.WINDOWS:
+        avail.add_column(name, justify="right")
+    avail.add_column("Recorded (30d)", justify="right")
+    for row in doc["availability"]:
+        avail.add_row(
+            Text(f"{row['tunnel']}/{row['forward']}"),
+            *(_percent(row[name]) for name in history_report.WINDOWS),
+            human_duration(row["recorded_s"]["30d"]),
+        )
+    console.print(avail if doc["availability"] else "no forward recorded yet")
+    if not doc["outages"]:
+        console.print("no outages in this span")
+        return
+    outages = Table(title="Outages", title_justify="left", show_edge=False, pad_edge=False)
+    for header in ("Start", "End", "Duration", "Forward", "Cause"):
+        outages.add_column(header, no_wrap=header != "Cause")
+    for o in doc["outages"]:
+        cause = Text()
+        if o["error_kind"]:
+            cause.append(f"[{o['error_kind']}] ", style="bold red")
+        cause.append(o["reason"] or "")
+        outages.add_row(
+            _local(o["start"]),
+            _local(o["end"]),
+            _duration(o["duration_s"]),
+            Text(f"{o['tunnel']}/{o['forward']}"),
+            cause,
+        )
+    console.print(outages)
+
+
+def _duration(seconds: float | None) -> str:
+    from ..dashboard import human_duration
+
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f}s" if seconds < 60 else human_duration(seconds)
