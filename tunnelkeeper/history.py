@@ -30,6 +30,7 @@ POLL = 0.5  # the supervisor publishes a snapshot twice a second
 HEARTBEAT = 30.0  # after a kill -9 the session ends at its last heartbeat
 REFRESH = 30.0  # availability_24h in the snapshots is this fresh
 PRUNE_EVERY = 86_400.0
+SOON = 1.0  # seconds from a change to fresh availability figures
 
 Key = tuple[str, str]
 
@@ -192,7 +193,10 @@ async def record(supervisor: Supervisor, *, poll: float = POLL, refresh: float =
     recorder = Recorder()
     config = supervisor.config
     refreshing: asyncio.Task[None] | None = None
-    beat = refreshed = pruned = 0.0
+    beat = pruned = 0.0
+    # First figures soon after start, and soon after each outage begins or ends (once the
+    # writer had time to commit it); else every `refresh` seconds.
+    refreshed = time.time() - refresh + SOON
     try:
         while True:
             now = time.time()
@@ -201,6 +205,8 @@ async def record(supervisor: Supervisor, *, poll: float = POLL, refresh: float =
                 writer.record(Event(now, "reload", reason=str(config.path)))
             for event in recorder.observe(supervisor.status(), now, _probes_on(supervisor)):
                 writer.record(event)
+                if event.kind == "outage":
+                    refreshed = min(refreshed, now - refresh + SOON)
             if now - pruned >= PRUNE_EVERY:
                 pruned = now
                 writer.prune(now - config.supervisor.history_days * 86_400.0)
