@@ -92,7 +92,17 @@ def test_missing_known_hosts_under_strict_exits_2(
 def test_root_is_refused_without_allow_root(
     cfg_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(os, "getuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert main(["run", "-c", str(cfg_file), "--no-dashboard"]) == 1
+    assert "refusing to run as root" in capsys.readouterr().err
+
+
+def test_root_by_effective_uid_is_refused(
+    cfg_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A setuid-root start has a real uid of the user and the powers of root: refused too."""
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert main(["run", "-c", str(cfg_file), "--no-dashboard"]) == 1
     assert "refusing to run as root" in capsys.readouterr().err
 

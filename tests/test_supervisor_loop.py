@@ -78,6 +78,7 @@ class FakeConnection:
 
     cipher = "aes128-gcm@openssh.com"
     host_key = "SHA256:fake"
+    relay_version = "SSH-2.0-OpenSSH_9.2p1 fake"
 
     def __init__(self, refuse: int = 0) -> None:
         self._lost: asyncio.Future[TunnelError] = asyncio.get_running_loop().create_future()
@@ -94,7 +95,7 @@ class FakeConnection:
     async def wait_lost(self) -> TunnelError:
         return await self._lost
 
-    async def listen(self, listen: Any, accept: Any) -> FakeListener:
+    async def listen(self, listen: Any, accept: Any, on_bug: Any = None) -> FakeListener:
         if self.refuse:
             self.refuse -= 1
             raise ForwardRefused(f"relay refused to listen on {listen}")

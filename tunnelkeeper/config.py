@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,13 +28,43 @@ from .errors import ConfigError
 Seconds = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
 PositiveSeconds = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
 Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
+# pydantic matches `pattern` with its Rust engine, where "$" is the very end (no newline).
 Name = Annotated[str, Field(strict=True, pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
 Service = Literal["smtp", "dns", "tcp"]
 HostKeyPolicy = Literal["strict", "accept-new"]
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
+# Always matched whole (fullmatch): "$" in re.match also accepts a trailing newline.
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_HOSTNAME = re.compile(r"[A-Za-z0-9.-]{1,253}")
+# An OpenSSH pattern-list entry (from="..."): host names, addresses, CIDR, wildcards, negation.
+_FROM_PATTERN = re.compile(r"!?[A-Za-z0-9.:*?/_-]+(,!?[A-Za-z0-9.:*?/_-]+)*")
 CONFIG_NAME = "tunnelkeeper.toml"
+
+
+def control_character(text: str) -> str | None:
+    """The first character of `text` that could end or disguise a line, escaped; else None.
+
+    Control characters (C0, DEL, C1, including tab and the NUL no path or argv can hold), the
+    Unicode line and paragraph separators, and the bidirectional overrides that reorder what a
+    reader of a generated file sees.
+    """
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI:
+            name = _CONTROL_NAMES.get(char)
+            return f"U+{ord(char):04X} ({name})" if name else f"U+{ord(char):04X}"
+    return None
+
+
+_CONTROL_NAMES = {
+    "\x00": "NUL",
+    "\t": "tab",
+    "\n": "newline",
+    "\r": "carriage return",
+    "\x1b": "escape",
+}
+
+
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def _no_nul(value: Any) -> Any:
@@ -49,6 +80,19 @@ Argv = tuple[Annotated[str, AfterValidator(_no_nul)], ...]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _refuse_control(cls, value: Any) -> Any:
+        # One check for every string field of every table, present and future ones alike:
+        # each string ends up in a generated line, a log line, an argv or a path.
+        items = value if isinstance(value, list | tuple) else (value,)
+        for index, item in enumerate(items):
+            found = control_character(item) if isinstance(item, str) else None
+            if found is not None:
+                where = f"item {index} " if items is value else ""
+                raise ValueError(f"{where}contains the control character {found}")
+        return value
 
 
 class Endpoint(_Model):
@@ -97,7 +141,7 @@ def parse_endpoint(value: object) -> Endpoint:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
-    elif not _HOSTNAME.match(host):
+    elif not _HOSTNAME.fullmatch(host):
         raise ValueError(f"{text!r}: {host!r} is not an address or host name")
     return Endpoint(host=host, port=int(port_text))
 
@@ -107,7 +151,7 @@ def _domain(value: str, what: str) -> str:
     if name.startswith("."):
         raise ValueError(f"{value!r}: give the {what} without a leading dot (see 'subdomains')")
     labels = name.split(".")
-    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"{value!r} is not a valid {what}")
     return name
 
@@ -156,6 +200,8 @@ class Forward(_Model):
     domains: tuple[str, ...] = ()
     subdomains: bool = True
     zones: tuple[str, ...] = ()
+    # Postfix's default_process_limit: as many SMTP sessions as a stock MTA serves at once.
+    max_connections: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 100
 
     @field_validator("target", mode="before")
     @classmethod
@@ -213,9 +259,20 @@ class Tunnel(TunnelSettings):
     @field_validator("host", mode="after")
     @classmethod
     def _host(cls, value: str) -> str:
-        if not _HOSTNAME.match(value) and not _is_ip(value):
+        if not _HOSTNAME.fullmatch(value) and not _is_ip(value):
             raise ValueError(f"{value!r} is not a host name or address")
         return value.lower()
+
+    @field_validator("from_", mode="after")
+    @classmethod
+    def _from(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if not _FROM_PATTERN.fullmatch(entry):
+                raise ValueError(
+                    f"{entry!r} is not an OpenSSH pattern list (host names, addresses, "
+                    "address/bits, *, ?, ! and commas)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _unique_forwards(self) -> Tunnel:
@@ -448,5 +505,8 @@ def _key_path(loc: tuple[Any, ...]) -> str:
         elif part == "path":
             continue
         else:
-            out += f".{part}" if out else str(part)
+            text = str(part)
+            if control_character(text) is not None:  # an unknown key may hold anything
+                text = repr(text)
+            out += f".{text}" if out else text
     return out.replace("from_", "from")

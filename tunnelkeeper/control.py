@@ -139,7 +139,7 @@ def _same_user(writer: asyncio.StreamWriter) -> bool:
         return True
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid in (os.getuid(), 0)
+    return uid in (os.geteuid(), 0)
 
 
 async def _reply(writer: asyncio.StreamWriter, payload: dict[str, Any]) -> None:

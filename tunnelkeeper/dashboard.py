@@ -19,6 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from .peertext import EscapingFormatter
 from .state import ForwardStatus, SupervisorStatus, TunnelStatus
 
 __all__ = [
@@ -387,7 +388,7 @@ class LogBuffer(logging.Handler):
     def __init__(self, capacity: int = 200, level: int = logging.NOTSET) -> None:
         super().__init__(level)
         # The panel is narrow and the date is today: the time of day is enough.
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        self.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         self._lines: deque[tuple[int, str]] = deque(maxlen=capacity)
         self._guard = threading.Lock()
 

@@ -7,10 +7,14 @@ TunnelkeeperError
 │   └── AlreadyRunning        another supervisor holds the control socket
 ├── ProbeError                an end-to-end probe failed (the tunnel may still be up)
 ├── TargetUnavailable         the local target refused a connection from the relay
+│   └── ForwardFull           max_connections (or the descriptor budget) reached
 ├── ChannelDenied             the relay forbids a channel we asked for (probe fallback)
+├── StreamLost                a channel or local connection broke while in use
+├── InternalError             internal: a bug ended one of a tunnel's tasks
 └── TunnelError               one connection to the relay failed or ended
     ├── HostKeyMismatch       host-key-mismatch: the relay's key is not the pinned one
     ├── HostKeyUnknown        host-key-unknown: nothing pinned under the strict policy
+    ├── HostKeyRevoked        host-key-revoked: known_hosts marks the relay's key @revoked
     ├── AuthFailed            auth-failed: the relay refused our key
     ├── ConnectRefused        connect-refused: nothing listening / network unreachable
     ├── ConnectTimeout        timeout: no answer within connect_timeout
@@ -24,9 +28,13 @@ from __future__ import annotations
 
 
 class TunnelkeeperError(Exception):
-    """Base of every error tunnelkeeper raises on purpose."""
+    """Base of every error tunnelkeeper raises on purpose.
 
-    error_kind: str = "disconnected"
+    `error_kind` is set only where a tunnel's state can end in it (status --json); errors
+    that never end a tunnel keep None.
+    """
+
+    error_kind: str | None = None
 
 
 class ConfigError(TunnelkeeperError):
@@ -60,6 +68,8 @@ class ProbeError(TunnelkeeperError):
 class TunnelError(TunnelkeeperError):
     """A connection to the relay failed, or a live one ended."""
 
+    error_kind: str | None = "disconnected"
+
 
 class HostKeyMismatch(TunnelError):
     error_kind = "host-key-mismatch"
@@ -67,6 +77,10 @@ class HostKeyMismatch(TunnelError):
 
 class HostKeyUnknown(TunnelError):
     error_kind = "host-key-unknown"
+
+
+class HostKeyRevoked(TunnelError):
+    error_kind = "host-key-revoked"
 
 
 class AuthFailed(TunnelError):
@@ -97,23 +111,33 @@ class ResolveFailed(TunnelError):
     error_kind = "dns"
 
 
-ERROR_KINDS: tuple[str, ...] = (
-    "host-key-mismatch",
-    "host-key-unknown",
-    "auth-failed",
-    "connect-refused",
-    "timeout",
-    "keepalive-timeout",
-    "disconnected",
-    "forward-refused",
-    "dns",
-    "config",
-)
-
-
 class TargetUnavailable(TunnelkeeperError):
     """The local target refused or did not answer a connection handed in from the relay."""
 
 
+class ForwardFull(TargetUnavailable):
+    """A forward holds max_connections already (or the process is short of descriptors)."""
+
+
+class StreamLost(TunnelkeeperError):
+    """A relay channel or local connection broke while a probe or splice was using it."""
+
+
+class InternalError(TunnelkeeperError):
+    """A bug (an exception outside this tree) ended one of a tunnel's tasks; the tunnel is
+    restarted through its backoff. `__cause__` holds the original exception."""
+
+    error_kind = "internal"
+
+
 class ChannelDenied(TunnelkeeperError):
     """The relay forbids a channel we asked for (e.g. AllowTcpForwarding remote)."""
+
+
+def _kinds(cls: type[TunnelkeeperError]) -> list[str]:
+    own = [cls.__dict__["error_kind"]] if cls.__dict__.get("error_kind") else []
+    return own + [kind for sub in cls.__subclasses__() for kind in _kinds(sub)]
+
+
+# Every error_kind a tunnel can report, read off the tree above: one place to add a kind.
+ERROR_KINDS: tuple[str, ...] = tuple(dict.fromkeys(_kinds(TunnelkeeperError)))

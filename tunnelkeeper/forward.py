@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .config import Endpoint
@@ -33,27 +34,39 @@ class Channel(Protocol):
 class ForwardCounters:
     """Live counters of one forward; the tunnel reads them into frozen snapshots."""
 
+    open_everywhere = 0  # local sockets held by every forward of the process together
+
     def __init__(self) -> None:
         self.active = 0
         self.total = 0
+        self.refused = 0  # channels turned away: max_connections or descriptors reached
         self.bytes_in = 0  # relay -> target
         self.bytes_out = 0  # target -> relay
         self.splices: set[Splice] = set()
         self.idle = asyncio.Event()
         self.idle.set()
+        self.on_bug: Callable[[BaseException], object] | None = None
 
     def opened(self, splice: Splice) -> None:
         self.splices.add(splice)
         self.active += 1
         self.total += 1
+        ForwardCounters.open_everywhere += 1
         self.idle.clear()
 
     def closed(self, splice: Splice) -> None:
         if splice in self.splices:
             self.splices.discard(splice)
             self.active -= 1
+            ForwardCounters.open_everywhere -= 1
             if not self.active:
                 self.idle.set()
+
+    def bug(self, exc: BaseException) -> None:
+        if self.on_bug is not None:
+            self.on_bug(exc)
+        else:
+            log.error("a forwarded connection failed on a bug", exc_info=exc)
 
     def abort_all(self) -> None:
         for splice in list(self.splices):
@@ -120,40 +133,68 @@ class Splice:
 
     # -- channel side (called by asyncssh) --------------------------------------------------
 
+    # asyncssh calls these from inside its packet handling, where an exception would end the
+    # whole SSH connection with every other forwarded connection on it: a bug ends only this
+    # splice, and is reported.
+
     def connection_made(self, chan: Any) -> None:
-        self._chan = chan
-        for data in self._pending:
-            chan.write(data)
-        self._pending.clear()
-        if self._pending_eof:
-            chan.write_eof()
+        try:
+            self._chan = chan
+            for data in self._pending:
+                chan.write(data)
+            self._pending.clear()
+            if self._pending_eof:
+                chan.write_eof()
+        except Exception as exc:
+            self._failed(exc)
 
     def session_started(self) -> None:
         pass
 
     def data_received(self, data: bytes, datatype: Any) -> None:
-        self._counters.bytes_in += len(data)
-        if self._local is not None:
-            self._local.write(data)
+        try:
+            self._counters.bytes_in += len(data)
+            if self._local is not None:
+                self._local.write(data)
+        except Exception as exc:
+            self._failed(exc)
 
     def eof_received(self) -> bool:
-        self._relay_eof = True
-        if self._target_eof or self._local is None or not self._local.can_write_eof():
-            self.close()  # both directions are done (or cannot half-close): finish now
+        try:
+            self._relay_eof = True
+            if self._target_eof or self._local is None or not self._local.can_write_eof():
+                self.close()  # both directions are done (or cannot half-close): finish now
+                return False
+            self._local.write_eof()
+            return True
+        except Exception as exc:
+            self._failed(exc)
             return False
-        self._local.write_eof()
-        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception as bug:
+            self._failed(bug)
 
     def pause_writing(self) -> None:
-        if self._local is not None:
-            self._local.pause_reading()
+        try:
+            if self._local is not None:
+                self._local.pause_reading()
+        except Exception as exc:
+            self._failed(exc)
 
     def resume_writing(self) -> None:
-        if self._local is not None:
-            self._local.resume_reading()
+        try:
+            if self._local is not None:
+                self._local.resume_reading()
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self._counters.bug(exc)
+        with contextlib.suppress(Exception):
+            self.abort()
 
     # -- target side (called by _LocalSide) -------------------------------------------------
 

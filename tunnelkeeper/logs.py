@@ -7,6 +7,8 @@ import os
 import sys
 from typing import TextIO
 
+from .peertext import EscapingFormatter
+
 
 def setup(
     level: str, stream: TextIO | None = None, handler: logging.Handler | None = None
@@ -20,7 +22,7 @@ def setup(
             if os.environ.get("JOURNAL_STREAM")
             else "%(asctime)s %(levelname)s %(message)s"
         )
-        handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
+        handler.setFormatter(EscapingFormatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from .config import Endpoint, Forward
-from .errors import ChannelDenied, ProbeError, TargetUnavailable, TunnelError
+from .errors import ChannelDenied, ProbeError, StreamLost, TargetUnavailable, TunnelError
+from .peertext import peer_text
 from .ssh import Stream, StreamPair
 from .state import ProbeResult, utcnow
 
 Opener = Callable[[Endpoint, float], Awaitable[Stream]]
-MAX_LINE = 4096
 TCP_SETTLE = 0.3  # seconds a tcp probe waits to see the connection really held
 
 
@@ -46,10 +46,8 @@ async def run_probe(
         raise
     except TimeoutError:
         return ProbeResult(False, None, utcnow(), f"no answer within {timeout:g}s", via)
-    except (ProbeError, TargetUnavailable, TunnelError) as exc:
+    except (ProbeError, TargetUnavailable, TunnelError, StreamLost) as exc:
         return ProbeResult(False, None, utcnow(), str(exc), via)
-    except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
-        return ProbeResult(False, None, utcnow(), f"connection failed: {exc or 'closed'}", via)
     latency = (time.monotonic() - started) * 1000
     return ProbeResult(True, latency, utcnow(), detail, via)
 
@@ -75,17 +73,17 @@ async def _read_reply(stream: Stream, what: str) -> tuple[int, str]:
         raw = await stream.readline()
         if not raw:
             if first:
-                raise ProbeError(f"connection closed inside the {what} reply {first!r}")
+                raise ProbeError(f'connection closed inside the {what} reply "{first}"')
             if what == "greeting":
                 raise ProbeError(
                     "connection closed before the SMTP greeting: is the mail server "
                     "behind the tunnel running?"
                 )
             raise ProbeError(f"connection closed before the {what} reply")
-        line = raw[:MAX_LINE].decode("utf-8", "replace").rstrip("\r\n")
+        line = peer_text(raw.rstrip(b"\r\n"))
         first = first or line
         if len(line) < 3 or not line[:3].isdigit():
-            raise ProbeError(f"not an SMTP reply: {line[:80]!r}")
+            raise ProbeError(f'not an SMTP reply: "{line[:80]}"')
         if len(line) == 3 or line[3] == " ":
             return int(line[:3]), first
     raise ProbeError("SMTP reply longer than 100 lines")
@@ -94,12 +92,12 @@ async def _read_reply(stream: Stream, what: str) -> tuple[int, str]:
 async def _check_smtp(stream: Stream, forward: Forward) -> str:
     code, greeting = await _read_reply(stream, "greeting")
     if code != 220:
-        raise ProbeError(f"greeting was {greeting!r}, not 220")
+        raise ProbeError(f'greeting was "{greeting}", not 220')
     stream.write(b"EHLO tunnelkeeper.probe\r\n")
     await stream.drain()
     code, line = await _read_reply(stream, "EHLO")
     if code != 250:
-        raise ProbeError(f"EHLO answered {line!r}")
+        raise ProbeError(f'EHLO answered "{line}"')
     stream.write(b"QUIT\r\n")
     await stream.drain()
     await _read_reply(stream, "QUIT")
@@ -121,8 +119,8 @@ async def _check_dns(stream: Stream, forward: Forward) -> str:
     (length,) = struct.unpack("!H", await stream.readexactly(2))
     try:
         reply = dns.message.from_wire(await stream.readexactly(length))
-    except dns.exception.DNSException as exc:
-        raise ProbeError(f"unreadable DNS reply: {exc}") from exc
+    except (dns.exception.DNSException, ValueError, IndexError, struct.error) as exc:
+        raise ProbeError(f"unreadable DNS reply: {peer_text(str(exc))}") from exc
     if reply.id != query.id:
         raise ProbeError("DNS reply does not match the query")
     rcode = reply.rcode()
@@ -146,4 +144,4 @@ async def _open_local(target: Endpoint) -> Stream:
         reader, writer = await asyncio.open_connection(target.host, target.port)
     except OSError as exc:
         raise TargetUnavailable(f"target {target}: {exc.strerror or exc}") from exc
-    return StreamPair(reader, writer)
+    return StreamPair(reader, writer, f"connection to {target}")

@@ -65,6 +65,7 @@ class ForwardStatus:
     connections_total: int = 0
     bytes_in: int = 0  # relay -> target
     bytes_out: int = 0  # target -> relay
+    connections_refused: int = 0  # turned away at max_connections or short of descriptors
     probe: ProbeResult | None = None
     error: str | None = None  # why it is refused or down, for people
     since: datetime | None = None
@@ -99,6 +100,7 @@ class ForwardStatus:
             "connections_total": self.connections_total,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
+            "connections_refused": self.connections_refused,
             "probe": None if self.probe is None else self.probe.to_json(),
             "error": self.error,
             "since": _iso(self.since),
@@ -118,6 +120,7 @@ class ForwardStatus:
             connections_total=data.get("connections_total", 0),
             bytes_in=data.get("bytes_in", 0),
             bytes_out=data.get("bytes_out", 0),
+            connections_refused=data.get("connections_refused", 0),
             probe=None if probe is None else ProbeResult.from_json(probe),
             error=data.get("error"),
             since=_dt(data.get("since")),
@@ -138,6 +141,8 @@ class TunnelStatus:
     cipher: str | None = None
     standby: Literal["ready", "connecting", "off"] = "off"
     forwards: tuple[ForwardStatus, ...] = ()
+    relay_version: str | None = None  # the relay's SSH identification string, escaped
+    internal_errors: int = 0  # bugs that ended one of this tunnel's tasks
 
     def next_retry_in(self, now: datetime | None = None) -> float | None:
         if self.next_retry_at is None:
@@ -156,6 +161,8 @@ class TunnelStatus:
             "last_error": self.last_error,
             "cipher": self.cipher,
             "standby": self.standby,
+            "relay_version": self.relay_version,
+            "internal_errors": self.internal_errors,
             "forwards": [f.to_json() for f in self.forwards],
         }
 
@@ -174,6 +181,8 @@ class TunnelStatus:
             last_error=data.get("last_error"),
             cipher=data.get("cipher"),
             standby=data.get("standby", "off"),
+            relay_version=data.get("relay_version"),
+            internal_errors=data.get("internal_errors", 0),
             forwards=tuple(ForwardStatus.from_json(f) for f in data.get("forwards", [])),
         )
 
@@ -184,6 +193,7 @@ class SupervisorStatus:
     started: datetime
     config: str
     tunnels: tuple[TunnelStatus, ...] = field(default=())
+    internal_errors: int = 0  # bugs in the supervisor's own services (metrics, alerts, ...)
 
     @property
     def forwards(self) -> tuple[ForwardStatus, ...]:
@@ -220,7 +230,12 @@ class SupervisorStatus:
 
     def to_json(self, now: datetime | None = None) -> dict[str, Any]:
         return {
-            "supervisor": {"pid": self.pid, "started": _iso(self.started), "config": self.config},
+            "supervisor": {
+                "pid": self.pid,
+                "started": _iso(self.started),
+                "config": self.config,
+                "internal_errors": self.internal_errors,
+            },
             "tunnels": [t.to_json(now) for t in self.tunnels],
         }
 
@@ -231,5 +246,6 @@ class SupervisorStatus:
             pid=int(sup["pid"]),
             started=_dt(sup["started"]) or utcnow(),
             config=sup["config"],
+            internal_errors=sup.get("internal_errors", 0),
             tunnels=tuple(TunnelStatus.from_json(t) for t in data.get("tunnels", [])),
         )

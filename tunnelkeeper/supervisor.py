@@ -9,6 +9,10 @@ SIGHUP, and a graceful stop (close the relay listeners, drain, exit) on SIGTERM/
           ├── _reloads(reload)      SIGHUP: re-read the file, restart only changed tunnels
           ├── services x M          sd_notify, metrics, alert hooks: readers of snapshots
           └── (body)                waits for shutdown, drains, cancels the rest
+
+Nothing a relay, a target or a bug in one task does ends the process: a keep-loop turns any
+exception into that tunnel's next backoff, and a service that fails on a bug is restarted.
+Only a clean stop, or a service that cannot start at all (a metrics port in use), ends run.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from .tunnel import Connector, Tunnel
 log = logging.getLogger(__name__)
 
 PUBLISH_PERIOD = 0.5  # the dashboard refreshes twice a second; more is idle CPU for nothing
+SERVICE_RESTART = 5.0  # seconds before a service that failed on a bug runs again
 Service = Callable[["Supervisor"], Coroutine[Any, Any, None]]
 
 
@@ -65,6 +70,7 @@ class Supervisor:
         self._tunnels: dict[str, Tunnel] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
+        self.internal_errors = 0  # bugs in services and helpers (tunnels count their own)
         # Services that add what only they know to every snapshot (history: availability_24h).
         self.amend: list[Callable[[SupervisorStatus], SupervisorStatus]] = []
         self._published = self.snapshot()
@@ -79,6 +85,7 @@ class Supervisor:
             started=self.started,
             config=str(self.config.path),
             tunnels=tuple(t.snapshot() for t in self._tunnels.values()),
+            internal_errors=self.internal_errors,
         )
         for amend in self.amend:
             status = amend(status)
@@ -119,7 +126,7 @@ class Supervisor:
                 helpers = [tg.create_task(self._publish()), tg.create_task(self._mark_ready())]
                 if reload is not None:
                     helpers.append(tg.create_task(self._reloads(reload)))
-                helpers += [tg.create_task(service(self)) for service in self._services]
+                helpers += [tg.create_task(self._service(s)) for s in self._services]
                 await asyncio.sleep(0)  # let services start (the dashboard takes over the log)
                 log.info(
                     "supervisor started (pid %d) with %d tunnel(s) from %s",
@@ -214,6 +221,8 @@ class Supervisor:
                 raise RuntimeError("Tunnel.run_once() returned without an error")  # a bug
             except TunnelkeeperError as exc:
                 error = exc
+            except Exception as exc:  # a bug in the tunnel itself: restart it, never die
+                error = tunnel.report_bug("the connection's life", exc)
             up_for = None if tunnel.connected_at is None else loop.time() - tunnel.connected_at
             backoff.connection_ended(up_for)
             delay = 0.0 if tunnel.spare_ready else backoff.next_delay(error)
@@ -231,8 +240,28 @@ class Supervisor:
 
     async def _publish(self) -> None:
         while True:
-            self._published = self.snapshot()
+            try:
+                self._published = self.snapshot()
+            except Exception as exc:  # readers keep the last good one
+                self._bug("publishing the status", exc)
             await asyncio.sleep(PUBLISH_PERIOD)
+
+    async def _service(self, service: Service) -> None:
+        """Run a service; one that fails on a bug is logged, counted and started again. A
+        TunnelkeeperError means it cannot run at all (a metrics port in use): that ends run."""
+        while True:
+            try:
+                await service(self)
+                return
+            except TunnelkeeperError:
+                raise
+            except Exception as exc:
+                self._bug(f"service {getattr(service, '__name__', service)}", exc)
+            await asyncio.sleep(SERVICE_RESTART)
+
+    def _bug(self, what: str, exc: Exception) -> None:
+        self.internal_errors += 1
+        log.error("internal error in %s (a bug; it carries on): %s", what, exc, exc_info=exc)
 
     async def _reloads(self, reload: asyncio.Event) -> None:
         while True:
@@ -243,7 +272,10 @@ class Supervisor:
             except ConfigError as exc:
                 log.error("reload refused, keeping the running configuration: %s", exc)
                 continue
-            self.reload(new)
+            try:
+                self.reload(new)
+            except Exception as exc:
+                self._bug("reload", exc)
 
 
 async def serve(supervisor: Supervisor, stop_after: float | None = None) -> None:

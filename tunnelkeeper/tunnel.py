@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from . import config, probes, ssh
-from .errors import ChannelDenied, ForwardRefused, TunnelError, TunnelkeeperError
+from .errors import (
+    ChannelDenied,
+    ForwardFull,
+    ForwardRefused,
+    InternalError,
+    TunnelError,
+    TunnelkeeperError,
+)
 from .forward import ForwardCounters, Splice
+from .limits import BUDGET
 from .state import ForwardState, ForwardStatus, ProbeResult, TunnelState, TunnelStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -35,6 +45,8 @@ class ForwardRuntime:
         self.probe: ProbeResult | None = None
         self.local_probes = False  # the relay forbade probe channels; probe the target instead
         self.listener: ssh.Listener | None = None
+        self._opening = 0  # channels whose local side is still connecting
+        self._burst = 0  # channels refused since the forward was last below its limit
 
     def set_state(self, state: ForwardState, error: str | None = None) -> None:
         if state != self.state:
@@ -42,14 +54,45 @@ class ForwardRuntime:
         self.state, self.error = state, error
 
     async def accept(self, _orig_host: str, _orig_port: int) -> Splice:
-        """A connection arrived on the relay: open the local side. Raises TargetUnavailable."""
+        """A connection arrived on the relay: open the local side.
+
+        Raises ForwardFull past max_connections or the descriptor budget (one log line per
+        burst of refusals), TargetUnavailable when the target does not answer.
+        """
+        self._admit()
         splice = Splice(self.counters)
+        self._opening += 1
         try:
             await splice.connect_target(self.cfg.target, TARGET_CONNECT_TIMEOUT)
         except TunnelkeeperError as exc:
             log.warning("forward %s: %s", self.cfg.name, exc)
             raise
+        finally:
+            self._opening -= 1
         return splice
+
+    def _admit(self) -> None:
+        held = self.counters.active + self._opening
+        limit = self.cfg.max_connections
+        if held < limit and BUDGET.allows(ForwardCounters.open_everywhere + self._opening):
+            if self._burst:
+                log.info(
+                    "forward %s: accepting again after refusing %d connection(s)",
+                    self.cfg.name,
+                    self._burst,
+                )
+                self._burst = 0
+            return
+        self.counters.refused += 1
+        self._burst += 1
+        why = (
+            f"{held} connections open (max_connections = {limit})"
+            if held >= limit
+            else "the process is short of file descriptors"
+        )
+        if self._burst == 1:
+            log.warning("forward %s: refusing new connections: %s", self.cfg.name, why)
+        raise ForwardFull(f"forward {self.cfg.name}: {why}")
 
     def snapshot(self) -> ForwardStatus:
         c = self.counters
@@ -63,6 +106,7 @@ class ForwardRuntime:
             connections_total=c.total,
             bytes_in=c.bytes_in,
             bytes_out=c.bytes_out,
+            connections_refused=c.refused,
             probe=self.probe,
             error=self.error,
             since=self.since,
@@ -84,10 +128,13 @@ class Tunnel:
         self.last_error: str | None = None
         self.cipher: str | None = None
         self.connected_at: float | None = None  # loop time the live connection came up
+        self.relay_version: str | None = None
+        self.internal_errors = 0
         self.attempted = asyncio.Event()  # set after the first attempt, whatever its outcome
         self._spare: ssh.RelayConnection | None = None
         self._spare_state: str = "off"
         self._draining = False
+        self._ended: asyncio.Future[TunnelkeeperError] | None = None  # a task ended the connection
 
     @property
     def name(self) -> str:
@@ -108,9 +155,44 @@ class Tunnel:
             error_kind=self.error_kind,
             last_error=self.last_error,
             cipher=self.cipher,
-            standby="ready" if self.spare_ready else self._spare_state,  # type: ignore[arg-type]
+            standby="ready" if self.spare_ready else self._spare_state,  # type: ignore[arg-type]  # a Literal
             forwards=tuple(f.snapshot() for f in self.forwards),
+            relay_version=self.relay_version,
+            internal_errors=self.internal_errors,
         )
+
+    def report_bug(self, what: str, exc: BaseException) -> InternalError:
+        """A bug ended one of this tunnel's tasks: log it once with its traceback, count it,
+        and end the connection so the keep-loop restarts the tunnel through its backoff."""
+        self.internal_errors += 1
+        log.error(
+            "tunnel %s: internal error in %s (a bug; the tunnel restarts): %s: %s",
+            self.name,
+            what,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        error = InternalError(f"internal error in {what}: {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        self._end(error)
+        return error
+
+    def _end(self, error: TunnelkeeperError) -> None:
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(error)
+
+    async def _task(self, what: str, body: Coroutine[Any, Any, None]) -> None:
+        """Run one of the connection's tasks. A TunnelError means the connection is failing
+        (it ends it, if the relay has not said so already); anything else is a bug."""
+        try:
+            await body
+        except TunnelError as exc:
+            self._end(exc)
+        except TunnelkeeperError as exc:
+            self.report_bug(what, exc)  # our tasks handle their own errors: this one escaped
+        except Exception as exc:
+            self.report_bug(what, exc)
 
     def failed(self, error: TunnelkeeperError, retry_in: float | None) -> None:
         """Record why the last attempt ended and when the next one starts."""
@@ -143,35 +225,52 @@ class Tunnel:
         self.connects += 1
         self.connected_at = asyncio.get_running_loop().time()
         self.state, self.since, self.cipher = "up", utcnow(), conn.cipher
+        self.relay_version = conn.relay_version
         self.error_kind = self.last_error = None
         self.attempted.set()
         log.info(
-            "tunnel %s: connected to %s, host key %s verified, cipher %s",
+            "tunnel %s: connected to %s (%s), host key %s verified, cipher %s",
             self.name,
             self.cfg.relay,
+            self.relay_version or "?",
             conn.host_key,
             conn.cipher,
         )
-        tasks = [asyncio.create_task(self._hold_forward(conn, f)) for f in self.forwards]
+        self._ended = asyncio.get_running_loop().create_future()
+        for fwd in self.forwards:
+            fwd.counters.on_bug = functools.partial(self.report_bug, f"forward {fwd.cfg.name}")
+        tasks = [
+            self._spawn(f"forward {f.cfg.name}", self._hold_forward(conn, f)) for f in self.forwards
+        ]
         if self.cfg.probe_interval > 0:
-            tasks += [asyncio.create_task(self._probe_loop(conn, f)) for f in self.forwards]
+            tasks += [
+                self._spawn(f"probe {f.cfg.name}", self._probe_loop(conn, f)) for f in self.forwards
+            ]
         if self.cfg.standby:
-            tasks.append(asyncio.create_task(self._keep_spare()))
+            tasks.append(self._spawn("standby", self._keep_spare()))
+        lost: asyncio.Future[TunnelkeeperError] = asyncio.ensure_future(conn.wait_lost())
+        ended = self._ended
         try:
-            reason = await conn.wait_lost()
+            await asyncio.wait([lost, ended], return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             for fwd in self.forwards:
                 fwd.listener = None
                 fwd.set_state("down", fwd.error)
             conn.close()
-            for result in results:
-                if isinstance(result, Exception) and not isinstance(result, TunnelError):
-                    raise result  # a bug in a forward or probe task: be loud
-        log.warning("tunnel %s: connection lost: %s", self.name, reason)
+            self._ended = None
+            if not lost.done():
+                lost.cancel()
+        bug = ended.done() and isinstance(ended.result(), InternalError)
+        reason = lost.result() if lost.done() and not bug else ended.result()
+        if not isinstance(reason, InternalError):
+            log.warning("tunnel %s: connection lost: %s", self.name, reason)
         raise reason
+
+    def _spawn(self, what: str, body: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.create_task(self._task(what, body), name=f"{self.name}: {what}")
 
     async def drain(self, grace: float) -> None:
         """Graceful stop: close the relay listeners, wait up to `grace` for open connections."""
@@ -209,7 +308,11 @@ class Tunnel:
         refusals = 0
         while not self._draining:
             try:
-                fwd.listener = await conn.listen(fwd.cfg.listen, fwd.accept)
+                fwd.listener = await conn.listen(
+                    fwd.cfg.listen,
+                    fwd.accept,
+                    on_bug=functools.partial(self.report_bug, f"forward {fwd.cfg.name}"),
+                )
             except ForwardRefused as exc:
                 refusals += 1
                 if refusals == 1:

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import need
 from tests.support.sshd import SSHD
 
+from .embedded import world  # noqa: F401 (a fixture for the border and isolation tests)
 from .kit import IP, NFT, FaultSshd, Netns
 
 OUTCOMES: list[dict[str, Any]] = []

@@ -33,6 +33,10 @@ def test_common_directives(unit: Path) -> None:
     assert int(d["WatchdogSec"][0]) > 0
     assert d["ExecStart"][0].endswith("tunnelkeeper run --no-dashboard")
     assert d["RestartPreventExitStatus"] == ["2"]
+    # Never gives up on restarting, and holds the bounds a relay-side flood runs into.
+    assert d["StartLimitIntervalSec"] == ["0"]
+    assert int(d["LimitNOFILE"][0]) >= 4096
+    assert d["MemoryMax"][0].endswith(("M", "G")) and int(d["TasksMax"][0]) >= 64
 
 
 def test_system_unit_is_locked_down() -> None:

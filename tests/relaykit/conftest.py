@@ -185,3 +185,28 @@ known_hosts = "{sshd.known_hosts}"
   zones = ["example.org"]
 """)
     return load(path)
+
+
+# -- a real Dropbear (tests/support/dropbear.py) ---------------------------------------------
+
+
+@pytest.fixture
+def make_dropbear(tmp_path: Path) -> Iterator[Any]:
+    """Factory of real Dropbear daemons on loopback, each with its own test account."""
+    from tests.support.dropbear import DROPBEAR, DROPBEARKEY, UNSHARE, Dropbear
+
+    for tool in (DROPBEAR, DROPBEARKEY, UNSHARE):
+        need_tool(Path(tool).name)
+    if os.geteuid() != 0:
+        pytest.skip("Dropbear tests need root for a private mount namespace (CI runs as root)")
+    started: list[Dropbear] = []
+
+    def make(name: str = "dropbear", **kwargs: Any) -> Dropbear:
+        relay = Dropbear(tmp_path / name, **kwargs)
+        started.append(relay)
+        return relay
+
+    yield make
+    for relay in started:
+        relay.signal_sessions(18)  # SIGCONT anything a test froze
+        relay.close()

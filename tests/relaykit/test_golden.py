@@ -21,6 +21,7 @@ COMMANDS: dict[str, list[str]] = {
     "named.conf": ["named-conf"],
     "named-legacy.conf": ["named-conf", "--legacy"],
     "authorized_keys": ["authorized-keys"],
+    "authorized_keys-dropbear": ["authorized-keys", "--sshd", "dropbear"],
     "sshd_config": ["sshd-config"],
 }
 EXAMPLE_COMMANDS = {
@@ -80,20 +81,25 @@ def test_two_relays(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     check_golden(GOLDEN / "two-relays" / name, text)
 
 
-def test_example_kit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("sshd", "folder"), [("openssh", "example-kit"), ("dropbear", "example-dropbear-kit")]
+)
+def test_example_kit(
+    sshd: str, folder: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = copy_example(tmp_path)
     out = tmp_path / "kit"
-    assert main(["relay-kit", "-c", str(config), "--out", str(out)]) == 0
+    assert main(["relay-kit", "-c", str(config), "--out", str(out), "--sshd", sshd]) == 0
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     printed = sorted(
         Path(line).relative_to(out).as_posix() for line in capsys.readouterr()[0].split()
     )
     assert printed == written
     for name in written:
-        check_golden(GOLDEN / "example-kit" / name, (out / name).read_text(encoding="utf-8"))
+        check_golden(GOLDEN / folder / name, (out / name).read_text(encoding="utf-8"))
     golden = sorted(
-        p.relative_to(GOLDEN / "example-kit").as_posix()
-        for p in (GOLDEN / "example-kit").rglob("*")
+        p.relative_to(GOLDEN / folder).as_posix()
+        for p in (GOLDEN / folder).rglob("*")
         if p.is_file()
     )
     assert written == golden

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.sshd import free_port, wait_until
 from tunnelkeeper.config import Config, load
 from tunnelkeeper.relaykit.openssh import authorized_keys, read_public_key, sshd_config
 
@@ -102,8 +105,6 @@ def test_ssh_keygen_reads_the_authorized_keys_file(tmp_path: Path) -> None:
 def test_real_sshd_allows_exactly_the_configured_forwards(
     tmp_path: Path, make_sshd: Any, smtp_sink: Any
 ) -> None:
-    from tests.support.sshd import free_port
-
     need_tool("ssh")
     sshd = make_sshd(start=False)
     smtp_listen, dns_listen, other = free_port(), free_port(), free_port()
@@ -146,3 +147,52 @@ def test_real_sshd_allows_exactly_the_configured_forwards(
         shell = run(ssh_args(sshd, "-T", command=f"touch {marker}"), check=False, timeout=20)
         assert shell.returncode == 1, shell.stderr  # /bin/false's status, not ssh's 255
         assert not marker.exists()
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["line-only", "line-and-block"])
+def test_unix_socket_forwards_need_the_match_block(
+    block: bool, tmp_path: Path, make_sshd: Any, smtp_sink: Any
+) -> None:
+    """`restrict,port-forwarding` allows streamlocal again and permitlisten limits TCP only:
+    with the line alone `ssh -R /path.sock:...` makes a socket on the relay; the block stops it."""
+    need_tool("ssh")
+    sshd = make_sshd(start=False)
+    config = write_tunnel_config(
+        tmp_path / "tk.toml", sshd, free_port(), free_port(), smtp_sink.port
+    )
+    sshd.authorized_keys.write_text(authorized_keys(config))
+    if block:
+        sshd.extra_config = sshd_config(config)
+    sshd.start()
+    sock = tmp_path / "squat.sock"
+    proc = subprocess.Popen(
+        ssh_args(sshd, "-N", "-R", f"{sock}:127.0.0.1:{smtp_sink.port}"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if block:
+            _, stderr = proc.communicate(timeout=20)
+            assert proc.returncode != 0
+            assert "remote port forwarding failed for listen path" in stderr
+            assert not sock.exists()
+        else:
+            wait_until(sock.exists, 10, what="the squatted socket")
+            with socket.socket(socket.AF_UNIX) as conn:
+                conn.settimeout(5)
+                conn.connect(str(sock))
+                assert conn.recv(100).startswith(b"220 mail.example.org")
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_every_file_says_the_block_is_required(example: Config) -> None:
+    from tunnelkeeper.relaykit.kit import relay_kit
+
+    comments = [line for line in authorized_keys(example).splitlines() if line.startswith("#")]
+    assert any("Match block (tunnelkeeper sshd-config) is required" in c for c in comments)
+    assert "It is required, not optional" in sshd_config(example)
+    assert "Both files are required." in relay_kit(example)["README.md"]

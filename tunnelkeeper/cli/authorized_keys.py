@@ -6,21 +6,34 @@ import argparse
 import sys
 
 from ..config import find_config, load
-from ..relaykit.openssh import authorized_keys
+from ..relaykit import dropbear, openssh
+from ..relaykit.common import SSH_SERVERS
 from . import EXIT_OK, add_config_option
+
+
+def add_sshd_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sshd",
+        choices=SSH_SERVERS,
+        default="openssh",
+        help="the relay's SSH server (default openssh); Dropbear understands fewer key options",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "authorized-keys",
         description="The line for the relay account's authorized_keys: restrict, the "
-        "configured listens and nothing else, then the public key from IDENTITY.pub.",
+        "configured listens and nothing else, then the public key from IDENTITY.pub. "
+        "With --sshd dropbear, the options Dropbear accepts, and what it cannot limit.",
     )
     add_config_option(parser)
     parser.add_argument("--tunnel", metavar="NAME", help="only this tunnel")
+    add_sshd_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    sys.stdout.write(authorized_keys(load(find_config(args.config)), args.tunnel))
+    generate = dropbear.authorized_keys if args.sshd == "dropbear" else openssh.authorized_keys
+    sys.stdout.write(generate(load(find_config(args.config)), args.tunnel))
     return EXIT_OK

@@ -1,4 +1,4 @@
-"""Make a new RSA key pair for the relay account (private file mode 0600)."""
+"""Make a new RSA key pair for the relay account (private file mode 0600, never via a symlink)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from .. import config, ssh
+from .. import config, safefiles, ssh
 from ..errors import ConfigError
 from . import EXIT_FAILURE, EXIT_OK, add_config_option
 
@@ -31,7 +31,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="N",
         help=f"RSA key size (default {DEFAULT_BITS}; at least 2048)",
     )
-    parser.add_argument("--force", action="store_true", help="overwrite an existing key")
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing key (never through a symlink)"
+    )
+    parser.add_argument(
+        "--passphrase-file",
+        metavar="PATH",
+        help="encrypt the private key with the passphrase in this file (mode 0600; one "
+        "trailing newline is not part of it)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -39,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     if args.bits < 2048 or args.bits > 16384:
         print("tunnelkeeper: --bits must be from 2048 to 16384", file=sys.stderr)
         return 2
+    passphrase = None
+    if args.passphrase_file:
+        passphrase = safefiles.read_secret(Path(args.passphrase_file), "passphrase file")
     cfg = _config_if_any(args.config)
     if args.out:
         out = Path(args.out)
@@ -47,21 +58,34 @@ def run(args: argparse.Namespace) -> int:
     else:
         out = Path("keys") / "tunnelkeeper_rsa"
     pub = Path(str(out) + ".pub")
-    if not args.force and (out.exists() or pub.exists()):
-        print(
-            f"tunnelkeeper: {out} already exists; keeping it (use --force to replace it)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+    for path in (out, pub):
+        # lexists: a dangling symlink is something too, and writing "to" it would create its
+        # target wherever it points.
+        if path.is_symlink():
+            print(
+                f"tunnelkeeper: {path} is a symbolic link; keygen never writes through one: "
+                "remove it, or give --out a path of its own",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        if not args.force and os.path.lexists(path):
+            print(
+                f"tunnelkeeper: {path} already exists; keeping it (use --force to replace it)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
     comment = f"tunnelkeeper@{socket.gethostname()}:{getpass.getuser()}"
-    key = ssh.generate_rsa_key(args.bits, comment)
+    key = ssh.generate_rsa_key(args.bits, comment, passphrase)
+    write = safefiles.replace if args.force else safefiles.write_new
     try:
-        _write_private(out, key.private_openssh, args.force)
-        pub.write_text(key.public_line + "\n", encoding="ascii")
+        out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write(out, key.private_openssh, 0o600)
+        write(pub, (key.public_line + "\n").encode("ascii"), 0o644)
     except OSError as exc:
         print(f"tunnelkeeper: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"private key: {out} (mode 0600)")
+    encrypted = ", encrypted" if passphrase is not None else ""
+    print(f"private key: {out} (mode 0600{encrypted})")
     print(f"public key:  {pub}")
     print(f"fingerprint: {key.fingerprint}")
     if cfg is not None:
@@ -80,17 +104,6 @@ def _config_if_any(explicit: str | None) -> config.Config | None:
             raise
         return None
     return config.load(path)
-
-
-def _write_private(path: Path, data: bytes, force: bool) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # an overwritten file keeps its old mode otherwise
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 def _authorized_keys(cfg: config.Config, key_path: Path) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import find_config, load
 from ..relaykit.kit import relay_kit, write_kit
 from . import EXIT_OK, add_config_option
+from .authorized_keys import add_sshd_option
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,13 +26,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--relay-host", metavar="NAME", help="the relay's MX name (default: its SSH host)"
     )
+    add_sshd_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = load(find_config(args.config))
     files = relay_kit(
-        config, args.tunnel, internal_host=args.internal_host, relay_host=args.relay_host
+        config,
+        args.tunnel,
+        internal_host=args.internal_host,
+        relay_host=args.relay_host,
+        sshd=args.sshd,
     )
     for path in write_kit(files, args.out):
         print(path)

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from .. import config, logs, services, ssh
+from .. import config, limits, logs, services, ssh
 from ..supervisor import Supervisor, serve
 from . import EXIT_FAILURE, EXIT_OK, add_config_option
 
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.load(config.find_config(args.config))
-    if os.getuid() == 0 and not (args.allow_root or cfg.supervisor.allow_root):
+    if os.geteuid() == 0 and not (args.allow_root or cfg.supervisor.allow_root):
         print(
             "tunnelkeeper: refusing to run as root: the tunnels need no privilege (relay "
             "listens and local targets are ordinary sockets); run as an unprivileged user, "
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURE
     ssh.preflight(cfg.tunnel)
+    limits.raise_nofile()
     dashboard = sys.stdout.isatty() if args.dashboard is None else args.dashboard
     supervisor = Supervisor(cfg, services=services.standard(cfg, dashboard=dashboard))
     logs.setup(cfg.supervisor.log_level)

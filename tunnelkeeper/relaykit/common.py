@@ -5,9 +5,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from ..config import Config, Forward, Tunnel
 from ..errors import ConfigError
+
+SshServer = Literal["openssh", "dropbear"]
+SSH_SERVERS: tuple[SshServer, ...] = get_args(SshServer)
 
 
 def select_tunnels(config: Config, name: str | None = None) -> tuple[Tunnel, ...]:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config, Tunnel
+from . import dropbear, dropbear_kit
 from .bind import named_conf
-from .common import mail_routes, select_tunnels
+from .common import SshServer, mail_routes, select_tunnels
 from .mailertable import mailer_name, mailertable
 from .mx import mx_records
 from .openssh import authorized_keys, client_alive, listens, read_public_key, sshd_config
@@ -37,6 +38,7 @@ class _Parts:
     dns: bool
     internal_host: str | None
     relay_host: str
+    sshd: SshServer
 
 
 def relay_kit(
@@ -45,18 +47,20 @@ def relay_kit(
     *,
     internal_host: str | None = None,
     relay_host: str | None = None,
+    sshd: SshServer = "openssh",
 ) -> dict[str, str]:
     """The kit as {relative file name: text}; one subfolder per tunnel when there are several.
 
     MX records are included when `internal_host` is given; the relay host defaults to the
-    tunnel's SSH host. Raises ConfigError (a missing public key, say) like the generators.
+    tunnel's SSH host. `sshd` is the relay's SSH server: a Dropbear relay gets its own key line
+    and no sshd_config file. Raises ConfigError (a missing public key, say) like the generators.
     """
     tunnels = select_tunnels(config, tunnel)
     if len(tunnels) == 1:
-        return _tunnel_kit(config, tunnels[0], internal_host, relay_host)
+        return _tunnel_kit(config, tunnels[0], internal_host, relay_host, sshd)
     files: dict[str, str] = {}
     for tun in tunnels:
-        for name, text in _tunnel_kit(config, tun, internal_host, relay_host).items():
+        for name, text in _tunnel_kit(config, tun, internal_host, relay_host, sshd).items():
             files[f"{tun.name}/{name}"] = text
     files[README] = _index(tunnels)
     return files
@@ -74,7 +78,11 @@ def write_kit(files: Mapping[str, str], out: Path) -> list[Path]:
 
 
 def _tunnel_kit(
-    config: Config, tun: Tunnel, internal_host: str | None, relay_host: str | None
+    config: Config,
+    tun: Tunnel,
+    internal_host: str | None,
+    relay_host: str | None,
+    sshd: SshServer,
 ) -> dict[str, str]:
     name = tun.name
     parts = _Parts(
@@ -83,12 +91,15 @@ def _tunnel_kit(
         dns=any(f.service == "dns" for f in tun.forward),
         internal_host=internal_host,
         relay_host=relay_host or tun.host,
+        sshd=sshd,
     )
-    files = {
-        README: "",  # first in the folder listing; written last, when the rest is known
-        AUTHORIZED_KEYS: authorized_keys(config, name),
-        SSHD_CONFIG: sshd_config(config, name),
-    }
+    files = {README: ""}  # first in the folder listing; written last, when the rest is known
+    if sshd == "dropbear":
+        # Dropbear has no per-account configuration file: its flags are in the README.
+        files[AUTHORIZED_KEYS] = dropbear.authorized_keys(config, name)
+    else:
+        files[AUTHORIZED_KEYS] = authorized_keys(config, name)
+        files[SSHD_CONFIG] = sshd_config(config, name)
     if parts.mail:
         files[MAILERTABLE] = mailertable(config, name)
         files[SENDMAIL_MC] = mailer_definitions_m4(config, name)
@@ -121,7 +132,7 @@ def _readme(config: Config, parts: _Parts) -> str:
     sections = [
         _intro(parts),
         _files_table(parts),
-        _account(tun),
+        dropbear_kit.account(tun, AUTHORIZED_KEYS) if parts.sshd == "dropbear" else _account(tun),
     ]
     if parts.mail:
         sections += [_sendmail(config, tun), _postfix(config, tun)]
@@ -129,12 +140,13 @@ def _readme(config: Config, parts: _Parts) -> str:
         sections.append(_bind(tun))
     if parts.mail:
         sections.append(_mx(parts))
-    sections.append(_trouble(tun))
+    sections.append(dropbear_kit.trouble(tun) if parts.sshd == "dropbear" else _trouble(tun))
     return "\n\n".join(section.strip("\n") for section in sections) + "\n"
 
 
 def _intro(parts: _Parts) -> str:
     tun = parts.tunnel
+    server = "Dropbear" if parts.sshd == "dropbear" else "sshd"
     rows = []
     for forward in tun.forward:
         if forward.service == "smtp" and forward.domains:
@@ -153,7 +165,7 @@ Written by `tunnelkeeper relay-kit` on the internal host. This folder is everyth
 needs; nothing in it needs root on the internal side or a new daemon on the relay.
 
 tunnelkeeper, on a host behind a firewall that lets nothing in, logs in to this relay as
-`{tun.user}` with an RSA key and keeps *reverse* SSH forwards open: sshd on the relay listens
+`{tun.user}` with an RSA key and keeps *reverse* SSH forwards open: {server} on the relay listens
 on the addresses below, and whatever connects to them is carried back to the internal host.
 
 | the relay listens on | carried to, on the internal host | for |
@@ -167,10 +179,9 @@ queue and is retried, and secondary zones go on being served until their SOA exp
 
 def _files_table(parts: _Parts) -> str:
     tun = parts.tunnel
-    rows = [
-        f"| `{AUTHORIZED_KEYS}` | `~{tun.user}/.ssh/authorized_keys` | 1 |",
-        f"| `{SSHD_CONFIG}` | `/etc/ssh/sshd_config.d/tunnelkeeper.conf` | 1 |",
-    ]
+    rows = [f"| `{AUTHORIZED_KEYS}` | `~{tun.user}/.ssh/authorized_keys` | 1 |"]
+    if parts.sshd == "openssh":
+        rows.append(f"| `{SSHD_CONFIG}` | `/etc/ssh/sshd_config.d/tunnelkeeper.conf` | 1 |")
     if parts.mail:
         rows += [
             f"| `{SENDMAIL_MC}` | pasted into `/etc/mail/sendmail.mc` (sendmail) | 2 |",
@@ -212,6 +223,11 @@ install -m 600 -o {tun.user} -g {tun.user} {AUTHORIZED_KEYS} ~{tun.user}/.ssh/au
 install -m 644 {SSHD_CONFIG} /etc/ssh/sshd_config.d/tunnelkeeper.conf
 sshd -t && systemctl reload ssh    # the unit is "sshd" on some systems
 ```
+
+Both files are required. The key line alone still lets the key forward Unix sockets
+(`ssh -R /some/path.sock:...` creates a socket on this relay: `permitlisten` limits TCP
+listens only); the `Match` block's `AllowStreamLocalForwarding no` refuses them, and it turns
+off X11 and agent forwarding, tunnel devices and ttys for the account as well.
 
 If `/etc/ssh/sshd_config` has no `Include /etc/ssh/sshd_config.d/*.conf` line at its top, append
 the file's text to the very end of `sshd_config` instead: a `Match` block runs to the end of the

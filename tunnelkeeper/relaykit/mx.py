@@ -10,7 +10,7 @@ from .common import is_ip, mail_routes
 
 INTERNAL_PREFERENCE, RELAY_PREFERENCE = 0, 10
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
 def mx_target(name: str, option: str) -> str:
@@ -24,7 +24,7 @@ def mx_target(name: str, option: str) -> str:
     if is_ip(host):
         raise ConfigError(f"{name!r}: an MX target must be a host name, not an address", key=option)
     labels = host.split(".")
-    if len(host) > 253 or not all(_LABEL.match(label) for label in labels):
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise ConfigError(f"{name!r} is not a valid host name", key=option)
     if len(labels) < 2:
         raise ConfigError(

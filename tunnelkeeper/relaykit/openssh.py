@@ -77,12 +77,17 @@ def listens(tunnels: tuple[Tunnel, ...]) -> list[str]:
     return list(dict.fromkeys(str(f.listen) for t in tunnels for f in t.forward))
 
 
+def opens(tunnels: tuple[Tunnel, ...]) -> list[str]:
+    """Every direct-tcpip destination these tunnels open, `host:port`, config order."""
+    # The end-to-end probes open direct-tcpip channels to the relay's own listen address.
+    return listens(tunnels)
+
+
 def key_options(tunnel: Tunnel) -> str:
     """`restrict` and then exactly what the tunnel needs: its listens, and opens to them."""
     options = ["restrict", "port-forwarding"]
     options += [f'permitlisten="{listen}"' for listen in listens((tunnel,))]
-    # The end-to-end probes open direct-tcpip channels to the relay's own listen address.
-    options += [f'permitopen="{listen}"' for listen in listens((tunnel,))]
+    options += [f'permitopen="{target}"' for target in opens((tunnel,))]
     options.append('command="/bin/false"')
     if tunnel.from_:
         options.append(f'from="{",".join(tunnel.from_)}"')
@@ -94,6 +99,9 @@ def authorized_keys(config: Config, tunnel: str | None = None) -> str:
     lines = [
         "# authorized_keys lines written by tunnelkeeper: the key may hold these reverse forwards",
         "# and open channels to them, and nothing else (no shell, pty, agent or X11).",
+        "# The sshd Match block (tunnelkeeper sshd-config) is required as well: port-forwarding",
+        "# here also allows Unix-socket forwards, which permitlisten does not limit; the block's",
+        "# AllowStreamLocalForwarding no refuses them.",
     ]
     for tun in select_tunnels(config, tunnel):
         key = read_public_key(tun)
@@ -156,6 +164,8 @@ def sshd_config(config: Config, tunnel: str | None = None) -> str:
         "# Put it in /etc/ssh/sshd_config.d/tunnelkeeper.conf where sshd_config includes that",
         "# folder (Debian, Ubuntu), or else at the very end of sshd_config: a Match block lasts",
         "# until the next Match line or the end of the file. Check with `sshd -t` and reload sshd.",
+        "# It is required, not optional: the authorized_keys line alone lets the key forward",
+        "# Unix sockets (permitlisten limits TCP only); AllowStreamLocalForwarding no stops that.",
     ]
     for host, user, tunnels in _accounts(config, tunnel):
         lines += ["", *_match_block(host, user, tunnels)]
@@ -168,6 +178,7 @@ def _match_block(host: str, user: str, tunnels: tuple[Tunnel, ...]) -> list[str]
     alive = client_alive(tightest)
     public = any(not f.listen.is_loopback for t in tunnels for f in t.forward)
     allowed = " ".join(listens(tunnels))
+    destinations = " ".join(opens(tunnels))
     lines = [
         f"# Relay account {user} on {host} (tunnel {names}).",
         f"# Keepalive arithmetic (tunnel {tightest.name}). tunnelkeeper gives up on a silent",
@@ -200,7 +211,7 @@ def _match_block(host: str, user: str, tunnels: tuple[Tunnel, ...]) -> list[str]
         f"Match User {user}",
         "\tAllowTcpForwarding yes",
         f"\tPermitListen {allowed}",
-        f"\tPermitOpen {allowed}",
+        f"\tPermitOpen {destinations}",
         f"\tGatewayPorts {'clientspecified' if public else 'no'}",
         "\tX11Forwarding no",
         "\tAllowAgentForwarding no",

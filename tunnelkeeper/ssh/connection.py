@@ -1,0 +1,288 @@
+"""One authenticated SSH connection to a relay: connect, listen, open channels, notice its end.
+
+Every method that touches the wire returns data or raises a tunnelkeeper error; nothing that
+asyncssh or the socket layer raises gets past this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+import asyncssh
+
+from ..config import Endpoint, Tunnel
+from ..errors import (
+    ChannelDenied,
+    ForwardFull,
+    ForwardRefused,
+    TargetUnavailable,
+    TunnelError,
+)
+from ..peertext import peer_text, quoted
+from .hostkeys import HostKeyVerdict, KnownHosts, accept_first_contact, pin, read_known_hosts
+from .keys import load_identity
+from .streams import Stream, StreamPair
+from .translate import WIRE_ERRORS, handshake_error, lost_reason
+from .transport import PacketSizedReads
+
+log = logging.getLogger(__name__)
+
+# AES-GCM runs in OpenSSL's constant-time hardware path; asyncssh's chacha20 is slower here.
+CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+)
+# Never sign with SHA-1 (ssh-rsa): OpenSSH >= 8.8 refuses it anyway.
+SIGNATURE_ALGS = (
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+)
+# The SSH window is what one forwarded connection can make us buffer when its target stops
+# reading: max_connections × (WINDOW + the local socket's 64 KiB) is the worst case per
+# forward. 1 MiB keeps loopback throughput at parity with ssh -R (BENCHMARKS.md, figure 1).
+WINDOW = 1024 * 1024
+MAX_PACKET = 32768
+
+ChannelSession = Any  # duck-typed asyncssh SSHTCPSession, see forward.Splice
+Acceptor = Callable[[str, int], Awaitable[ChannelSession]]
+BugReport = Callable[[BaseException], object]
+
+
+class _Client(asyncssh.SSHClient):
+    """Host-key policy and connection-loss bookkeeping for one connection."""
+
+    def __init__(self, tunnel: Tunnel, known: KnownHosts, verdict: HostKeyVerdict) -> None:
+        self._tunnel = tunnel
+        self._known = known
+        self.verdict = verdict
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.lost: Exception | None = None
+        self.lost_event = asyncio.Event()
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self.conn = conn
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        # Called only for keys that are neither trusted nor revoked.
+        self.verdict.offered = key
+        if accept_first_contact(self._tunnel, self._known):
+            self.verdict.new_key = key
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
+        self.lost_event.set()
+
+    @property
+    def relay_version(self) -> str | None:
+        if self.conn is None:
+            return None
+        version = self.conn.get_extra_info("server_version")
+        return peer_text(version) if version else None
+
+
+class RelayConnection:
+    """One authenticated SSH connection to a relay. `async with` closes it."""
+
+    def __init__(
+        self,
+        tunnel: Tunnel,
+        conn: asyncssh.SSHClientConnection,
+        client: _Client,
+        transport: PacketSizedReads,
+        host_key: str,
+    ) -> None:
+        self.tunnel = tunnel
+        self._conn = conn
+        self._client = client
+        self._transport = transport
+        self.host_key = host_key
+        self.cipher = peer_text(str(conn.get_extra_info("send_cipher", "?")))
+        self.relay_version = client.relay_version
+
+    async def __aenter__(self) -> RelayConnection:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+        await self.wait_closed()
+
+    @property
+    def is_closing(self) -> bool:
+        return self._client.lost_event.is_set()
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except WIRE_ERRORS as exc:
+            log.debug("closing the relay connection: %s", exc)
+
+    async def wait_closed(self) -> None:
+        try:
+            await self._conn.wait_closed()
+        except WIRE_ERRORS as exc:
+            log.debug("waiting for the relay connection to close: %s", exc)
+
+    async def wait_lost(self) -> TunnelError:
+        """Wait until the connection ends; return why, as the most specific TunnelError."""
+        await self._client.lost_event.wait()
+        return lost_reason(self._client.lost, self.tunnel, self._transport.silent_for())
+
+    async def listen(
+        self, listen: Endpoint, accept: Acceptor, on_bug: BugReport | None = None
+    ) -> Listener:
+        """Ask the relay to listen on `listen`; each connection is handed to `accept`.
+
+        A TargetUnavailable from `accept` refuses that channel (ForwardFull as a resource
+        shortage); any other exception is a bug, handed to `on_bug`, and refuses it too.
+        Raises ForwardRefused when the relay says no (port held, permitlisten), or a
+        TunnelError when the connection fails meanwhile.
+        """
+
+        async def factory(orig_host: str, orig_port: int) -> ChannelSession:
+            try:
+                return await accept(orig_host, orig_port)
+            except ForwardFull as exc:
+                raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, str(exc)) from exc
+            except TargetUnavailable as exc:
+                raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from exc
+            except Exception as exc:
+                if on_bug is not None:
+                    on_bug(exc)
+                raise asyncssh.ChannelOpenError(
+                    asyncssh.OPEN_CONNECT_FAILED, "internal error"
+                ) from exc
+
+        try:
+            listener = await self._conn.create_server(
+                factory, listen.host, listen.port, window=WINDOW, max_pktsize=MAX_PACKET
+            )
+        except asyncssh.ChannelListenError as exc:
+            if self.is_closing:
+                raise self._failed(self._client.lost) from exc
+            raise ForwardRefused(f"relay refused to listen on {listen}") from exc
+        except WIRE_ERRORS as exc:
+            raise self._failed(exc) from exc
+        return Listener(listener)
+
+    async def open_stream(self, dest: Endpoint, timeout: float) -> Stream:
+        """A direct-tcpip channel from the relay to `dest`.
+
+        Raises ChannelDenied when the relay forbids it, TargetUnavailable when nothing answers
+        there, TunnelError when the connection itself fails.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await self._conn.open_connection(
+                    dest.host, dest.port, window=WINDOW, max_pktsize=MAX_PACKET
+                )
+        except asyncssh.ChannelOpenError as exc:
+            if self.is_closing:
+                raise self._failed(self._client.lost) from exc
+            said = quoted("it", exc.reason)
+            if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+                raise ChannelDenied(f"relay forbids channels to {dest} ({said})") from exc
+            raise TargetUnavailable(f"relay could not reach {dest} ({said})") from exc
+        except TimeoutError as exc:
+            raise TargetUnavailable(f"no channel to {dest} within {timeout:g}s") from exc
+        except WIRE_ERRORS as exc:
+            raise self._failed(exc) from exc
+        return StreamPair(reader, writer, f"channel to {dest}")
+
+    def _failed(self, exc: BaseException | None) -> TunnelError:
+        lost = exc if isinstance(exc, Exception) else None
+        return lost_reason(lost, self.tunnel, self._transport.silent_for())
+
+
+class Listener:
+    """A relay-side listener; closing it sends cancel-tcpip-forward."""
+
+    def __init__(self, listener: asyncssh.SSHListener) -> None:
+        self._listener = listener
+
+    def close(self) -> None:
+        try:
+            self._listener.close()
+        except WIRE_ERRORS as exc:  # the connection is going away: so is the listener
+            log.debug("closing a relay listener: %s", exc)
+
+    async def wait_closed(self) -> None:
+        try:
+            await self._listener.wait_closed()
+        except WIRE_ERRORS as exc:
+            log.debug("waiting for a relay listener to close: %s", exc)
+
+
+async def connect(tunnel: Tunnel) -> RelayConnection:
+    """Connect, verify the relay's host key, authenticate with the tunnel's key.
+
+    Raises the most specific TunnelError (HostKeyMismatch, AuthFailed, ConnectRefused, …),
+    or KeyFileError when the private key cannot be used.
+    """
+    key = load_identity(tunnel.identity)
+    known = read_known_hosts(tunnel)
+    verdict = HostKeyVerdict()
+    client = _Client(tunnel, known, verdict)
+    transport = PacketSizedReads(verdict)
+    try:
+        conn = await asyncssh.connect(
+            tunnel.host,
+            tunnel.port,
+            tunnel=transport,
+            username=tunnel.user,
+            client_factory=lambda: client,
+            client_keys=[key],
+            known_hosts=known.as_asyncssh(),
+            # Only a CA known: offer plain keys too, so a relay without a certificate fails
+            # on our host-key check (with its key named) rather than on a bare handshake.
+            server_host_key_algs="default" if known.cas and not known.trusted else (),
+            agent_path=None,
+            config=None,
+            password=None,
+            kbdint_auth=False,
+            gss_auth=False,
+            host_based_auth=False,
+            encryption_algs=CIPHERS,
+            signature_algs=SIGNATURE_ALGS,
+            keepalive_interval=tunnel.keepalive_interval,
+            keepalive_count_max=tunnel.keepalive_count_max,
+            connect_timeout=tunnel.connect_timeout,
+            login_timeout=tunnel.connect_timeout,
+        )
+    except (*WIRE_ERRORS, TimeoutError) as exc:
+        raise handshake_error(
+            exc,
+            tunnel,
+            verdict,
+            pinned=bool(known.trusted or known.cas),
+            relay_version=client.relay_version,
+            silent_for=transport.silent_for(),
+        ) from exc
+    try:
+        host_key = conn.get_server_host_key()
+        fingerprint = host_key.get_fingerprint("sha256") if host_key else "?"
+        if verdict.new_key is not None:
+            pin(tunnel, verdict.new_key)
+    except BaseException:
+        conn.abort()
+        raise
+    return RelayConnection(tunnel, conn, client, transport, fingerprint)
