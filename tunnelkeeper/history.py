@@ -41,6 +41,9 @@ class _Forward:
     probe_ok: bool | None = None
     been_up: bool = False  # up at least once since it appeared (startup is no outage)
     outage: bool = False
+    # First seen `down` under a tunnel still `up`: the moment between a connection's end and
+    # the tunnel saying why (or that it is stopping). An outage, if one follows, began here.
+    doubtful_since: float | None = None
 
 
 class Recorder:
@@ -110,12 +113,21 @@ class Recorder:
         if not mem.outage:
             failed = probe is not None and not probe.ok
             starting = not mem.been_up and (fwd.state == "pending" or tunnel.state == "connecting")
-            if (up and failed) or (not up and not starting):
+            if fwd.state == "down" and tunnel.state == "up":
+                # A clean stop passes through here too; wait for the next snapshot to tell.
+                mem.doubtful_since = mem.doubtful_since or now
+            elif (up and failed) or (not up and not starting):
                 mem.outage = True
                 error_kind, reason = _cause(tunnel, fwd)
+                began = mem.doubtful_since or now
                 events.append(
-                    Event(now, "outage", *key, state="start", error_kind=error_kind, reason=reason)
+                    Event(
+                        began, "outage", *key, state="start", error_kind=error_kind, reason=reason
+                    )
                 )
+                mem.doubtful_since = None
+            else:
+                mem.doubtful_since = None
         elif up and (not probes or _probed_since_up(fwd)):
             mem.outage = False
             events.append(Event(now, "outage", *key, state="end"))

@@ -381,3 +381,21 @@ def test_writer_thread_is_not_the_caller(tmp_path: Path) -> None:
     assert writer._thread.is_alive() and writer._thread is not threading.current_thread()
     writer.close()
     assert not writer._thread.is_alive()
+
+
+def test_a_clean_stop_is_no_outage_but_a_lost_connection_is_from_its_first_sign() -> None:
+    rec = Recorder()
+    rec.observe(snap(relay()), T0, probes())
+    # The connection ended; the tunnel has not said why yet (or that it is stopping).
+    ending = relay(smtp="down", dns="down")
+    assert outages(rec.observe(snap(ending), T0 + 1, probes())) == []
+    stopped = rec.observe(snap(replace(ending, state="stopped")), T0 + 2, probes())
+    assert outages(stopped) == []
+    rec = Recorder()
+    rec.observe(snap(relay()), T0, probes())
+    rec.observe(snap(ending), T0 + 1, probes())
+    events = rec.observe(snap(relay("backoff", smtp="down", dns="down")), T0 + 2, probes())
+    assert [(e.forward, e.at, e.error_kind) for e in events if e.kind == "outage"] == [
+        ("smtp", T0 + 1, "connect-refused"),
+        ("dns", T0 + 1, "connect-refused"),
+    ]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import SmtpSink
 from tests.support.configs import write_config
 from tests.support.procs import SupervisorProcess
 from tests.support.sshd import free_port, wait_until
@@ -39,7 +40,9 @@ def textfile_samples(path: Path) -> dict[tuple[str, frozenset[tuple[str, str]]],
     }
 
 
-def test_a_relay_outage_is_recorded_shown_and_exported(make_sshd, smtp_sink, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_relay_outage_is_recorded_shown_and_exported(
+    make_sshd: Any, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
     listen = free_port()
     sshd = make_sshd(permitlisten=[f"127.0.0.1:{listen}"])
     prom = tmp_path / "collector" / "tunnelkeeper.prom"
@@ -47,8 +50,7 @@ def test_a_relay_outage_is_recorded_shown_and_exported(make_sshd, smtp_sink, tmp
     cfg = write_config(
         tmp_path / "tk.toml",
         sshd,
-        [{"name": "smtp", "service": "smtp", "listen": listen, "target": smtp_sink.port,
-          "domains": ["example.org"]}],  # fmt: skip
+        [{"name": "smtp", "service": "smtp", "listen": listen, "target": smtp_sink.port}],
         supervisor={"history_path": "state/history.db", "metrics_textfile": str(prom)},
         probe_interval=2,
         backoff_initial=0.2,
@@ -73,8 +75,9 @@ def test_a_relay_outage_is_recorded_shown_and_exported(make_sshd, smtp_sink, tmp
         sshd.start()
         began = time.monotonic()
         st = sup.wait_status(
-            lambda s: s.forwards[0].availability_24h is not None
-            and s.forwards[0].availability_24h < 100,
+            lambda s: (
+                s.forwards[0].availability_24h is not None and s.forwards[0].availability_24h < 100
+            ),
             15,
             "availability below 100 after the outage",
         )
