@@ -207,6 +207,29 @@ def test_schema_version_and_migration(tmp_path: Path) -> None:
         connect(tmp_path / "missing.db", readonly=True)
 
 
+def test_an_older_schema_is_migrated_and_keeps_its_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunnelkeeper import history_store
+
+    db = tmp_path / "h.db"
+    monkeypatch.setattr(history_store, "SCHEMA_VERSION", 1)  # as the first release wrote it
+    write_history(db, [(T0, T0 + 60, fwd_events(T0))])
+    monkeypatch.undo()
+    conn = connect(db, readonly=True)  # `history` reads it before any supervisor upgraded it
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
+    conn = connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION > 1
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "events_session" in indexes
+    conn.close()
+    conn = connect(db, readonly=True)
+    [row] = history_report.report(conn, T0, T0 + 60)["availability"]
+    conn.close()
+    assert row["24h"] == 100.0 and row["recorded_s"]["24h"] == 60
+
+
 def test_prune_forgets_old_events_and_the_report_still_adds_up(tmp_path: Path) -> None:
     db = tmp_path / "h.db"
     writer = Writer(db, pid=os.getpid(), config="/x.toml")
