@@ -118,7 +118,7 @@ class Supervisor:
             raise first from group
 
     async def _run(self, shutdown: Shutdown, reload: asyncio.Event | None) -> None:
-        async with ControlServer(self.config.control_socket, self.snapshot):
+        async with ControlServer(self.config.control_socket, self.snapshot, self.watch_mail):
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 for cfg in self.config.tunnel:
@@ -144,6 +144,28 @@ class Supervisor:
                     task.cancel()
             self._tg = None
         log.info("supervisor stopped")
+
+    async def watch_mail(
+        self, tunnel: str, forward: str, token: str, timeout: float
+    ) -> float | None:
+        """check --mail: seconds until `token` passed the forward (None: not within
+        `timeout`). Raises LookupError for a tunnel or forward this supervisor has not."""
+        runtime = self._tunnels.get(tunnel)
+        fwd = (
+            next((f for f in runtime.forwards if f.cfg.name == forward), None) if runtime else None
+        )
+        if fwd is None:
+            raise LookupError(f"no forward {tunnel}/{forward} here")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        future = fwd.counters.watch(token.encode("ascii", "replace"))
+        try:
+            async with asyncio.timeout(timeout):
+                return await future - started
+        except TimeoutError:
+            return None
+        finally:
+            future.cancel()
 
     def reload(self, new: Config) -> None:
         """Apply a re-read configuration: restart only tunnels whose settings changed."""
