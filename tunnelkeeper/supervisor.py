@@ -73,6 +73,7 @@ class Supervisor:
         self._tunnels: dict[str, Tunnel] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
+        self._changing: asyncio.Task[None] | None = None  # the reload being applied
         self.internal_errors = 0  # bugs in services and helpers (tunnels count their own)
         # Services that add what only they know to every snapshot (history: availability_24h).
         self.amend: list[Callable[[SupervisorStatus], SupervisorStatus]] = []
@@ -197,18 +198,30 @@ class Supervisor:
             ", ".join(added) or "none",
         )
         assert self._tg is not None
-        stopping = self._tg.create_task(self._stop_tunnels(changed, asyncio.Event()))
-        self._tg.create_task(self._start_after(stopping, [wanted[n] for n in added]))
+        # One change at a time: a reload that came while the last one was still draining
+        # must not stop that one's tunnels twice, nor start a second keep-loop for a name.
+        self._changing = self._tg.create_task(
+            self._change(self._changing, changed, [wanted[n] for n in added])
+        )
 
-    async def _start_after(
-        self, stopping: asyncio.Task[None], tunnels: list[config_mod.Tunnel]
+    async def _change(
+        self,
+        previous: asyncio.Task[None] | None,
+        stop: list[str],
+        start: list[config_mod.Tunnel],
     ) -> None:
-        await stopping  # a changed tunnel's new listener needs the old one gone first
-        for cfg in tunnels:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        await self._stop_tunnels(stop, asyncio.Event())  # new listeners need the old gone
+        for cfg in start:
             self._start(cfg)
 
     def _start(self, cfg: config_mod.Tunnel) -> None:
         assert self._tg is not None
+        old = self._tasks.get(cfg.name)
+        if old is not None and not old.done():  # cannot happen: say so, and keep just one
+            self._bug(f"starting tunnel {cfg.name}", RuntimeError("a second keep-loop"))
+            old.cancel()
         tunnel = Tunnel(cfg) if self._connector is None else Tunnel(cfg, self._connector)
         self._tunnels[cfg.name] = tunnel
         self._tasks[cfg.name] = self._tg.create_task(self._keep(tunnel), name=cfg.name)
