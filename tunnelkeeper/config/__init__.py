@@ -1,0 +1,56 @@
+"""Configuration: pydantic models of the TOML file and `load(path)`; data only, validated once.
+
+values   names, durations, endpoints, hops, proxies; control characters refused
+models   the tables: [supervisor], [defaults], [[tunnel]], its forwards and locals
+loading  find_config, load, from_dict; errors that name the file and the key
+"""
+
+from .loading import find_config, from_dict, is_credential_name, load, secret_path
+from .models import (
+    Config,
+    Defaults,
+    Forward,
+    Local,
+    SupervisorSettings,
+    Tunnel,
+    TunnelSettings,
+    default_control_socket,
+    default_history_path,
+)
+from .values import (
+    CONFIG_NAME,
+    Endpoint,
+    Hop,
+    Proxy,
+    Service,
+    control_character,
+    parse_endpoint,
+    parse_hop,
+    parse_proxy,
+)
+
+__all__ = [
+    "CONFIG_NAME",
+    "Config",
+    "Defaults",
+    "Endpoint",
+    "Forward",
+    "Hop",
+    "Local",
+    "Proxy",
+    "Service",
+    "SupervisorSettings",
+    "Tunnel",
+    "TunnelSettings",
+    "control_character",
+    "default_control_socket",
+    "default_history_path",
+    "find_config",
+    "from_dict",
+    "is_credential_name",
+    "load",
+    "parse_endpoint",
+    "parse_hop",
+    "parse_proxy",
+    "secret_path",
+]

@@ -1,0 +1,334 @@
+"""The pydantic models of the TOML file: data only, validated once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from ..errors import ConfigError
+from .values import (
+    _FROM_PATTERN,
+    _HOSTNAME,
+    Argv,
+    Endpoint,
+    FilePath,
+    Hop,
+    HostKeyPolicy,
+    Name,
+    Port,
+    PositiveSeconds,
+    Proxy,
+    Seconds,
+    Service,
+    _domain,
+    _is_ip,
+    _Model,
+    _unique,
+    parse_endpoint,
+    parse_hops,
+    parse_proxy,
+)
+
+
+class TunnelSettings(_Model):
+    """Settings a tunnel may override and `[defaults]` may set for every tunnel."""
+
+    keepalive_interval: PositiveSeconds = 5.0
+    keepalive_count_max: Annotated[int, Field(strict=True, ge=1, le=1000)] = 3
+    connect_timeout: PositiveSeconds = 10.0
+    backoff_initial: Seconds = 1.0
+    backoff_max: PositiveSeconds = 60.0
+    backoff_multiplier: Annotated[float, Field(strict=True, ge=1, allow_inf_nan=False)] = 2.0
+    stable_after: Seconds = 30.0
+    forward_retry: PositiveSeconds = 2.0
+    probe_interval: Seconds = 30.0
+    probe_timeout: PositiveSeconds = 10.0
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> TunnelSettings:
+        if self.backoff_initial > self.backoff_max:
+            raise ValueError("backoff_initial must not be larger than backoff_max")
+        return self
+
+
+class Defaults(TunnelSettings):
+    """`[defaults]`: the tunnel settings plus per-tunnel fields that are often shared."""
+
+    port: Port | None = None
+    user: str | None = None
+    identity: FilePath | None = None
+    known_hosts: FilePath | None = None
+    host_key_policy: HostKeyPolicy | None = None
+    standby: bool | None = None
+    jump: tuple[Hop, ...] | None = None
+    proxy: Proxy | None = None
+    proxy_auth_file: FilePath | None = None
+    passphrase_file: FilePath | None = None
+    agent: bool | None = None
+    certificate: FilePath | None = None
+    relay_mta: Endpoint | None = None
+
+    @field_validator("jump", mode="before")
+    @classmethod
+    def _jump(cls, value: object) -> tuple[Hop, ...] | None:
+        return None if value is None else parse_hops(value)
+
+    @field_validator("proxy", mode="before")
+    @classmethod
+    def _proxy(cls, value: object) -> Proxy | None:
+        return parse_proxy(value)
+
+    @field_validator("relay_mta", mode="before")
+    @classmethod
+    def _relay_mta(cls, value: object) -> Endpoint | None:
+        return None if value is None else parse_endpoint(value)
+
+
+class Forward(_Model):
+    """One `[[tunnel.forward]]`: a listen on the relay handed to a target on this host."""
+
+    # Declared first so that the listen validator below can see it.
+    allow_public_listen: bool = False
+    name: Name
+    service: Service = "tcp"
+    listen: Endpoint
+    target: Endpoint
+    domains: tuple[str, ...] = ()
+    subdomains: bool = True
+    zones: tuple[str, ...] = ()
+    # Postfix's default_process_limit: as many SMTP sessions as a stock MTA serves at once.
+    max_connections: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 100
+    notify: Endpoint | None = None  # dns: the relay's named, to NOTIFY of serial changes
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, value: object) -> Endpoint:
+        return parse_endpoint(value)
+
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _notify(cls, value: object) -> Endpoint | None:
+        return None if value is None else parse_endpoint(value)
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: object, info: ValidationInfo) -> Endpoint:
+        listen = parse_endpoint(value)
+        if not listen.is_loopback and not info.data.get("allow_public_listen", False):
+            raise ValueError(
+                f"{listen} is not a loopback address: the relay would expose this port to the "
+                "network; set allow_public_listen = true if that is intended"
+            )
+        return listen
+
+    @field_validator("domains", mode="after")
+    @classmethod
+    def _domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(_domain(d, "mail domain") for d in value))
+
+    @field_validator("zones", mode="after")
+    @classmethod
+    def _zones(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(_domain(z, "zone name") for z in value))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Forward:
+        if self.domains and self.service != "smtp":
+            raise ValueError("'domains' only applies to service = \"smtp\"")
+        if self.zones and self.service != "dns":
+            raise ValueError("'zones' only applies to service = \"dns\"")
+        if self.service == "dns" and not self.zones:
+            raise ValueError("a dns forward needs 'zones' (the first one is probed)")
+        if self.notify is not None and self.service != "dns":
+            raise ValueError("'notify' only applies to service = \"dns\"")
+        return self
+
+
+class Local(_Model):
+    """One `[[tunnel.local]]`: a listen on this host whose connections go out through the
+    relay to `target` (as the relay sees it): the internal MTA's smarthost, say."""
+
+    allow_public_listen: bool = False  # declared first: the listen validator reads it
+    name: Name
+    service: Service = "tcp"
+    listen: Endpoint
+    target: Endpoint
+    max_connections: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 100
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, value: object) -> Endpoint:
+        return parse_endpoint(value)
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: object, info: ValidationInfo) -> Endpoint:
+        listen = parse_endpoint(value)
+        if not listen.is_loopback and not info.data.get("allow_public_listen", False):
+            raise ValueError(
+                f"{listen} is not a loopback address: this host would let the network use the "
+                "relay through it; set allow_public_listen = true if that is intended"
+            )
+        return listen
+
+
+class Tunnel(TunnelSettings):
+    """One `[[tunnel]]`: an SSH connection to a relay and the forwards it holds."""
+
+    name: Name
+    host: Annotated[str, Field(strict=True, min_length=1, max_length=253)]
+    port: Port = 22
+    user: Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")]
+    identity: FilePath = Path("keys/tunnelkeeper_rsa")
+    known_hosts: FilePath = Path("keys/known_hosts")
+    host_key_policy: HostKeyPolicy = "strict"
+    standby: bool = False
+    from_: tuple[str, ...] = Field(default=(), alias="from")
+    jump: tuple[Hop, ...] = ()
+    proxy: Proxy | None = None
+    proxy_auth_file: FilePath | None = None
+    passphrase_file: FilePath | None = None
+    agent: bool = False
+    certificate: FilePath | None = None
+    relay_mta: Endpoint = Endpoint(host="127.0.0.1", port=25)
+    forward: tuple[Forward, ...] = ()
+    local: tuple[Local, ...] = ()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("host", mode="after")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not _HOSTNAME.fullmatch(value) and not _is_ip(value):
+            raise ValueError(f"{value!r} is not a host name or address")
+        return value.lower()
+
+    @field_validator("jump", mode="before")
+    @classmethod
+    def _jump(cls, value: object) -> tuple[Hop, ...]:
+        return parse_hops(value)
+
+    @field_validator("proxy", mode="before")
+    @classmethod
+    def _proxy(cls, value: object) -> Proxy | None:
+        return parse_proxy(value)
+
+    @field_validator("relay_mta", mode="before")
+    @classmethod
+    def _relay_mta(cls, value: object) -> Endpoint:
+        return parse_endpoint(value)
+
+    @field_validator("from_", mode="after")
+    @classmethod
+    def _from(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if not _FROM_PATTERN.fullmatch(entry):
+                raise ValueError(
+                    f"{entry!r} is not an OpenSSH pattern list (host names, addresses, "
+                    "address/bits, *, ?, ! and commas)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _unique_forwards(self) -> Tunnel:
+        if not self.forward and not self.local:
+            raise ValueError("a tunnel needs at least one [[tunnel.forward]] or [[tunnel.local]]")
+        names = [f.name for f in self.forward] + [lc.name for lc in self.local]
+        _unique(names, "forward or local name")
+        _unique([str(f.listen) for f in self.forward], "listen address")
+        if self.proxy_auth_file is not None and self.proxy is None:
+            raise ValueError("'proxy_auth_file' needs 'proxy'")
+        return self
+
+    @property
+    def relay(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.user}@{host}:{self.port}"
+
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class SupervisorSettings(_Model):
+    """`[supervisor]`: process-wide settings."""
+
+    control_socket: FilePath | None = None
+    log_level: LogLevel = "info"
+    allow_root: bool = False
+    shutdown_grace: Seconds = 10.0
+    # Declared before metrics_listen so that its validator can see it.
+    allow_public_metrics: bool = False
+    metrics_listen: Endpoint | None = None
+    metrics_textfile: FilePath | None = None
+    on_down: Argv = ()
+    on_up: Argv = ()
+    alert_after: Seconds = 60.0
+    history: bool = True
+    history_path: FilePath | None = None
+    history_days: Annotated[int, Field(strict=True, ge=1, le=36500)] = 90
+
+    @field_validator("metrics_listen", mode="before")
+    @classmethod
+    def _metrics(cls, value: object, info: ValidationInfo) -> Endpoint | None:
+        if value is None:
+            return None
+        listen = parse_endpoint(value)
+        if not listen.is_loopback and not info.data.get("allow_public_metrics", False):
+            raise ValueError(
+                f"{listen} is not a loopback address: anyone who can reach it would read the "
+                "tunnels' state; set allow_public_metrics = true if that is intended"
+            )
+        return listen
+
+    @property
+    def history_file(self) -> Path:
+        """Where the history database lives: history_path, else under $XDG_STATE_HOME."""
+        return self.history_path or default_history_path()
+
+
+class Config(_Model):
+    """The whole validated file. `path` is where it was read from."""
+
+    path: Path
+    supervisor: SupervisorSettings = SupervisorSettings()
+    defaults: Defaults = Defaults()
+    tunnel: tuple[Tunnel, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_tunnels(self) -> Config:
+        _unique([t.name for t in self.tunnel], "tunnel name")
+        _unique(
+            [f"{t.host}:{t.port} {f.listen}" for t in self.tunnel for f in t.forward],
+            "listen address on one relay",
+        )
+        _unique([str(lc.listen) for t in self.tunnel for lc in t.local], "local listen address")
+        return self
+
+    def tunnel_named(self, name: str) -> Tunnel:
+        for tunnel in self.tunnel:
+            if tunnel.name == name:
+                return tunnel
+        raise ConfigError(f"no tunnel named {name!r}", path=str(self.path), key="tunnel")
+
+    @property
+    def control_socket(self) -> Path:
+        return self.supervisor.control_socket or default_control_socket()
+
+
+def default_history_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "tunnelkeeper" / "history.db"
+
+
+def default_control_socket(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "tunnelkeeper" / "control.sock"
+    state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "tunnelkeeper" / "control.sock"
