@@ -267,13 +267,28 @@ async def connect(tunnel: Tunnel) -> RelayConnection:
         final = await _connect_one(
             tunnel, creds, tunnel.host, tunnel.port, tunnel.user, via, proxy_auth, None
         )
-    except BaseException:
+    except BaseException as exc:
         for conn in reversed(hops):
             conn.abort()
+        if _cancelled() and not isinstance(exc, asyncio.CancelledError):
+            raise asyncio.CancelledError() from exc
         raise
     finally:
         creds.close()  # authentication is over: the agent is not needed again
+    if _cancelled():
+        for conn in (final.conn, *reversed(hops)):
+            conn.abort()
+        raise asyncio.CancelledError()
     return RelayConnection(tunnel, final, hops)
+
+
+def _cancelled() -> bool:
+    """Our task was cancelled while asyncssh connected. On Python 3.11 the asyncio.wait_for
+    inside asyncssh.connect can turn a cancellation that lands as the connect fails into that
+    failure, or lose it when the connect succeeds: the caller's cancel must still win, or a
+    task told to stop goes on retrying."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 @dataclass
