@@ -22,9 +22,33 @@ from .errors import ConfigError
 if TYPE_CHECKING:  # config imports this module to check the file it loads
     from .config import Config
 
+
 STRICT_MODES_ENV = "TUNNELKEEPER_STRICT_MODES"
 _OFF = ("no", "false", "off", "0")
 _HINT = f"(or set {STRICT_MODES_ENV}=no to trust files that other users may change)"
+
+
+def is_credential_name(path: Path) -> bool:
+    """A secret file given as a bare name ("passphrase"): a systemd credential."""
+    return not path.is_absolute() and len(path.parts) == 1
+
+
+def secret_path(path: Path, key: str, env: Mapping[str, str] | None = None) -> Path:
+    """Where a secret file is: a bare name means $CREDENTIALS_DIRECTORY/NAME.
+
+    Raises ConfigError when it is a bare name and that variable is unset.
+    """
+    if not is_credential_name(path):
+        return path
+    env = os.environ if env is None else env
+    folder = env.get("CREDENTIALS_DIRECTORY")
+    if not folder:
+        raise ConfigError(
+            f"{path} is a bare name, which means a systemd credential, but "
+            "$CREDENTIALS_DIRECTORY is not set (give a path, or LoadCredential= in the unit)",
+            key=key,
+        )
+    return Path(folder) / path
 
 
 def strict_modes(env: Mapping[str, str] | None = None) -> bool:
@@ -74,6 +98,8 @@ def check_tunnel_files(config: Config, env: Mapping[str, str] | None = None) -> 
         for name, what, secret in _OPTIONAL_FILES:
             value = getattr(tunnel, name, None)
             if isinstance(value, Path):
+                if is_credential_name(value):  # a systemd credential: look where it is
+                    value = secret_path(value, name, env)
                 check_file(value, what, secret=secret, env=env)
 
 
