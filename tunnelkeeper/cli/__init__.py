@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import ConfigError, TunnelkeeperError
+from ..errors import ChooseTunnel, ConfigError, TunnelkeeperError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNKNOWN = 0, 1, 2, 3
 
@@ -97,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args))
+    except ChooseTunnel as exc:
+        print(f"tunnelkeeper: {exc} (--tunnel NAME)", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"tunnelkeeper: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -25,9 +25,9 @@ from .values import (
     Seconds,
     Service,
     _domain,
-    _is_ip,
     _Model,
     _unique,
+    is_ip,
     parse_endpoint,
     parse_hops,
     parse_proxy,
@@ -203,7 +203,7 @@ class Tunnel(TunnelSettings):
     @field_validator("host", mode="after")
     @classmethod
     def _host(cls, value: str) -> str:
-        if not _HOSTNAME.fullmatch(value) and not _is_ip(value):
+        if not _HOSTNAME.fullmatch(value) and not is_ip(value):
             raise ValueError(f"{value!r} is not a host name or address")
         return value.lower()
 

@@ -206,13 +206,17 @@ def _domain(value: str, what: str) -> str:
     name = value.strip().lower().rstrip(".")
     if name.startswith("."):
         raise ValueError(f"{value!r}: give the {what} without a leading dot (see 'subdomains')")
-    labels = name.split(".")
-    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+    if not is_domain_name(name):
         raise ValueError(f"{value!r} is not a valid {what}")
     return name
 
 
-def _is_ip(value: str) -> bool:
+def is_domain_name(name: str) -> bool:
+    """Dot-separated labels of letters, digits and inner hyphens, 253 characters at most."""
+    return len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
+
+
+def is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
     except ValueError:
