@@ -26,7 +26,6 @@ async def check(config: Config, running: SupervisorStatus | None = None) -> Supe
 
 
 async def _check_tunnel(cfg: Tunnel, held: TunnelStatus | None) -> TunnelStatus:
-    base = TunnelStatus(name=cfg.name, relay=cfg.relay, state="connecting")
     try:
         conn = await ssh.connect(cfg)
     except TunnelkeeperError as exc:
@@ -47,8 +46,8 @@ async def _check_tunnel(cfg: Tunnel, held: TunnelStatus | None) -> TunnelStatus:
             forwards += tuple([await _check_local(conn, cfg, lc) for lc in cfg.local])
     refused = [f for f in forwards if f.state == "refused"]
     return TunnelStatus(
-        name=base.name,
-        relay=base.relay,
+        name=cfg.name,
+        relay=cfg.relay,
         state="up",
         since=utcnow(),
         connects=1,

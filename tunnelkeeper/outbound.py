@@ -52,6 +52,35 @@ class LocalRuntime:
             self.since = utcnow()
         self.state, self.error = state, error
 
+    async def hold(self, conn: ssh.RelayConnection, tunnel: str, retry: float) -> None:
+        """Listen on this host while `conn` lives; a port in use is retried every `retry`."""
+        failures = 0
+        while True:
+            try:
+                await self.open(conn)
+            except OSError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "tunnel %s: local %s cannot listen on %s: %s; retrying every %gs",
+                        tunnel,
+                        self.cfg.name,
+                        self.cfg.listen,
+                        exc.strerror or exc,
+                        retry,
+                    )
+                self.set_state("refused", f"cannot listen on {self.cfg.listen}: {exc.strerror}")
+                await asyncio.sleep(retry)
+                continue
+            log.info(
+                "tunnel %s: local %s up: %s -> relay -> %s",
+                tunnel,
+                self.cfg.name,
+                self.cfg.listen,
+                self.cfg.target,
+            )
+            return
+
     async def open(self, conn: ssh.RelayConnection) -> None:
         """Listen on this host for as long as `conn` lives. Raises OSError when the port
         cannot be taken (the caller retries)."""

@@ -188,7 +188,8 @@ class Tunnel:
             self._spawn(f"forward {f.cfg.name}", self._hold_forward(conn, f)) for f in self.forwards
         ]
         tasks += [
-            self._spawn(f"local {lc.cfg.name}", self._hold_local(conn, lc)) for lc in self.locals
+            self._spawn(f"local {lc.cfg.name}", lc.hold(conn, self.name, self.cfg.forward_retry))
+            for lc in self.locals
         ]
         if self.cfg.probe_interval > 0:
             tasks += [
@@ -291,35 +292,6 @@ class Tunnel:
                 fwd.cfg.listen,
                 fwd.cfg.target,
                 f" after {refusals} refusal(s)" if refusals else "",
-            )
-            return
-
-    async def _hold_local(self, conn: ssh.RelayConnection, local: LocalRuntime) -> None:
-        """Listen on this host while the connection lives; a port in use is retried."""
-        failures = 0
-        while not self._draining:
-            try:
-                await local.open(conn)
-            except OSError as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning(
-                        "tunnel %s: local %s cannot listen on %s: %s; retrying every %gs",
-                        self.name,
-                        local.cfg.name,
-                        local.cfg.listen,
-                        exc.strerror or exc,
-                        self.cfg.forward_retry,
-                    )
-                local.set_state("refused", f"cannot listen on {local.cfg.listen}: {exc.strerror}")
-                await asyncio.sleep(self.cfg.forward_retry)
-                continue
-            log.info(
-                "tunnel %s: local %s up: %s -> relay -> %s",
-                self.name,
-                local.cfg.name,
-                local.cfg.listen,
-                local.cfg.target,
             )
             return
 
