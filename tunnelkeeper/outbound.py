@@ -11,7 +11,7 @@ import logging
 
 from . import config, ssh
 from .errors import StreamLost, TunnelkeeperError
-from .forward import ForwardCounters
+from .forward import ForwardTraffic
 from .limits import BUDGET
 from .state import ForwardState, ForwardStatus, ProbeResult, utcnow
 
@@ -39,7 +39,7 @@ class LocalRuntime:
 
     def __init__(self, cfg: config.Local) -> None:
         self.cfg = cfg
-        self.counters = ForwardCounters()
+        self.counters = ForwardTraffic()
         self.state: ForwardState = "down"
         self.error: str | None = None
         self.since = utcnow()
@@ -105,7 +105,7 @@ class LocalRuntime:
         pipe = _Pipe(writer)
         pipe.task = asyncio.current_task()
         held = self.counters.active
-        if held >= self.cfg.max_connections or not BUDGET.allows(ForwardCounters.open_everywhere):
+        if held >= self.cfg.max_connections or not BUDGET.allows(ForwardTraffic.open_everywhere):
             self.counters.refused += 1
             self._burst += 1
             if self._burst == 1:

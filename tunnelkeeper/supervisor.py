@@ -27,13 +27,12 @@ from typing import Any
 
 import tenacity
 
-from . import config as config_mod
 from .backoff import wait_tunnel
-from .config import Config
+from .config import Config, Tunnel, load
 from .control import ControlServer
 from .errors import ConfigError, TunnelkeeperError
 from .state import SupervisorStatus, utcnow
-from .tunnel import Connector, Tunnel
+from .tunnel import Connector, TunnelRuntime
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ class Supervisor:
         self.started = utcnow()
         self._connector = connector
         self._services = services
-        self._tunnels: dict[str, Tunnel] = {}
+        self._tunnels: dict[str, TunnelRuntime] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._changing: asyncio.Task[None] | None = None  # the reload being applied
@@ -208,7 +207,7 @@ class Supervisor:
         self,
         previous: asyncio.Task[None] | None,
         stop: list[str],
-        start: list[config_mod.Tunnel],
+        start: list[Tunnel],
     ) -> None:
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
@@ -216,13 +215,15 @@ class Supervisor:
         for cfg in start:
             self._start(cfg)
 
-    def _start(self, cfg: config_mod.Tunnel) -> None:
+    def _start(self, cfg: Tunnel) -> None:
         assert self._tg is not None
         old = self._tasks.get(cfg.name)
         if old is not None and not old.done():  # cannot happen: say so, and keep just one
             self._bug(f"starting tunnel {cfg.name}", RuntimeError("a second keep-loop"))
             old.cancel()
-        tunnel = Tunnel(cfg) if self._connector is None else Tunnel(cfg, self._connector)
+        tunnel = (
+            TunnelRuntime(cfg) if self._connector is None else TunnelRuntime(cfg, self._connector)
+        )
         self._tunnels[cfg.name] = tunnel
         self._tasks[cfg.name] = self._tg.create_task(self._keep(tunnel), name=cfg.name)
 
@@ -248,7 +249,7 @@ class Supervisor:
             if name in self._tunnels:
                 self._tunnels.pop(name).close()
 
-    async def _keep(self, tunnel: Tunnel) -> None:
+    async def _keep(self, tunnel: TunnelRuntime) -> None:
         """Keep one tunnel up forever: run a connection, back off, run the next."""
         wait = wait_tunnel(tunnel.cfg, lambda: tunnel.spare_ready)
         while True:
@@ -275,7 +276,7 @@ class Supervisor:
                     tunnel.up_for or 0.0,
                 )
 
-    def _backing_off(self, tunnel: Tunnel, retry_state: tenacity.RetryCallState) -> None:
+    def _backing_off(self, tunnel: TunnelRuntime, retry_state: tenacity.RetryCallState) -> None:
         delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
         error = retry_state.outcome.exception() if retry_state.outcome else None
         tunnel.retrying_in(delay)
@@ -318,7 +319,7 @@ class Supervisor:
             await reload.wait()
             reload.clear()
             try:
-                new = config_mod.load(self.config.path)
+                new = load(self.config.path)
             except ConfigError as exc:
                 log.error("reload refused, keeping the running configuration: %s", exc)
                 continue

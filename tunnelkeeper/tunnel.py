@@ -31,12 +31,12 @@ SPARE_RETRY = 5.0
 QUICK_RETRY = 0.05  # first retry of a refused listen; doubles up to forward_retry
 
 
-class Tunnel:
-    """One `[[tunnel]]`: state readers snapshot, and `run_once()` for one connection."""
+class TunnelRuntime:
+    """The live side of one `[[tunnel]]`: its state, and `run_once()` for one connection."""
 
-    def __init__(self, cfg: config.Tunnel, connector: Connector = ssh.connect) -> None:
+    def __init__(self, cfg: config.Tunnel, connector: Connector | None = None) -> None:
         self.cfg = cfg
-        self._connect = connector
+        self._connect = connector or ssh.connect
         self.forwards = [ForwardRuntime(f) for f in cfg.forward]
         self.locals = [LocalRuntime(lc) for lc in cfg.local]
         self.state: TunnelState = "connecting"

@@ -23,7 +23,7 @@ from .values import (
     PositiveSeconds,
     Proxy,
     Seconds,
-    Service,
+    ServiceKind,
     _domain,
     _Model,
     _unique,
@@ -94,7 +94,7 @@ class Forward(_Model):
     # Declared first so that the listen validator below can see it.
     allow_public_listen: bool = False
     name: Name
-    service: Service = "tcp"
+    service: ServiceKind = "tcp"
     listen: Endpoint
     target: Endpoint
     domains: tuple[str, ...] = ()
@@ -154,7 +154,7 @@ class Local(_Model):
 
     allow_public_listen: bool = False  # declared first: the listen validator reads it
     name: Name
-    service: Service = "tcp"
+    service: ServiceKind = "tcp"
     listen: Endpoint
     target: Endpoint
     max_connections: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 100

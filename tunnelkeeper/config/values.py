@@ -17,7 +17,7 @@ PositiveSeconds = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)
 Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
 # pydantic matches `pattern` with its Rust engine, where "$" is the very end (no newline).
 Name = Annotated[str, Field(strict=True, pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
-Service = Literal["smtp", "dns", "tcp"]
+ServiceKind = Literal["smtp", "dns", "tcp"]
 HostKeyPolicy = Literal["strict", "accept-new"]
 
 # Always matched whole (fullmatch): "$" in re.match also accepts a trailing newline.
