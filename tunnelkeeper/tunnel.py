@@ -13,7 +13,6 @@ from typing import Any
 
 from . import config, dnsnotify, probes, ssh
 from .errors import (
-    ChannelDenied,
     ForwardRefused,
     InternalError,
     TunnelError,
@@ -21,7 +20,7 @@ from .errors import (
 )
 from .inbound import ForwardRuntime
 from .outbound import LocalRuntime
-from .state import ProbeResult, TunnelState, TunnelStatus, utcnow
+from .state import TunnelState, TunnelStatus, refused_summary, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -296,10 +295,9 @@ class TunnelRuntime:
             return
 
     def _refresh_forward_error(self) -> None:
-        refused = [f for f in self.forwards if f.state == "refused"]
+        refused = refused_summary(f.snapshot() for f in self.forwards)
         if refused:
-            self.error_kind = "forward-refused"
-            self.last_error = "; ".join(f"{f.cfg.name}: {f.error}" for f in refused)
+            self.error_kind, self.last_error = "forward-refused", refused
         elif self.error_kind == "forward-refused":
             self.error_kind = self.last_error = None
 
@@ -316,26 +314,18 @@ class TunnelRuntime:
 
     async def _probe(self, conn: ssh.RelayConnection, fwd: ForwardRuntime | LocalRuntime) -> None:
         local_probes = isinstance(fwd, ForwardRuntime) and fwd.local_probes
-        try:
-            result = await probes.run_probe(
-                fwd.cfg, conn.open_stream, self.cfg.probe_timeout, via_local=local_probes
-            )
-        except ChannelDenied as exc:
-            if not isinstance(fwd, ForwardRuntime):  # nothing to fall back to: it goes out
-                result = ProbeResult(False, None, utcnow(), str(exc))
-                fwd.probe = result
-                return
+        result, denied = await probes.probe_with_fallback(
+            fwd.cfg, conn.open_stream, self.cfg.probe_timeout, via_local=local_probes
+        )
+        if denied is not None and isinstance(fwd, ForwardRuntime):
             log.warning(
                 "tunnel %s: %s; probing %s's target directly instead (the relay "
                 "side of the path is then unchecked)",
                 self.name,
-                exc,
+                denied,
                 fwd.cfg.name,
             )
             fwd.local_probes = True
-            result = await probes.run_probe(
-                fwd.cfg, conn.open_stream, self.cfg.probe_timeout, via_local=True
-            )
         previous = fwd.probe
         fwd.probe = result
         if previous is None or previous.ok != result.ok:
