@@ -58,10 +58,17 @@ class Rigs:
         return sshd
 
     def tinyproxy(
-        self, *ports: int, auth: tuple[str, str] | None = None, start: bool = True
+        self,
+        *ports: int,
+        auth: tuple[str, str] | None = None,
+        port: int | None = None,
+        start: bool = True,
     ) -> Tinyproxy:
+        """tinyproxy allowing CONNECT to `ports` only; on `port` (say, where another proxy
+        was) or a free one."""
         need(TINYPROXY)
-        proxy: Tinyproxy = self._keep(Tinyproxy(self.root / "tinyproxy", ports, auth=auth))
+        root = self.root / f"tinyproxy-{len(self._started)}"
+        proxy: Tinyproxy = self._keep(Tinyproxy(root, ports, auth=auth, port=port))
         if start:
             proxy.start()
         return proxy
@@ -147,10 +154,12 @@ def mail_through(listen: int, sink: SmtpSink, tag: str, timeout: float = 10.0) -
     return time.monotonic() - t0
 
 
-def run_until_up(cfg: Path, timeout: float = 20.0) -> tuple[SupervisorProcess, float]:
+def run_until_up(
+    cfg: Path, timeout: float = 20.0, env: dict[str, str] | None = None
+) -> tuple[SupervisorProcess, float]:
     """`tunnelkeeper run`, and the seconds from its start until the forward is up."""
     t0 = time.monotonic()
-    sup = SupervisorProcess(cfg)
+    sup = SupervisorProcess(cfg, env=env)
     try:
         sup.wait_forward("up", timeout)
     except BaseException:

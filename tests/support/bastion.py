@@ -7,10 +7,10 @@ from pathlib import Path
 from .sshd import Sshd
 
 
-def host_line(sshd: Sshd) -> str:
-    """The `[127.0.0.1]:PORT kind key` line that pins this sshd's host key."""
+def host_line(sshd: Sshd, name: str = "127.0.0.1") -> str:
+    """The `[NAME]:PORT kind key` line that pins this sshd's host key."""
     kind, body = Path(f"{sshd.host_key}.pub").read_text().split()[:2]
-    return f"[127.0.0.1]:{sshd.port} {kind} {body}"
+    return f"[{name}]:{sshd.port} {kind} {body}"
 
 
 def make_bastion(

@@ -29,10 +29,11 @@ class Tinyproxy:
         *,
         auth: tuple[str, str] | None = None,
         idle_timeout: int = 600,
+        port: int | None = None,
     ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.connect_ports = connect_ports
         self.auth = auth
         self.idle_timeout = idle_timeout
@@ -120,8 +121,8 @@ class HangingProxy:
     """A proxy port that accepts connections, reads what comes, and never answers: a proxy
     wedged upstream or a firewall that swallows the reply. Its own event loop in a thread."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.accepted = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
