@@ -73,8 +73,8 @@ class Rigs:
             proxy.start()
         return proxy
 
-    def hanging_proxy(self) -> HangingProxy:
-        proxy: HangingProxy = self._keep(HangingProxy().start())
+    def hanging_proxy(self, port: int | None = None) -> HangingProxy:
+        proxy: HangingProxy = self._keep(HangingProxy(port).start())
         return proxy
 
     def socks(self, onward: Sshd) -> SshSocks:

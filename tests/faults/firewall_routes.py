@@ -88,12 +88,14 @@ def http(rigs: Rigs, sink: SmtpSink, **tunnel: Any) -> Route:
     return Route("http", cfg, relay, listen, peers={"proxy": proxy})
 
 
-def http_auth(rigs: Rigs, sink: SmtpSink, **tunnel: Any) -> Route:
-    """tinyproxy with Basic auth, and the proxy_auth_file that satisfies it."""
+def http_auth(rigs: Rigs, sink: SmtpSink, *, auth_file: bool = True, **tunnel: Any) -> Route:
+    """tinyproxy with Basic auth, and (unless not `auth_file`) the proxy_auth_file that
+    satisfies it."""
     relay = rigs.relay()
     proxy = rigs.tinyproxy(relay.port, auth=PROXY_USER)
     auth = proxy.write_auth_file(rigs.root / "proxy-auth")
-    tunnel.setdefault("proxy_auth_file", str(auth))
+    if auth_file:
+        tunnel["proxy_auth_file"] = str(auth)
     cfg, listen = _config(rigs, relay, sink, proxy=proxy.url, **tunnel)
     return Route("http-auth", cfg, relay, listen, peers={"proxy": proxy, "auth": auth})
 
