@@ -177,8 +177,6 @@ def _match_block(host: str, user: str, tunnels: tuple[Tunnel, ...]) -> list[str]
     tightest = min(tunnels, key=lambda t: client_alive(t).client_budget)
     alive = client_alive(tightest)
     public = any(not f.listen.is_loopback for t in tunnels for f in t.forward)
-    allowed = " ".join(listens(tunnels))
-    destinations = " ".join(opens(tunnels))
     lines = [
         f"# Relay account {user} on {host} (tunnel {names}).",
         f"# Keepalive arithmetic (tunnel {tightest.name}). tunnelkeeper gives up on a silent",
@@ -207,20 +205,27 @@ def _match_block(host: str, user: str, tunnels: tuple[Tunnel, ...]) -> list[str]
     ]
     if public:
         lines.append("# GatewayPorts clientspecified: a forward listens on a public address.")
-    lines += [
-        f"Match User {user}",
-        "\tAllowTcpForwarding yes",
-        f"\tPermitListen {allowed}",
-        f"\tPermitOpen {destinations}",
-        f"\tGatewayPorts {'clientspecified' if public else 'no'}",
-        "\tX11Forwarding no",
-        "\tAllowAgentForwarding no",
-        "\tAllowStreamLocalForwarding no",
-        "\tPermitTunnel no",
-        "\tPermitTTY no",
-        "\tForceCommand /bin/false",
-        "\tAuthenticationMethods publickey",
-        f"\tClientAliveInterval {alive.interval}",
-        f"\tClientAliveCountMax {alive.count_max}",
-    ]
+    lines.append(f"Match User {user}")
+    lines += [f"\t{keyword} {value}" for keyword, value in match_settings(tunnels)]
     return lines
+
+
+def match_settings(tunnels: tuple[Tunnel, ...]) -> list[tuple[str, str]]:
+    """The keywords and values of one account's Match block, as sshd -T shows them too."""
+    alive = client_alive(min(tunnels, key=lambda t: client_alive(t).client_budget))
+    public = any(not f.listen.is_loopback for t in tunnels for f in t.forward)
+    return [
+        ("AllowTcpForwarding", "yes"),
+        ("PermitListen", " ".join(listens(tunnels))),
+        ("PermitOpen", " ".join(opens(tunnels))),
+        ("GatewayPorts", "clientspecified" if public else "no"),
+        ("X11Forwarding", "no"),
+        ("AllowAgentForwarding", "no"),
+        ("AllowStreamLocalForwarding", "no"),
+        ("PermitTunnel", "no"),
+        ("PermitTTY", "no"),
+        ("ForceCommand", "/bin/false"),
+        ("AuthenticationMethods", "publickey"),
+        ("ClientAliveInterval", str(alive.interval)),
+        ("ClientAliveCountMax", str(alive.count_max)),
+    ]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncssh
 
+from .. import safefiles
 from ..config import Tunnel, secret_path
 from ..errors import KeyFileError
 
@@ -84,28 +85,9 @@ _identities: dict[Path, tuple[tuple[int, int, int, int], asyncssh.SSHKey]] = {}
 
 
 def read_secret(path: Path, key: str) -> str:
-    """A passphrase or proxy credential: the file's text less one trailing newline. A bare
-    name is a systemd credential. Raises KeyFileError (or ConfigError) naming the file."""
-    path = secret_path(path, key)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise KeyFileError(f"cannot read {key}: {exc.strerror}", path=str(path)) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{key} is not a regular file", path=str(path))
-        if st.st_mode & 0o077:
-            raise KeyFileError(
-                f"{key} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                f"run: chmod 600 {path}",
-                path=str(path),
-            )
-        data = os.read(fd, 65536)
-    finally:
-        os.close(fd)
-    text = data.decode("utf-8", "replace")
-    return text[:-1] if text.endswith("\n") else text
+    """A passphrase or proxy credential (a bare name is a systemd credential): its text less
+    one trailing newline. Raises KeyFileError or ConfigError naming the file."""
+    return safefiles.read_secret(secret_path(path, key), key)
 
 
 def load_identity(path: Path, passphrase: str | None = None) -> asyncssh.SSHKey:
