@@ -122,3 +122,38 @@ def test_two_hop_chain_pins_every_hop(rigs: Rigs, smtp_sink: SmtpSink) -> None:
     assert "userauth-request" not in inner.log_text()
     assert "userauth-request" not in route.relay.log_text()
     assert "Accepted publickey" in outer.log_text()
+
+
+def test_accept_new_pins_every_hop_of_a_chain(rigs: Rigs, smtp_sink: SmtpSink) -> None:
+    """accept-new, nothing known yet: outer hop, inner hop and relay are all pinned on first
+    contact, each under its own [127.0.0.1]:PORT, with the key that host really has."""
+    route = ROUTES["jump2"](rigs, smtp_sink, host_key_policy="accept-new")
+    known = route.cfg.parent / "known_hosts.chain"
+    known.write_text("")
+    code, tunnel = check(route.cfg)
+    assert_up(code, tunnel)
+    pinned = known.read_text()
+    for host in (route.peers["outer"], route.peers["inner"], route.relay):
+        key = Path(f"{host.host_key}.pub").read_text().split()[1]
+        assert f"[127.0.0.1]:{host.port} " in pinned and key in pinned, pinned
+    code, tunnel = check(route.cfg)  # and now they are known: strict would do
+    assert_up(code, tunnel)
+
+
+@pytest.mark.parametrize("route_name", ["passphrase", "http-auth"])
+def test_secret_file_readable_by_others_is_refused(
+    route_name: str, rigs: Rigs, smtp_sink: SmtpSink
+) -> None:
+    """A passphrase or proxy-auth file that group or others can read: check refuses to
+    start (exit 2) and names the file."""
+    route = ROUTES[route_name](rigs, smtp_sink)
+    secret: Path = route.peers["secret" if route_name == "passphrase" else "auth"]
+    secret.chmod(0o644)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunnelkeeper", "check", "-c", str(route.cfg), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert str(secret) in proc.stderr, proc.stderr
