@@ -214,10 +214,15 @@ def test_agent_gone_then_a_new_one_at_the_same_socket(
         assert route.relay.signal_sessions(signal.SIGKILL)
         err = wait_error(sup, ("auth-failed",), 10)
         assert "agent" in err["last_error"] and str(agent.socket) in err["last_error"], err
-        agent.start()
-        time.sleep(0.5)
-        err = wait_error(sup, ("auth-failed",), 10)  # an empty agent: still no key
-        assert "no key" in err["last_error"] or "holds" in err["last_error"], err
+        gone = err["last_error"]
+        agent.start()  # an empty agent: reachable now, but still nothing to sign with
+        st = sup.wait_status(
+            lambda s: s.tunnels[0].error_kind == "auth-failed" and s.tunnels[0].last_error != gone,
+            10,
+            "the next attempt against the empty agent",
+        )
+        empty = st.tunnels[0].last_error or ""
+        assert "agent" in empty and "key" in empty, empty
         agent.add(route.relay.client_key)  # the same key, from the admin's copy
         outcome["back_after_key_added_s"] = round(_back_up(sup, route, smtp_sink, "agent"), 3)
     finally:
