@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tenacity
 
 from tunnelkeeper import config
-from tunnelkeeper.backoff import Backoff
+from tunnelkeeper.backoff import wait_tunnel
 from tunnelkeeper.errors import (
     AuthFailed,
     ConnectRefused,
@@ -47,22 +48,36 @@ def make_config(tmp_path: Path, **settings: Any) -> config.Config:
     return config.from_dict(raw, tmp_path / "tk.toml")
 
 
-def test_backoff_grows_to_max_with_jitter_and_resets_after_stable(tmp_path: Path) -> None:
+async def _pauses(wait: Any, errors: list[Exception]) -> list[float]:
+    """The pauses tenacity takes with `wait` while `errors` are raised one after another."""
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    retrying = tenacity.AsyncRetrying(
+        wait=wait, sleep=sleep, stop=tenacity.stop_after_attempt(len(errors))
+    )
+    with pytest.raises(tenacity.RetryError):
+        async for attempt in retrying:
+            with attempt:
+                raise errors[attempt.retry_state.attempt_number - 1]
+    return pauses
+
+
+async def test_backoff_grows_to_max_with_jitter_and_resets_after_stable(tmp_path: Path) -> None:
     settings = make_config(tmp_path).tunnel[0]
-    backoff = Backoff(settings, random.Random(7))
-    delays = [backoff.next_delay(ConnectRefused("x")) for _ in range(6)]
+    wait = wait_tunnel(settings, rng=random.Random(7))
+    delays = await _pauses(wait, [ConnectRefused("x")] * 7)
     for delay, base in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
         assert base <= delay <= min(8.0, base * 1.25)
-    backoff.connection_ended(up_for=31.0)
-    assert backoff.next_delay(Disconnected("x")) == 0.0  # first reconnect is immediate
-    assert 1.0 <= backoff.next_delay(Disconnected("x")) <= 1.25
-    backoff.connection_ended(up_for=3.0)  # short-lived: no reset
-    assert backoff.next_delay(Disconnected("x")) >= 2.0
+    # After a stable connection the keep-loop starts a fresh AsyncRetrying: from the bottom.
+    assert 1.0 <= (await _pauses(wait, [Disconnected("x")] * 2))[0] <= 1.25
 
 
-def test_host_key_mismatch_retries_at_backoff_max(tmp_path: Path) -> None:
-    backoff = Backoff(make_config(tmp_path).tunnel[0])
-    assert backoff.next_delay(HostKeyMismatch("x")) == 8.0
+async def test_host_key_mismatch_retries_at_backoff_max(tmp_path: Path) -> None:
+    wait = wait_tunnel(make_config(tmp_path).tunnel[0])
+    assert await _pauses(wait, [HostKeyMismatch("x")] * 2) == [8.0]
 
 
 class FakeListener:
@@ -196,6 +211,28 @@ async def test_reload_restarts_only_changed_tunnels(tmp_path: Path) -> None:
     await until(lambda: len(relay.attempts) == 3)
     assert [name for name, _ in relay.attempts] == ["one", "two", "two"]
     assert not relay.live[0].is_closing and relay.live[1].is_closing
+    shutdown.request()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_reloads_in_a_burst_leave_one_keep_loop_per_tunnel(tmp_path: Path) -> None:
+    """A reload that comes while the last one is still draining its tunnels waits for it:
+    no tunnel is stopped twice or started twice."""
+    cfg = make_config(tmp_path)
+    relay = FakeRelay([])
+    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    shutdown = Shutdown()
+    task = asyncio.create_task(sup.run(shutdown))
+    await until(lambda: len(relay.live) == 2)
+    for n in range(5):  # each changes tunnel two again, before the last change is done
+        changed = cfg.tunnel[1].model_copy(update={"keepalive_interval": 9.0 + n})
+        sup.reload(cfg.model_copy(update={"tunnel": (cfg.tunnel[0], changed)}))
+    await until(lambda: len(relay.attempts) == 7)
+    await asyncio.sleep(0.3)
+    live = [c for c in relay.live if not c.is_closing]
+    keep_loops = [t for t in asyncio.all_tasks() if t.get_name() in ("one", "two")]
+    assert len(live) == 2 and sorted(t.get_name() for t in keep_loops) == ["one", "two"]
+    assert sup.snapshot().internal_errors == 0
     shutdown.request()
     await asyncio.wait_for(task, 5)
 

@@ -1,5 +1,6 @@
 """Frozen snapshots of the supervisor's state: all that the dashboard, control socket and
-sd_notify ever read. `SupervisorStatus.to_json()` is SPEC §4; `from_json()` reads it back."""
+sd_notify ever read. `SupervisorStatus.to_json()` is what `status --json` prints; `from_json()`
+reads it back."""
 
 from __future__ import annotations
 
