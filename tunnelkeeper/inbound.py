@@ -5,39 +5,29 @@ budget."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 
 from . import config, ssh
+from .endpoint import EndpointRuntime
 from .errors import ForwardFull, TunnelkeeperError
 from .forward import ForwardTraffic, Splice
 from .limits import BUDGET
-from .state import ForwardState, ForwardStatus, ProbeResult, utcnow
 
 log = logging.getLogger(__name__)
 
 TARGET_CONNECT_TIMEOUT = 10.0
 
 
-class ForwardRuntime:
-    """The live side of one forward: counters, state, last probe."""
+class ForwardRuntime(EndpointRuntime):
+    """The live side of one forward: traffic, state, last probe, its relay listener."""
 
     def __init__(self, cfg: config.Forward) -> None:
+        super().__init__(cfg)
         self.cfg = cfg
-        self.counters = ForwardTraffic()
-        self.state: ForwardState = "down"
-        self.error: str | None = None
-        self.since: datetime | None = None
-        self.probe: ProbeResult | None = None
         self.local_probes = False  # the relay forbade probe channels; probe the target instead
         self.notified: dict[str, int] = {}  # zone -> serial the relay's named was told of
         self.listener: ssh.Listener | None = None
         self._opening = 0  # channels whose local side is still connecting
         self._burst = 0  # channels refused since the forward was last below its limit
-
-    def set_state(self, state: ForwardState, error: str | None = None) -> None:
-        if state != self.state:
-            self.since = utcnow()
-        self.state, self.error = state, error
 
     async def accept(self, _orig_host: str, _orig_port: int) -> Splice:
         """A connection arrived on the relay: open the local side.
@@ -79,21 +69,3 @@ class ForwardRuntime:
         if self._burst == 1:
             log.warning("forward %s: refusing new connections: %s", self.cfg.name, why)
         raise ForwardFull(f"forward {self.cfg.name}: {why}")
-
-    def snapshot(self) -> ForwardStatus:
-        c = self.counters
-        return ForwardStatus(
-            name=self.cfg.name,
-            service=self.cfg.service,
-            listen=str(self.cfg.listen),
-            target=str(self.cfg.target),
-            state=self.state,
-            connections_active=c.active,
-            connections_total=c.total,
-            bytes_in=c.bytes_in,
-            bytes_out=c.bytes_out,
-            connections_refused=c.refused,
-            probe=self.probe,
-            error=self.error,
-            since=self.since,
-        )

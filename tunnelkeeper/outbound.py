@@ -10,10 +10,10 @@ import contextlib
 import logging
 
 from . import config, ssh
+from .endpoint import EndpointRuntime
 from .errors import StreamLost, TunnelkeeperError
 from .forward import ForwardTraffic
 from .limits import BUDGET
-from .state import ForwardState, ForwardStatus, ProbeResult, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +34,16 @@ class _Pipe:
             self.task.cancel()
 
 
-class LocalRuntime:
-    """The live side of one local forward: its listener, counters, state, last probe."""
+class LocalRuntime(EndpointRuntime):
+    """The live side of one local forward: its listener, traffic, state, last probe."""
+
+    direction = "local"
 
     def __init__(self, cfg: config.Local) -> None:
+        super().__init__(cfg)
         self.cfg = cfg
-        self.counters = ForwardTraffic()
-        self.state: ForwardState = "down"
-        self.error: str | None = None
-        self.since = utcnow()
-        self.probe: ProbeResult | None = None
         self._server: asyncio.Server | None = None
         self._burst = 0
-
-    def set_state(self, state: ForwardState, error: str | None = None) -> None:
-        if state != self.state:
-            self.since = utcnow()
-        self.state, self.error = state, error
 
     async def hold(self, conn: ssh.RelayConnection, tunnel: str, retry: float) -> None:
         """Listen on this host while `conn` lives; a port in use is retried every `retry`."""
@@ -148,22 +141,3 @@ class LocalRuntime:
             await dst.drain()
         with contextlib.suppress(StreamLost):
             dst.write_eof()
-
-    def snapshot(self) -> ForwardStatus:
-        c = self.counters
-        return ForwardStatus(
-            name=self.cfg.name,
-            service=self.cfg.service,
-            listen=str(self.cfg.listen),
-            target=str(self.cfg.target),
-            state=self.state,
-            connections_active=c.active,
-            connections_total=c.total,
-            bytes_in=c.bytes_in,
-            bytes_out=c.bytes_out,
-            connections_refused=c.refused,
-            probe=self.probe,
-            error=self.error,
-            since=self.since,
-            direction="local",
-        )

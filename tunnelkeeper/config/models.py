@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -88,8 +88,9 @@ class Defaults(TunnelSettings):
         return None if value is None else parse_endpoint(value)
 
 
-class Forward(_Model):
-    """One `[[tunnel.forward]]`: a listen on the relay handed to a target on this host."""
+class _Endpoints(_Model):
+    """What a forward and a local forward share: a name, a service, a listen that stays on
+    loopback unless allowed, a target, and a cap on connections at once."""
 
     # Declared first so that the listen validator below can see it.
     allow_public_listen: bool = False
@@ -97,22 +98,15 @@ class Forward(_Model):
     service: ServiceKind = "tcp"
     listen: Endpoint
     target: Endpoint
-    domains: tuple[str, ...] = ()
-    subdomains: bool = True
-    zones: tuple[str, ...] = ()
     # Postfix's default_process_limit: as many SMTP sessions as a stock MTA serves at once.
     max_connections: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 100
-    notify: Endpoint | None = None  # dns: the relay's named, to NOTIFY of serial changes
+
+    EXPOSES: ClassVar[str] = "the port would be open to the network"
 
     @field_validator("target", mode="before")
     @classmethod
     def _target(cls, value: object) -> Endpoint:
         return parse_endpoint(value)
-
-    @field_validator("notify", mode="before")
-    @classmethod
-    def _notify(cls, value: object) -> Endpoint | None:
-        return None if value is None else parse_endpoint(value)
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -120,10 +114,25 @@ class Forward(_Model):
         listen = parse_endpoint(value)
         if not listen.is_loopback and not info.data.get("allow_public_listen", False):
             raise ValueError(
-                f"{listen} is not a loopback address: the relay would expose this port to the "
-                "network; set allow_public_listen = true if that is intended"
+                f"{listen} is not a loopback address: {cls.EXPOSES}; set "
+                "allow_public_listen = true if that is intended"
             )
         return listen
+
+
+class Forward(_Endpoints):
+    """One `[[tunnel.forward]]`: a listen on the relay handed to a target on this host."""
+
+    EXPOSES: ClassVar[str] = "the relay would expose this port to the network"
+    domains: tuple[str, ...] = ()
+    subdomains: bool = True
+    zones: tuple[str, ...] = ()
+    notify: Endpoint | None = None  # dns: the relay's named, to NOTIFY of serial changes
+
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _notify(cls, value: object) -> Endpoint | None:
+        return None if value is None else parse_endpoint(value)
 
     @field_validator("domains", mode="after")
     @classmethod
@@ -148,32 +157,11 @@ class Forward(_Model):
         return self
 
 
-class Local(_Model):
+class Local(_Endpoints):
     """One `[[tunnel.local]]`: a listen on this host whose connections go out through the
     relay to `target` (as the relay sees it): the internal MTA's smarthost, say."""
 
-    allow_public_listen: bool = False  # declared first: the listen validator reads it
-    name: Name
-    service: ServiceKind = "tcp"
-    listen: Endpoint
-    target: Endpoint
-    max_connections: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 100
-
-    @field_validator("target", mode="before")
-    @classmethod
-    def _target(cls, value: object) -> Endpoint:
-        return parse_endpoint(value)
-
-    @field_validator("listen", mode="before")
-    @classmethod
-    def _listen(cls, value: object, info: ValidationInfo) -> Endpoint:
-        listen = parse_endpoint(value)
-        if not listen.is_loopback and not info.data.get("allow_public_listen", False):
-            raise ValueError(
-                f"{listen} is not a loopback address: this host would let the network use the "
-                "relay through it; set allow_public_listen = true if that is intended"
-            )
-        return listen
+    EXPOSES: ClassVar[str] = "this host would let the network use the relay through it"
 
 
 class Tunnel(TunnelSettings):

@@ -1,0 +1,49 @@
+"""What a forward and a local forward have alike at run time: traffic, state, last probe, and
+the snapshot readers get of them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from . import config
+from .forward import ForwardTraffic
+from .state import ForwardState, ForwardStatus, ProbeResult, utcnow
+
+
+class EndpointRuntime:
+    """The live side of one forward (`direction` "forward") or local forward ("local")."""
+
+    direction: Literal["forward", "local"] = "forward"
+
+    def __init__(self, cfg: config.Forward | config.Local) -> None:
+        self.counters = ForwardTraffic()
+        self.state: ForwardState = "down"
+        self.error: str | None = None
+        self.since: datetime | None = None
+        self.probe: ProbeResult | None = None
+        self._endpoint = cfg
+
+    def set_state(self, state: ForwardState, error: str | None = None) -> None:
+        if state != self.state:
+            self.since = utcnow()
+        self.state, self.error = state, error
+
+    def snapshot(self) -> ForwardStatus:
+        c, cfg = self.counters, self._endpoint
+        return ForwardStatus(
+            name=cfg.name,
+            service=cfg.service,
+            listen=str(cfg.listen),
+            target=str(cfg.target),
+            state=self.state,
+            connections_active=c.active,
+            connections_total=c.total,
+            bytes_in=c.bytes_in,
+            bytes_out=c.bytes_out,
+            connections_refused=c.refused,
+            probe=self.probe,
+            error=self.error,
+            since=self.since,
+            direction=self.direction,
+        )
