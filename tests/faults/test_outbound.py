@@ -179,9 +179,9 @@ async def test_a_mute_secondary_does_not_stall_the_probes(world: World) -> None:
 
             def probe_times() -> bool:
                 forwards = sup.snapshot().forwards
-                if forwards and forwards[0].probe is not None:
-                    if not probed or probed[-1] != forwards[0].probe.at:
-                        probed.append(forwards[0].probe.at)
+                probe = forwards[0].probe if forwards else None
+                if probe is not None and (not probed or probed[-1] != probe.at):
+                    probed.append(probe.at)
                 return len(probed) >= 3
 
             await wait_for(probe_times, 15, "three probes despite a NOTIFY that hangs")
