@@ -82,7 +82,8 @@ def run(quick: bool = False) -> Figure:
     raise_nofile(n * 4 + 1024)
     with time_limit(60 if quick else 240), Env("concurrency") as env:
         tk_port, ssh_port = ports(2)
-        clients = [env.tunnelkeeper([tk_port]), env.ssh([ssh_port])]
+        # max_connections (default 100) is the flood guard; this figure measures capacity.
+        clients = [env.tunnelkeeper([tk_port], max_connections=n), env.ssh([ssh_port])]
         for client in clients:
             client.start()
         for client in clients:

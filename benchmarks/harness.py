@@ -371,9 +371,16 @@ class Tunnelkeeper(Client):
     label = "tunnelkeeper"
 
     def __init__(
-        self, env: Env, listens: Sequence[int], *, standby: bool = False, **settings: Any
+        self,
+        env: Env,
+        listens: Sequence[int],
+        *,
+        standby: bool = False,
+        max_connections: int = 100,
+        **settings: Any,
     ) -> None:
         super().__init__(env, listens)
+        self.max_connections = max_connections
         if standby:
             self.label = "tunnelkeeper standby"
         self.settings: dict[str, Any] = {
@@ -413,6 +420,7 @@ class Tunnelkeeper(Client):
                 '  service = "tcp"',
                 f'  listen = "127.0.0.1:{listen}"',
                 f'  target = "127.0.0.1:{self.env.sink_port}"',
+                f"  max_connections = {self.max_connections}",
             ]
         self.config.write_text("\n".join(lines) + "\n")
 
