@@ -12,7 +12,14 @@ from .bind import named_conf
 from .common import SshServer, mail_routes, select_tunnels
 from .mailertable import mailer_name, mailertable
 from .mx import mx_records
-from .openssh import authorized_keys, client_alive, listens, read_public_key, sshd_config
+from .openssh import (
+    authorized_keys,
+    client_alive,
+    listens,
+    opens,
+    read_public_key,
+    sshd_config,
+)
 from .postfix import relay_domains, transport
 from .sendmail import mailer_definitions, mailer_definitions_m4, ports
 
@@ -206,13 +213,22 @@ def _files_table(parts: _Parts) -> str:
 def _account(tun: Tunnel) -> str:
     key = read_public_key(tun)
     alive = client_alive(tun)
-    allowed = " ".join(listens((tun,)))
+    allowed = " ".join(listens((tun,))) or "none"
+    destinations = " ".join(opens((tun,)))
+    forwarding = "yes" if tun.forward else "local"
+    listening = (
+        f"`ss -ltnp | grep sshd` lists sshd listening on {allowed.replace(' ', ', ')}."
+        if tun.forward
+        else "sshd listens on nothing for it: the tunnel only opens channels."
+    )
     source = f" The key is accepted only from {', '.join(tun.from_)}." if tun.from_ else ""
     return f"""
 ## 1. The SSH account
 
-One unprivileged account; the key may hold exactly the listens above and open channels to them
-(tunnelkeeper's end-to-end checks), and nothing else: no shell, pty, agent or X11.{source}
+One unprivileged account; the key may hold exactly the listens above and open channels only to
+the destinations tunnelkeeper uses (the end-to-end checks through the listens, and this relay's
+own services that its smarthost or `check --mail` reach; the files' comments name each), and
+nothing else: no shell, pty, agent or X11.{source}
 Its fingerprint is `{key.fingerprint}`: compare it with what the internal admin tells you.
 
 ```sh
@@ -238,10 +254,10 @@ sshd -T -C user={tun.user},host=internal,addr=127.0.0.1 |
     grep -Ei 'permit(listen|open)|tcpforwarding|clientalive'
 ```
 
-It should show `permitlisten {allowed}`, `permitopen {allowed}`, `allowtcpforwarding yes`,
-`clientaliveinterval {alive.interval}` and `clientalivecountmax {alive.count_max}`; the comments in
-`{SSHD_CONFIG}` explain the keepalive numbers. Once the internal side runs tunnelkeeper,
-`ss -ltnp | grep sshd` lists sshd listening on {allowed.replace(" ", ", ")}.
+It should show `permitlisten {allowed}`, `permitopen {destinations}`,
+`allowtcpforwarding {forwarding}`, `clientaliveinterval {alive.interval}` and
+`clientalivecountmax {alive.count_max}`; the comments in `{SSHD_CONFIG}` explain the keepalive
+numbers. Once the internal side runs tunnelkeeper, {listening}
 """
 
 
