@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -91,14 +93,15 @@ class _Hooks:
         if not argv:
             return
         env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
-        env.update(
-            TUNNELKEEPER_EVENT=event,
-            TUNNELKEEPER_TUNNEL=tunnel.name,
-            TUNNELKEEPER_FORWARD=fwd.name,
-            TUNNELKEEPER_SERVICE=fwd.service,
-            TUNNELKEEPER_ERROR=error,
-            TUNNELKEEPER_ERROR_KIND=kind,
-        )
+        ours = {
+            "TUNNELKEEPER_EVENT": event,
+            "TUNNELKEEPER_TUNNEL": tunnel.name,
+            "TUNNELKEEPER_FORWARD": fwd.name,
+            "TUNNELKEEPER_SERVICE": fwd.service,
+            "TUNNELKEEPER_ERROR": error,
+            "TUNNELKEEPER_ERROR_KIND": kind,
+        }
+        env.update({name: clean_env_value(value) for name, value in ours.items()})
         lock = self._locks.setdefault((tunnel.name, fwd.name), asyncio.Lock())
         task = asyncio.create_task(self._run(argv, env, lock, f"on_{event}"))
         self._tasks.add(task)
@@ -115,20 +118,31 @@ class _Hooks:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,  # a Ctrl-C on our terminal is not meant for it
+                    # Its own session and process group: a Ctrl-C on our terminal is not meant
+                    # for it, and the time limit can end it together with what it started.
+                    start_new_session=True,
                 )
-            except OSError as exc:
-                log.error("%s hook %s could not start: %s", what, argv[0], exc)
+            # Any failure to start (OSError, ValueError from a bad argv or env, ...) is the
+            # hook's, not the watch's: log it and keep watching, so the next alert still fires.
+            except Exception as exc:
+                log.error("%s hook %s could not start: %r", what, argv[0], exc)
                 return
+            finished = False
             try:
                 async with asyncio.timeout(self.timeout):
                     output, _ = await proc.communicate()
+                finished = True
             except TimeoutError:
                 log.error("%s hook %s took over %g s; killed", what, argv[0], self.timeout)
                 return
             finally:
+                # Timed out or cancelled: kill the whole group, so a script's children (a
+                # pager's helper, or stragglers that keep its output open after it exited)
+                # go with it. Its id cannot be reused while any member lives.
+                if not finished:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
                 if proc.returncode is None:
-                    proc.kill()
                     with contextlib.suppress(ProcessLookupError):
                         await proc.wait()
             text = output.decode(errors="replace").strip()
@@ -143,6 +157,24 @@ class _Hooks:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+MAX_ENV_VALUE = 1024
+
+
+def clean_env_value(text: str) -> str:
+    """`text` as one line of plain text for the hook's environment: control characters (NUL
+    among them, which no environment can hold), line separators and bidirectional overrides
+    escaped as \\xNN / \\uNNNN, and at most MAX_ENV_VALUE characters."""
+    out = []
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    value = "".join(out)
+    return value if len(value) <= MAX_ENV_VALUE else value[: MAX_ENV_VALUE - 3] + "..."
 
 
 def _reason(tunnel: TunnelStatus, fwd: ForwardStatus) -> tuple[str, str]:

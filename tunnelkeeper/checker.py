@@ -8,8 +8,8 @@ import os
 from . import probes, ssh
 from .config import Config, Forward, Tunnel
 from .errors import ChannelDenied, ForwardRefused, TunnelkeeperError
+from .inbound import ForwardRuntime
 from .state import ForwardStatus, SupervisorStatus, TunnelStatus, utcnow
-from .tunnel import ForwardRuntime
 
 
 async def check(config: Config, running: SupervisorStatus | None = None) -> SupervisorStatus:

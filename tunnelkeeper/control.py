@@ -1,8 +1,9 @@
 """The control socket: a Unix-socket endpoint serving status snapshots, and its client.
 
 Protocol: one JSON request line (`{"cmd": "status"}`), one JSON reply line, then close. The
-socket is 0600 inside a 0700 folder, a peer of another uid is turned away (SO_PEERCRED), and an
-flock on `<socket>.lock` makes a second supervisor on the same socket fail fast.
+socket is 0600 inside a 0700 folder of our own (refused if others may write it), a peer of
+another uid is turned away (SO_PEERCRED), and an flock on `<socket>.lock` (never through a
+symlink) makes a second supervisor on the same socket fail fast.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from . import filetrust
 from .errors import AlreadyRunning, ControlError
 from .state import SupervisorStatus
 
@@ -53,11 +55,15 @@ class ControlServer:
         await self.wait_closed()
 
     async def start(self) -> None:
-        """Take the lock and listen. Raises AlreadyRunning, or ControlError on a bad path."""
+        """Take the lock and listen. Raises AlreadyRunning, ControlError on a bad path, or
+        ConfigError when another user could write the socket's folder."""
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise ControlError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
+        # Whoever can write the folder could swap the socket or the lock for their own; an
+        # existing folder is refused as it is, never quietly chmodded.
+        filetrust.check_private_folder(self.path.parent, "control socket folder")
         self._lock_fd = _take_lock(self.path)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a stale socket left by a killed supervisor; the lock is ours
@@ -118,8 +124,14 @@ class ControlServer:
 def _take_lock(path: Path) -> int:
     lock_path = path.with_name(path.name + ".lock")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # O_NOFOLLOW: a symlink planted here must not make us create or lock its target.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ControlError(
+                f"cannot open {lock_path}: it is a symbolic link; tunnelkeeper never follows "
+                "one there: remove it"
+            ) from exc
         raise ControlError(f"cannot open {lock_path}: {exc.strerror}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -21,6 +21,7 @@ TunnelkeeperError
     ├── KeepaliveTimeout      keepalive-timeout: the relay stopped answering keepalives
     ├── Disconnected          disconnected: the connection ended for any other reason
     ├── ForwardRefused        forward-refused: the relay refused a listen (port held, denied)
+    ├── ProxyFailed           proxy: the HTTP or SOCKS5 proxy refused, failed or did not answer
     └── ResolveFailed         dns: the relay's name does not resolve
 """
 
@@ -105,6 +106,10 @@ class Disconnected(TunnelError):
 
 class ForwardRefused(TunnelError):
     error_kind = "forward-refused"
+
+
+class ProxyFailed(TunnelError):
+    error_kind = "proxy"
 
 
 class ResolveFailed(TunnelError):

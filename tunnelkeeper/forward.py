@@ -31,8 +31,14 @@ class Channel(Protocol):
     def resume_reading(self) -> None: ...
 
 
+class Connection(Protocol):
+    """What counters hold of an open connection: a way to end it at once."""
+
+    def abort(self) -> None: ...
+
+
 class ForwardCounters:
-    """Live counters of one forward; the tunnel reads them into frozen snapshots."""
+    """Live counters of one forward (or local); the tunnel reads them into frozen snapshots."""
 
     open_everywhere = 0  # local sockets held by every forward of the process together
 
@@ -42,19 +48,19 @@ class ForwardCounters:
         self.refused = 0  # channels turned away: max_connections or descriptors reached
         self.bytes_in = 0  # relay -> target
         self.bytes_out = 0  # target -> relay
-        self.splices: set[Splice] = set()
+        self.splices: set[Connection] = set()
         self.idle = asyncio.Event()
         self.idle.set()
         self.on_bug: Callable[[BaseException], object] | None = None
 
-    def opened(self, splice: Splice) -> None:
+    def opened(self, splice: Connection) -> None:
         self.splices.add(splice)
         self.active += 1
         self.total += 1
         ForwardCounters.open_everywhere += 1
         self.idle.clear()
 
-    def closed(self, splice: Splice) -> None:
+    def closed(self, splice: Connection) -> None:
         if splice in self.splices:
             self.splices.discard(splice)
             self.active -= 1

@@ -30,6 +30,7 @@ POLL = 0.5  # the supervisor publishes a snapshot twice a second
 HEARTBEAT = 30.0  # after a kill -9 the session ends at its last heartbeat
 REFRESH = 30.0  # availability_24h in the snapshots is this fresh
 PRUNE_EVERY = 86_400.0
+SOON = 1.0  # seconds from a change to fresh availability figures
 
 Key = tuple[str, str]
 
@@ -40,6 +41,9 @@ class _Forward:
     probe_ok: bool | None = None
     been_up: bool = False  # up at least once since it appeared (startup is no outage)
     outage: bool = False
+    # First seen `down` under a tunnel still `up`: the moment between a connection's end and
+    # the tunnel saying why (or that it is stopping). An outage, if one follows, began here.
+    doubtful_since: float | None = None
 
 
 class Recorder:
@@ -109,12 +113,21 @@ class Recorder:
         if not mem.outage:
             failed = probe is not None and not probe.ok
             starting = not mem.been_up and (fwd.state == "pending" or tunnel.state == "connecting")
-            if (up and failed) or (not up and not starting):
+            if fwd.state == "down" and tunnel.state == "up":
+                # A clean stop passes through here too; wait for the next snapshot to tell.
+                mem.doubtful_since = mem.doubtful_since or now
+            elif (up and failed) or (not up and not starting):
                 mem.outage = True
                 error_kind, reason = _cause(tunnel, fwd)
+                began = mem.doubtful_since or now
                 events.append(
-                    Event(now, "outage", *key, state="start", error_kind=error_kind, reason=reason)
+                    Event(
+                        began, "outage", *key, state="start", error_kind=error_kind, reason=reason
+                    )
                 )
+                mem.doubtful_since = None
+            else:
+                mem.doubtful_since = None
         elif up and (not probes or _probed_since_up(fwd)):
             mem.outage = False
             events.append(Event(now, "outage", *key, state="end"))
@@ -192,7 +205,10 @@ async def record(supervisor: Supervisor, *, poll: float = POLL, refresh: float =
     recorder = Recorder()
     config = supervisor.config
     refreshing: asyncio.Task[None] | None = None
-    beat = refreshed = pruned = 0.0
+    beat = pruned = 0.0
+    # First figures soon after start, and soon after each outage begins or ends (once the
+    # writer had time to commit it); else every `refresh` seconds.
+    refreshed = time.time() - refresh + SOON
     try:
         while True:
             now = time.time()
@@ -201,6 +217,8 @@ async def record(supervisor: Supervisor, *, poll: float = POLL, refresh: float =
                 writer.record(Event(now, "reload", reason=str(config.path)))
             for event in recorder.observe(supervisor.status(), now, _probes_on(supervisor)):
                 writer.record(event)
+                if event.kind == "outage":
+                    refreshed = min(refreshed, now - refresh + SOON)
             if now - pruned >= PRUNE_EVERY:
                 pruned = now
                 writer.prune(now - config.supervisor.history_days * 86_400.0)

@@ -66,10 +66,15 @@ def load(conn: sqlite3.Connection, since: float, until: float) -> Timeline:
     newest = conn.execute("SELECT max(id) FROM sessions").fetchone()[0]
     timeline = Timeline(defaultdict(list), defaultdict(list))
     for sid, pid, started, last_seen, stopped in sessions:
+        # The span's events, and before it only each forward's last word of each kind: what
+        # it takes to know whether the forward was there, and out, when the span began.
+        columns = "at, kind, tunnel, forward, state, error_kind, reason, id"
         events = conn.execute(
-            "SELECT at, kind, tunnel, forward, state, error_kind, reason FROM events "
-            "WHERE session = ? AND kind IN ('forward', 'outage') ORDER BY at, id",
-            (sid,),
+            f"SELECT {columns} FROM events WHERE session = :s AND kind IN ('forward', 'outage') "
+            f"AND at >= :since UNION ALL SELECT {columns} FROM events WHERE id IN "
+            "(SELECT max(id) FROM events WHERE session = :s AND kind IN ('forward', 'outage') "
+            "AND at < :since GROUP BY tunnel, forward, kind) ORDER BY at, id",
+            {"s": sid, "since": since},
         ).fetchall()
         last_event = max((e[0] for e in events), default=last_seen)
         live = (
@@ -95,7 +100,7 @@ def _replay(
             began, kind, reason = open_.pop(key)
             timeline.outages[key].append(Outage(*key, began, at, ongoing, kind, reason))
 
-    for at, kind, tunnel, forward, state, error_kind, reason in events:
+    for at, kind, tunnel, forward, state, error_kind, reason, _id in events:
         key = (tunnel, forward)
         if kind == "forward" and state == "removed":
             close(key, at)

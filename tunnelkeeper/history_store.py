@@ -18,7 +18,8 @@ from .errors import TunnelkeeperError
 log = logging.getLogger(__name__)
 
 # PRAGMA user_version holds the version; MIGRATIONS[n] brings a version n-1 database to n.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_FROM = 1  # the oldest version this code reads as it is (version 2 only added an index)
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE sessions (
@@ -48,6 +49,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         # pruned_before: events before this time were deleted (history_days).
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value REAL NOT NULL)",
     ),
+    # A report reads one session's events of a span: found without a scan of the table.
+    2: ("CREATE INDEX events_session ON events(session, kind, at)",),
 }
 QUEUE_SIZE = 10_000  # events waiting for the writer; more are dropped (and counted)
 BATCH = 500  # events written per transaction at most
@@ -81,7 +84,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
                 f"({SCHEMA_VERSION}); upgrade tunnelkeeper or move the file away"
             )
         if readonly:
-            if version < SCHEMA_VERSION:
+            if version < READABLE_FROM:
                 conn.close()
                 raise HistoryError(f"{path}: schema version {version}; run the supervisor once")
             return conn

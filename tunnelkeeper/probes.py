@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from .config import Endpoint, Forward
+from .config import Endpoint, Forward, Local
 from .errors import ChannelDenied, ProbeError, StreamLost, TargetUnavailable, TunnelError
 from .peertext import peer_text
 from .ssh import Stream, StreamPair
@@ -24,22 +24,25 @@ TCP_SETTLE = 0.3  # seconds a tcp probe waits to see the connection really held
 
 
 async def run_probe(
-    forward: Forward, open_relay: Opener, timeout: float, via_local: bool = False
+    forward: Forward | Local, open_relay: Opener, timeout: float, via_local: bool = False
 ) -> ProbeResult:
-    """Probe `forward` through the relay (or straight at the target when `via_local`).
+    """Probe a forward through the relay (or straight at its target when `via_local`), or a
+    local forward's target as the relay reaches it.
 
     Never raises for a failed probe: the result says what went wrong. Raises ChannelDenied
     when the relay forbids the probe channel, so the caller can fall back to local probes.
     """
     started = time.monotonic()
     via: Literal["relay", "local"] = "local" if via_local else "relay"
+    inbound = isinstance(forward, Forward)
+    dest = forward.listen if inbound else forward.target
+    # A local forward names no zone to ask for: a dns one is checked like tcp.
+    check = _CHECKS[forward.service] if inbound or forward.service != "dns" else _check_tcp
     try:
         async with asyncio.timeout(timeout):
-            stream = await (
-                _open_local(forward.target) if via_local else open_relay(forward.listen, timeout)
-            )
+            stream = await (_open_local(forward.target) if via_local else open_relay(dest, timeout))
             try:
-                detail = await _CHECKS[forward.service](stream, forward)
+                detail = await check(stream, forward)
             finally:
                 stream.close()
     except ChannelDenied:
@@ -52,7 +55,7 @@ async def run_probe(
     return ProbeResult(True, latency, utcnow(), detail, via)
 
 
-async def _check_tcp(stream: Stream, forward: Forward) -> str:
+async def _check_tcp(stream: Stream, forward: Forward | Local) -> str:
     # Through the relay the channel opens even when the target is down: the relay accepts,
     # and only then is the connection handed back to us and refused. So a connection that
     # is closed at once, with nothing said, means the far end is not there.
@@ -89,7 +92,7 @@ async def _read_reply(stream: Stream, what: str) -> tuple[int, str]:
     raise ProbeError("SMTP reply longer than 100 lines")
 
 
-async def _check_smtp(stream: Stream, forward: Forward) -> str:
+async def _check_smtp(stream: Stream, forward: Forward | Local) -> str:
     code, greeting = await _read_reply(stream, "greeting")
     if code != 220:
         raise ProbeError(f'greeting was "{greeting}", not 220')
@@ -104,7 +107,8 @@ async def _check_smtp(stream: Stream, forward: Forward) -> str:
     return greeting
 
 
-async def _check_dns(stream: Stream, forward: Forward) -> str:
+async def _check_dns(stream: Stream, forward: Forward | Local) -> str:
+    assert isinstance(forward, Forward)  # run_probe checks a local dns forward like tcp
     # Imported here: a supervisor without dns forwards never pays for dnspython (1.6 MB RSS).
     import dns.exception
     import dns.message
@@ -132,7 +136,7 @@ async def _check_dns(stream: Stream, forward: Forward) -> str:
     raise ProbeError(f"SOA {zone}: no SOA in the answer (not authoritative?)")
 
 
-_CHECKS: dict[str, Callable[[Stream, Forward], Awaitable[str]]] = {
+_CHECKS: dict[str, Callable[[Stream, Forward | Local], Awaitable[str]]] = {
     "tcp": _check_tcp,
     "smtp": _check_smtp,
     "dns": _check_dns,

@@ -3,7 +3,7 @@ sd_notify ever read. `SupervisorStatus.to_json()` is SPEC §4; `from_json()` rea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -70,6 +70,7 @@ class ForwardStatus:
     error: str | None = None  # why it is refused or down, for people
     since: datetime | None = None
     availability_24h: float | None = None  # percent, from the history database; None: unknown
+    direction: Literal["forward", "local"] = "forward"  # local: this host listens, relay dials
 
     @property
     def healthy(self) -> bool:
@@ -140,7 +141,7 @@ class TunnelStatus:
     last_error: str | None = None
     cipher: str | None = None
     standby: Literal["ready", "connecting", "off"] = "off"
-    forwards: tuple[ForwardStatus, ...] = ()
+    forwards: tuple[ForwardStatus, ...] = ()  # the forwards, then the locals (see direction)
     relay_version: str | None = None  # the relay's SSH identification string, escaped
     internal_errors: int = 0  # bugs that ended one of this tunnel's tasks
 
@@ -163,7 +164,8 @@ class TunnelStatus:
             "standby": self.standby,
             "relay_version": self.relay_version,
             "internal_errors": self.internal_errors,
-            "forwards": [f.to_json() for f in self.forwards],
+            "forwards": [f.to_json() for f in self.forwards if f.direction == "forward"],
+            "local": [f.to_json() for f in self.forwards if f.direction == "local"],
         }
 
     @classmethod
@@ -183,7 +185,11 @@ class TunnelStatus:
             standby=data.get("standby", "off"),
             relay_version=data.get("relay_version"),
             internal_errors=data.get("internal_errors", 0),
-            forwards=tuple(ForwardStatus.from_json(f) for f in data.get("forwards", [])),
+            forwards=tuple(ForwardStatus.from_json(f) for f in data.get("forwards", []))
+            + tuple(
+                replace(ForwardStatus.from_json(f), direction="local")
+                for f in data.get("local", [])
+            ),
         )
 
 

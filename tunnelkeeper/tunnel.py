@@ -11,106 +11,24 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import config, probes, ssh
+from . import config, dnsnotify, probes, ssh
 from .errors import (
     ChannelDenied,
-    ForwardFull,
     ForwardRefused,
     InternalError,
     TunnelError,
     TunnelkeeperError,
 )
-from .forward import ForwardCounters, Splice
-from .limits import BUDGET
-from .state import ForwardState, ForwardStatus, ProbeResult, TunnelState, TunnelStatus, utcnow
+from .inbound import ForwardRuntime
+from .outbound import LocalRuntime
+from .state import ProbeResult, TunnelState, TunnelStatus, utcnow
 
 log = logging.getLogger(__name__)
 
 Connector = Callable[[config.Tunnel], Awaitable[ssh.RelayConnection]]
-TARGET_CONNECT_TIMEOUT = 10.0
 PROBE_START_DELAY = 0.5  # let the relay settle a fresh listener before the first probe
 SPARE_RETRY = 5.0
 QUICK_RETRY = 0.05  # first retry of a refused listen; doubles up to forward_retry
-
-
-class ForwardRuntime:
-    """The live side of one forward: counters, state, last probe."""
-
-    def __init__(self, cfg: config.Forward) -> None:
-        self.cfg = cfg
-        self.counters = ForwardCounters()
-        self.state: ForwardState = "down"
-        self.error: str | None = None
-        self.since: datetime | None = None
-        self.probe: ProbeResult | None = None
-        self.local_probes = False  # the relay forbade probe channels; probe the target instead
-        self.listener: ssh.Listener | None = None
-        self._opening = 0  # channels whose local side is still connecting
-        self._burst = 0  # channels refused since the forward was last below its limit
-
-    def set_state(self, state: ForwardState, error: str | None = None) -> None:
-        if state != self.state:
-            self.since = utcnow()
-        self.state, self.error = state, error
-
-    async def accept(self, _orig_host: str, _orig_port: int) -> Splice:
-        """A connection arrived on the relay: open the local side.
-
-        Raises ForwardFull past max_connections or the descriptor budget (one log line per
-        burst of refusals), TargetUnavailable when the target does not answer.
-        """
-        self._admit()
-        splice = Splice(self.counters)
-        self._opening += 1
-        try:
-            await splice.connect_target(self.cfg.target, TARGET_CONNECT_TIMEOUT)
-        except TunnelkeeperError as exc:
-            log.warning("forward %s: %s", self.cfg.name, exc)
-            raise
-        finally:
-            self._opening -= 1
-        return splice
-
-    def _admit(self) -> None:
-        held = self.counters.active + self._opening
-        limit = self.cfg.max_connections
-        if held < limit and BUDGET.allows(ForwardCounters.open_everywhere + self._opening):
-            if self._burst:
-                log.info(
-                    "forward %s: accepting again after refusing %d connection(s)",
-                    self.cfg.name,
-                    self._burst,
-                )
-                self._burst = 0
-            return
-        self.counters.refused += 1
-        self._burst += 1
-        why = (
-            f"{held} connections open (max_connections = {limit})"
-            if held >= limit
-            else "the process is short of file descriptors"
-        )
-        if self._burst == 1:
-            log.warning("forward %s: refusing new connections: %s", self.cfg.name, why)
-        raise ForwardFull(f"forward {self.cfg.name}: {why}")
-
-    def snapshot(self) -> ForwardStatus:
-        c = self.counters
-        return ForwardStatus(
-            name=self.cfg.name,
-            service=self.cfg.service,
-            listen=str(self.cfg.listen),
-            target=str(self.cfg.target),
-            state=self.state,
-            connections_active=c.active,
-            connections_total=c.total,
-            bytes_in=c.bytes_in,
-            bytes_out=c.bytes_out,
-            connections_refused=c.refused,
-            probe=self.probe,
-            error=self.error,
-            since=self.since,
-        )
 
 
 class Tunnel:
@@ -120,6 +38,7 @@ class Tunnel:
         self.cfg = cfg
         self._connect = connector
         self.forwards = [ForwardRuntime(f) for f in cfg.forward]
+        self.locals = [LocalRuntime(lc) for lc in cfg.local]
         self.state: TunnelState = "connecting"
         self.since: datetime | None = None
         self.connects = 0
@@ -141,6 +60,11 @@ class Tunnel:
         return self.cfg.name
 
     @property
+    def endpoints(self) -> list[ForwardRuntime | LocalRuntime]:
+        """The forwards, then the locals."""
+        return [*self.forwards, *self.locals]
+
+    @property
     def spare_ready(self) -> bool:
         return self._spare is not None and not self._spare.is_closing
 
@@ -156,7 +80,7 @@ class Tunnel:
             last_error=self.last_error,
             cipher=self.cipher,
             standby="ready" if self.spare_ready else self._spare_state,  # type: ignore[arg-type]  # a Literal
-            forwards=tuple(f.snapshot() for f in self.forwards),
+            forwards=tuple(f.snapshot() for f in self.endpoints),
             relay_version=self.relay_version,
             internal_errors=self.internal_errors,
         )
@@ -242,9 +166,13 @@ class Tunnel:
         tasks = [
             self._spawn(f"forward {f.cfg.name}", self._hold_forward(conn, f)) for f in self.forwards
         ]
+        tasks += [
+            self._spawn(f"local {lc.cfg.name}", self._hold_local(conn, lc)) for lc in self.locals
+        ]
         if self.cfg.probe_interval > 0:
             tasks += [
-                self._spawn(f"probe {f.cfg.name}", self._probe_loop(conn, f)) for f in self.forwards
+                self._spawn(f"probe {f.cfg.name}", self._probe_loop(conn, f))
+                for f in self.endpoints
             ]
         if self.cfg.standby:
             tasks.append(self._spawn("standby", self._keep_spare()))
@@ -259,6 +187,8 @@ class Tunnel:
             for fwd in self.forwards:
                 fwd.listener = None
                 fwd.set_state("down", fwd.error)
+            for local in self.locals:
+                local.close()
             conn.close()
             self._ended = None
             if not lost.done():
@@ -343,6 +273,35 @@ class Tunnel:
             )
             return
 
+    async def _hold_local(self, conn: ssh.RelayConnection, local: LocalRuntime) -> None:
+        """Listen on this host while the connection lives; a port in use is retried."""
+        failures = 0
+        while not self._draining:
+            try:
+                await local.open(conn)
+            except OSError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "tunnel %s: local %s cannot listen on %s: %s; retrying every %gs",
+                        self.name,
+                        local.cfg.name,
+                        local.cfg.listen,
+                        exc.strerror or exc,
+                        self.cfg.forward_retry,
+                    )
+                local.set_state("refused", f"cannot listen on {local.cfg.listen}: {exc.strerror}")
+                await asyncio.sleep(self.cfg.forward_retry)
+                continue
+            log.info(
+                "tunnel %s: local %s up: %s -> relay -> %s",
+                self.name,
+                local.cfg.name,
+                local.cfg.listen,
+                local.cfg.target,
+            )
+            return
+
     def _refresh_forward_error(self) -> None:
         refused = [f for f in self.forwards if f.state == "refused"]
         if refused:
@@ -351,7 +310,9 @@ class Tunnel:
         elif self.error_kind == "forward-refused":
             self.error_kind = self.last_error = None
 
-    async def _probe_loop(self, conn: ssh.RelayConnection, fwd: ForwardRuntime) -> None:
+    async def _probe_loop(
+        self, conn: ssh.RelayConnection, fwd: ForwardRuntime | LocalRuntime
+    ) -> None:
         await asyncio.sleep(PROBE_START_DELAY)
         while True:
             if fwd.state == "up":
@@ -360,12 +321,17 @@ class Tunnel:
             else:
                 await asyncio.sleep(min(self.cfg.forward_retry, self.cfg.probe_interval))
 
-    async def _probe(self, conn: ssh.RelayConnection, fwd: ForwardRuntime) -> None:
+    async def _probe(self, conn: ssh.RelayConnection, fwd: ForwardRuntime | LocalRuntime) -> None:
+        local_probes = isinstance(fwd, ForwardRuntime) and fwd.local_probes
         try:
             result = await probes.run_probe(
-                fwd.cfg, conn.open_stream, self.cfg.probe_timeout, via_local=fwd.local_probes
+                fwd.cfg, conn.open_stream, self.cfg.probe_timeout, via_local=local_probes
             )
         except ChannelDenied as exc:
+            if not isinstance(fwd, ForwardRuntime):  # nothing to fall back to: it goes out
+                result = ProbeResult(False, None, utcnow(), str(exc))
+                fwd.probe = result
+                return
             log.warning(
                 "tunnel %s: %s; probing %s's target directly instead (the relay "
                 "side of the path is then unchecked)",
@@ -389,6 +355,10 @@ class Tunnel:
                 "ok" if result.ok else "FAILED",
                 result.via,
                 result.detail,
+            )
+        if result.ok and isinstance(fwd, ForwardRuntime) and fwd.cfg.notify is not None:
+            await dnsnotify.notify_changes(
+                conn.open_stream, fwd.cfg, fwd.notified, self.cfg.probe_timeout, self.name
             )
 
     # -- standby -----------------------------------------------------------------------------

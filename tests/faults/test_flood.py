@@ -24,7 +24,7 @@ from tests.support.procs import SupervisorProcess
 from tests.support.sshd import free_port, wait_until
 from tunnelkeeper import ssh
 
-from .chaos import PeakRss, StatusPoller
+from .chaos import PeakRss, StatusPoller, fetch_raw
 from .kit import relay_config, rss_kb, send, smtp_forward, tcp_forward
 
 NOFILE = 256
@@ -139,6 +139,30 @@ def _pump(floods: list[Flood], seconds: float) -> None:
                 key.data.ready(sel, key.fileobj, mask)
 
 
+def _mails(port: int, sink: SmtpSink, count: int) -> list[str]:
+    """Send `count` mails to the relay-side `port`; the errors, and wait for the rest."""
+    errors: list[str] = []
+    before = len(sink.raw)
+    for n in range(count):
+        try:
+            send(port, f"Subject: {n}\r\n\r\nthrough the flood\r\n".encode())
+        except (OSError, smtplib.SMTPException) as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: len(sink.raw) - before >= count - len(errors), 10)
+    return errors
+
+
+def _refused(status: dict[str, Any] | None) -> dict[str, Any]:
+    if status is None:
+        return {}
+    return {f["name"]: f.get("connections_refused") for f in status["tunnels"][0]["forwards"]}
+
+
+def _refusal_lines(log: str) -> int:
+    return sum(1 for line in log.splitlines() if "refusing new connections" in line)
+
+
 @pytest.mark.timeout(90)
 def test_flood_of_relay_connections(  # type: ignore[no-untyped-def]
     make_relay, smtp_sink: SmtpSink, fdir: Path, outcome: dict[str, Any]
@@ -171,16 +195,10 @@ def test_flood_of_relay_connections(  # type: ignore[no-untyped-def]
         pumper = threading.Thread(target=_pump, args=(floods, PUSH_SECONDS), daemon=True)
         pumper.start()
         time.sleep(1.0)
-        for n in range(MAILS):
-            try:
-                send(mail_port, f"Subject: {n}\r\n\r\nthrough the flood\r\n".encode())
-            except (OSError, smtplib.SMTPException) as exc:
-                mail_errors.append(f"{type(exc).__name__}: {exc}")
-        with contextlib.suppress(AssertionError):
-            wait_until(lambda: len(smtp_sink.raw) >= MAILS - len(mail_errors), 10)
+        mail_errors = _mails(mail_port, smtp_sink, MAILS)
         pumper.join(PUSH_SECONDS + 10)
         alive = sup.proc.poll() is None
-        st = sup.status() if alive else None
+        st = fetch_raw(sup.socket) if alive else None
     finally:
         poller.stop()
         rss.stop()
@@ -206,10 +224,14 @@ def test_flood_of_relay_connections(  # type: ignore[no-untyped-def]
         peak_fds=max((s.fds for s in poller.samples), default=0),
         mails_delivered=len(smtp_sink.raw),
         mail_errors=mail_errors[:2],
+        refused_by_forward=_refused(st),
+        refusal_log_lines=_refusal_lines(sup.log()),
     )
     assert alive, f"supervisor exited {sup.proc.returncode}:\n{sup.log()[-4000:]}"
     assert code == 0
-    assert st is not None and st.tunnels[0].connects == 1, st
+    assert st is not None and st["tunnels"][0]["connects"] == 1, st
+    # One log line per burst of refusals, not one per refused connection.
+    assert _refusal_lines(sup.log()) <= 6, sup.log()[-4000:]
     for flood in floods:
         assert flood.open <= MAX_CONNECTIONS, outcome
         assert len(flood.closed_at) >= FLOOD - MAX_CONNECTIONS, outcome
@@ -217,3 +239,61 @@ def test_flood_of_relay_connections(  # type: ignore[no-untyped-def]
     assert poller.unanswered == 0 and poller.worst_latency < 1.0, outcome
     assert peak < bound_kb, outcome
     assert len(smtp_sink.raw) == MAILS and not mail_errors, outcome
+
+
+@pytest.mark.timeout(90)
+def test_flood_past_the_descriptor_limit(  # type: ignore[no-untyped-def]
+    make_relay, smtp_sink: SmtpSink, fdir: Path, outcome: dict[str, Any]
+) -> None:
+    """max_connections above what 256 descriptors allow: the descriptor reserve is then the
+    only guard. Status keeps answering, nothing dies, and once the flood ends mail flows."""
+    idle_port, mail_port = free_port(), free_port()
+    sshd = make_relay(permitlisten=[f"127.0.0.1:{p}" for p in (idle_port, mail_port)])
+    idle = BlackHole()
+    forwards = [
+        {**tcp_forward(idle_port, idle.port, "idle"), "max_connections": 10_000},
+        smtp_forward(mail_port, smtp_sink.port),
+    ]
+    cfg = relay_config(fdir / "tk.toml", sshd, forwards, supervisor={"log_level": "info"})
+    sup = LimitedSupervisor(cfg, NOFILE)
+    flood: Flood | None = None
+    poller = StatusPoller(sup.socket, sup.proc.pid, period=0.25)
+    st: dict[str, Any] | None = None
+    try:
+        sup.wait_forward("up", 15)
+        poller.start()
+        flood = Flood(idle_port, FLOOD, push=False)
+        _pump([flood], 4.0)
+        held = flood.open
+        st = fetch_raw(sup.socket)
+        flood.close()
+        idle.close()  # a half-closed splice ends when the target closes too
+        wait_until(
+            lambda: sup.status().forwards[0].connections_active == 0,  # type: ignore[union-attr]
+            10,
+            0.1,
+            "the flood's connections closed",
+        )
+        after = _mails(mail_port, smtp_sink, MAILS)
+        alive = sup.proc.poll() is None
+    finally:
+        poller.stop()
+        if flood is not None:
+            flood.close()
+        code = sup.stop()
+        idle.close()
+    outcome.update(
+        connections=FLOOD,
+        held_open=held,
+        refused=_refused(st),
+        status_unanswered=poller.unanswered,
+        worst_status_latency_s=round(poller.worst_latency, 3),
+        peak_fds=max((s.fds for s in poller.samples), default=0),
+        mail_errors_after=after[:2],
+    )
+    assert alive and code == 0, sup.log()[-4000:]
+    assert held < NOFILE, outcome
+    assert poller.unanswered == 0 and poller.worst_latency < 1.0, outcome
+    assert max(s.fds for s in poller.samples) < NOFILE, outcome
+    assert not after, outcome
+    assert _refusal_lines(sup.log()) <= 6, sup.log()[-4000:]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tunnelkeeper import inbound as inbound_mod
 from tunnelkeeper import probes
 from tunnelkeeper import supervisor as supervisor_mod
 from tunnelkeeper import tunnel as tunnel_mod
@@ -52,14 +53,14 @@ def _inject(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
 
         monkeypatch.setattr(tunnel_mod.probes, "run_probe", probe)
     elif where == "accept":
-        real_accept = tunnel_mod.ForwardRuntime.accept
+        real_accept = inbound_mod.ForwardRuntime.accept
 
         async def accept(self: Any, host: str, port: int) -> Any:
             if self.cfg.name == "bad":
                 raise RuntimeError("injected: accept")
             return await real_accept(self, host, port)
 
-        monkeypatch.setattr(tunnel_mod.ForwardRuntime, "accept", accept)
+        monkeypatch.setattr(inbound_mod.ForwardRuntime, "accept", accept)
     elif where == "standby":
         real_spare = tunnel_mod.Tunnel._keep_spare
 

@@ -207,6 +207,29 @@ def test_schema_version_and_migration(tmp_path: Path) -> None:
         connect(tmp_path / "missing.db", readonly=True)
 
 
+def test_an_older_schema_is_migrated_and_keeps_its_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunnelkeeper import history_store
+
+    db = tmp_path / "h.db"
+    monkeypatch.setattr(history_store, "SCHEMA_VERSION", 1)  # as the first release wrote it
+    write_history(db, [(T0, T0 + 60, fwd_events(T0))])
+    monkeypatch.undo()
+    conn = connect(db, readonly=True)  # `history` reads it before any supervisor upgraded it
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
+    conn = connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION > 1
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "events_session" in indexes
+    conn.close()
+    conn = connect(db, readonly=True)
+    [row] = history_report.report(conn, T0, T0 + 60)["availability"]
+    conn.close()
+    assert row["24h"] == 100.0 and row["recorded_s"]["24h"] == 60
+
+
 def test_prune_forgets_old_events_and_the_report_still_adds_up(tmp_path: Path) -> None:
     db = tmp_path / "h.db"
     writer = Writer(db, pid=os.getpid(), config="/x.toml")
@@ -381,3 +404,21 @@ def test_writer_thread_is_not_the_caller(tmp_path: Path) -> None:
     assert writer._thread.is_alive() and writer._thread is not threading.current_thread()
     writer.close()
     assert not writer._thread.is_alive()
+
+
+def test_a_clean_stop_is_no_outage_but_a_lost_connection_is_from_its_first_sign() -> None:
+    rec = Recorder()
+    rec.observe(snap(relay()), T0, probes())
+    # The connection ended; the tunnel has not said why yet (or that it is stopping).
+    ending = relay(smtp="down", dns="down")
+    assert outages(rec.observe(snap(ending), T0 + 1, probes())) == []
+    stopped = rec.observe(snap(replace(ending, state="stopped")), T0 + 2, probes())
+    assert outages(stopped) == []
+    rec = Recorder()
+    rec.observe(snap(relay()), T0, probes())
+    rec.observe(snap(ending), T0 + 1, probes())
+    events = rec.observe(snap(relay("backoff", smtp="down", dns="down")), T0 + 2, probes())
+    assert [(e.forward, e.at, e.error_kind) for e in events if e.kind == "outage"] == [
+        ("smtp", T0 + 1, "connect-refused"),
+        ("dns", T0 + 1, "connect-refused"),
+    ]

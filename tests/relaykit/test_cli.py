@@ -170,10 +170,13 @@ def test_kit_without_mail_or_dns(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert sorted(p.name for p in (tmp_path / "kit").iterdir()) == [
         "README.md",
         "authorized_keys",
+        "check-relay.sh",
         "sshd_config-tunnelkeeper.conf",
     ]
     readme = (tmp_path / "kit" / "README.md").read_text()
     assert "sendmail" not in readme and "BIND" not in readme
+    script = (tmp_path / "kit" / "check-relay.sh").read_text()
+    assert "sendmail" not in script and "named" not in script
 
 
 CONFLICT = """\
@@ -264,3 +267,16 @@ def test_generators_start_without_asyncssh_or_rich() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=REPO)
+
+
+def test_sshd_option(example_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(["authorized-keys", "-c", str(example_path), "--sshd", "dropbear"], capsys)
+    assert code == 0
+    assert out.splitlines()[-1].startswith("no-pty,no-agent-forwarding,no-X11-forwarding,")
+    assert "Dropbear cannot limit listen ports per key" in out
+    code, default, _ = cli(["authorized-keys", "-c", str(example_path)], capsys)
+    assert code == 0 and default.splitlines()[-1].startswith("restrict,port-forwarding,")
+    for verb in (["authorized-keys"], ["relay-kit", "--out", str(example_path.parent / "k")]):
+        code, out, err = cli([*verb, "-c", str(example_path), "--sshd", "lsh"], capsys)
+        assert (code, out) == (2, "")
+        assert "invalid choice: 'lsh'" in err

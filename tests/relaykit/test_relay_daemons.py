@@ -140,7 +140,7 @@ def test_tunnel_through_the_relay_ten_kills(
     run_through(kind, 10, relay, cfg, listen, smtp_sink)
 
 
-# -- what the ssh layer is to report about the relay (the lead's change, not yet merged) ------
+# -- what the ssh layer reports about the relay ------------------------------------------
 
 
 def test_status_shows_the_relays_version(
@@ -174,5 +174,27 @@ def test_refused_key_on_dropbear_names_the_fix(
         assert "Bad public key options" in relay.log_text()
         error = st.tunnels[0].last_error or ""
         assert "Dropbear" in error and "authorized-keys --sshd dropbear" in error, error
+    finally:
+        assert sup.stop() == 0
+
+
+def test_dropbear_keepalives_leave_a_quiet_tunnel_alone(
+    make_sshd: Any, make_dropbear: Any, smtp_sink: Any, tmp_path: Path
+) -> None:
+    """With -K 1 Dropbear probes every second, on an open forwarded channel when there is one;
+    tunnelkeeper answers, so neither an idle tunnel nor an idle mail session is dropped."""
+    relay, cfg, listen = relay_config(
+        "dropbear", make_sshd, make_dropbear, smtp_sink.port, tmp_path
+    )
+    assert relay.flags[:2] == ("-K", "1")
+    sup = SupervisorProcess(cfg)
+    try:
+        sup.wait_forward("up", 15)
+        with smtplib.SMTP("127.0.0.1", listen, timeout=10) as idle:
+            time.sleep(dropbear.KEEPALIVE_LIMIT + 1.5)  # longer than a silent client gets
+            assert idle.noop()[0] == 250
+        st = sup.status()
+        assert st is not None and st.tunnels[0].connects == 1 and st.forwards[0].state == "up"
+        assert "Keepalive timeout" not in relay.log_text()
     finally:
         assert sup.stop() == 0

@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 
-from .. import config, control, ssh
+from .. import config, control, filetrust, ssh
 from ..checker import check
 from ..errors import ControlError
 from ..state import SupervisorStatus
@@ -24,6 +24,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     cfg = config.load(config.find_config(args.config))
     ssh.preflight(cfg.tunnel)
+    filetrust.check_tunnel_files(cfg)
+    if not filetrust.strict_modes():
+        print(
+            f"tunnelkeeper: {filetrust.STRICT_MODES_ENV}=no: files other users may change "
+            "are trusted",
+            file=sys.stderr,
+        )
     result = asyncio.run(_check(cfg))
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

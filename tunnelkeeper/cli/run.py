@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from .. import config, limits, logs, services, ssh
+from .. import config, filetrust, limits, logs, services, ssh
 from ..supervisor import Supervisor, serve
 from . import EXIT_FAILURE, EXIT_OK, add_config_option
 
@@ -42,6 +42,13 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURE
     ssh.preflight(cfg.tunnel)
+    filetrust.check_tunnel_files(cfg)
+    if not filetrust.strict_modes():
+        print(
+            f"tunnelkeeper: {filetrust.STRICT_MODES_ENV}=no: files other users may change "
+            "are trusted",
+            file=sys.stderr,
+        )
     limits.raise_nofile()
     dashboard = sys.stdout.isatty() if args.dashboard is None else args.dashboard
     supervisor = Supervisor(cfg, services=services.standard(cfg, dashboard=dashboard))

@@ -5,7 +5,8 @@ models   the tables: [supervisor], [defaults], [[tunnel]], its forwards and loca
 loading  find_config, load, from_dict; errors that name the file and the key
 """
 
-from .loading import find_config, from_dict, is_credential_name, load, secret_path
+from ..filetrust import is_credential_name, secret_path
+from .loading import find_config, from_dict, load
 from .models import (
     Config,
     Defaults,

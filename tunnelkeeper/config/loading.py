@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .. import filetrust
 from ..errors import ConfigError
 from .models import Config, Defaults
 from .values import CONFIG_NAME, control_character
@@ -43,11 +44,13 @@ def find_config(
 
 
 def load(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the TOML file at `path`.
+    """Read and validate the TOML file at `path`, refusing a file another user could change
+    (it names commands to run; see filetrust).
 
     Raises ConfigError naming the file, the key path and what is wrong.
     """
     file = Path(path)
+    filetrust.check_file(file, "configuration")
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -90,7 +93,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
 
     def resolve_secret(p: Path | None) -> Path | None:
         # A bare name is a systemd credential, found at use under $CREDENTIALS_DIRECTORY.
-        return p if p is None or is_credential_name(p) else resolve(p)
+        return p if p is None or filetrust.is_credential_name(p) else resolve(p)
 
     tunnels = tuple(
         t.model_copy(
@@ -110,29 +113,6 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         update={k: resolve(getattr(sup, k)) for k in paths if getattr(sup, k) is not None}
     )
     return config.model_copy(update={"tunnel": tunnels, "supervisor": sup})
-
-
-def is_credential_name(path: Path) -> bool:
-    """A secret file given as a bare name ("passphrase"): a systemd credential."""
-    return not path.is_absolute() and len(path.parts) == 1
-
-
-def secret_path(path: Path, key: str, env: Mapping[str, str] | None = None) -> Path:
-    """Where a secret file is: a bare name means $CREDENTIALS_DIRECTORY/NAME.
-
-    Raises ConfigError when it is a bare name and that variable is unset.
-    """
-    if not is_credential_name(path):
-        return path
-    env = os.environ if env is None else env
-    folder = env.get("CREDENTIALS_DIRECTORY")
-    if not folder:
-        raise ConfigError(
-            f"{path} is a bare name, which means a systemd credential, but "
-            "$CREDENTIALS_DIRECTORY is not set (give a path, or LoadCredential= in the unit)",
-            key=key,
-        )
-    return Path(folder) / path
 
 
 def _config_error(exc: ValidationError, file: str, prefix: tuple[str, ...] = ()) -> ConfigError:

@@ -19,6 +19,7 @@ def account(tun: Tunnel, authorized_keys: str) -> str:
             f"\nThe tunnel is meant to log in only from {', '.join(tun.from_)}, but Dropbear has "
             "no `from=`: allow only those addresses to this SSH port in the relay's firewall.\n"
         )
+    through = "".join(_through(tun))
     keep = (
         f"| `-K {alive.interval}` | Dropbear sends a keepalive every {alive.interval} s and drops "
         f"a client that stayed silent for {alive.interval} x {KEEPALIVE_LIMIT} = "
@@ -110,13 +111,14 @@ or `uci set dropbear.@dropbear[0].SSHKeepAlive='{alive.interval}' && uci commit 
 dropbear -V                 # the version; the kit was tried against Dropbear 2022.83
 journalctl -u dropbear -f   # OpenWrt: logread -f -e dropbear
 ss -ltnp | grep dropbear
-```
+{through}```
 
 When tunnelkeeper logs in, the log shows "Pubkey auth succeeded for '{tun.user}'", and `ss` lists
-dropbear listening on {allowed}. "Bad public key options at .../authorized_keys:1" means the line
+dropbear listening on {allowed} (without `-a`, on both 127.0.0.1 and ::1 for each port).
+"Bad public key options at .../authorized_keys:1" means the line
 written for OpenSSH is installed: use this kit's `{authorized_keys}` (`tunnelkeeper
-authorized-keys --sshd dropbear`). The `dig` and `swaks` commands of the sections below test
-the forwards themselves.
+authorized-keys --sshd dropbear`). The last lines talk through the tunnel itself, as the
+sections below explain.
 """
 
 
@@ -140,3 +142,18 @@ def trouble(tun: Tunnel) -> str:
 - Mail stays queued with "Connection refused by [127.0.0.1]": the tunnel was down at that
   moment; the queue run after it is back delivers it.
 """
+
+
+def _through(tun: Tunnel) -> list[str]:
+    """Commands that reach the internal host through the first smtp and dns forwards."""
+    lines = []
+    smtp = next((f for f in tun.forward if f.service == "smtp" and f.domains), None)
+    if smtp is not None:
+        lines.append(
+            f"swaks --server {smtp.listen.host} --port {smtp.listen.port} "
+            f"--to postmaster@{smtp.domains[0]} --quit-after RCPT\n"
+        )
+    dns = next((f for f in tun.forward if f.service == "dns"), None)
+    if dns is not None:
+        lines.append(f"dig +tcp -p {dns.listen.port} @{dns.listen.host} {dns.zones[0]} SOA\n")
+    return lines

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..config import Config, Tunnel
 from . import dropbear, dropbear_kit
 from .bind import named_conf
+from .check_script import check_relay, readme_section
 from .common import SshServer, mail_routes, select_tunnels
 from .mailertable import mailer_name, mailertable
 from .mx import mx_records
@@ -33,7 +34,9 @@ TRANSPORT = "transport"
 NAMED_CONF = "named.conf.tunnelkeeper"
 NAMED_CONF_LEGACY = "named.conf.tunnelkeeper-legacy"
 MX_RECORDS = "mx-records.txt"
+CHECK_SCRIPT = "check-relay.sh"
 README = "README.md"
+EXECUTABLE = frozenset({CHECK_SCRIPT})
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ def write_kit(files: Mapping[str, str], out: Path) -> list[Path]:
         path = out / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+        if path.name in EXECUTABLE:
+            path.chmod(0o755)
         written.append(path)
     return written
 
@@ -117,6 +122,7 @@ def _tunnel_kit(
         files[NAMED_CONF_LEGACY] = named_conf(config, name, legacy=True)
     if parts.mail and internal_host is not None:
         files[MX_RECORDS] = mx_records(config, internal_host, parts.relay_host, name)
+    files[CHECK_SCRIPT] = check_relay(config, tun, sshd, mail=parts.mail, dns=parts.dns)
     files[README] = _readme(config, parts)
     return files
 
@@ -147,6 +153,7 @@ def _readme(config: Config, parts: _Parts) -> str:
         sections.append(_bind(tun))
     if parts.mail:
         sections.append(_mx(parts))
+    sections.append(readme_section(CHECK_SCRIPT, mail=parts.mail))
     sections.append(dropbear_kit.trouble(tun) if parts.sshd == "dropbear" else _trouble(tun))
     return "\n\n".join(section.strip("\n") for section in sections) + "\n"
 
@@ -203,6 +210,7 @@ def _files_table(parts: _Parts) -> str:
         ]
     if parts.mail and parts.internal_host is not None:
         rows.append(f"| `{MX_RECORDS}` | the mail domains' zones, on their primary | 5 |")
+    rows.append(f"| `{CHECK_SCRIPT}` | run here, from this folder, once the rest is in place | 6 |")
     return (
         "## Files\n\n| file | goes to | section |\n|---|---|---|\n" + "\n".join(rows) + "\n\n"
         "Each file starts with comments that say the same in short. Use only the sections for "

@@ -224,10 +224,7 @@ def _match_block(host: str, user: str, tunnels: tuple[Tunnel, ...]) -> list[str]
     tightest = min(tunnels, key=lambda t: client_alive(t).client_budget)
     alive = client_alive(tightest)
     public = any(not f.listen.is_loopback for t in tunnels for f in t.forward)
-    allowed = " ".join(listens(tunnels)) or "none"
-    destinations = " ".join(opens(tunnels))
-    # direct-tcpip channels are "local" forwarding to sshd; reverse listens are "remote".
-    forwarding = "yes" if any(t.forward for t in tunnels) else "local"
+    forwarding = _forwarding(tunnels)
     lines = [
         f"# Relay account {user} on {host} (tunnel {names}).",
         f"# Keepalive arithmetic (tunnel {tightest.name}). tunnelkeeper gives up on a silent",
@@ -263,20 +260,32 @@ def _match_block(host: str, user: str, tunnels: tuple[Tunnel, ...]) -> list[str]
     lines += open_comments(tunnels)
     if public:
         lines.append("# GatewayPorts clientspecified: a forward listens on a public address.")
-    lines += [
-        f"Match User {user}",
-        f"\tAllowTcpForwarding {forwarding}",
-        f"\tPermitListen {allowed}",
-        f"\tPermitOpen {destinations}",
-        f"\tGatewayPorts {'clientspecified' if public else 'no'}",
-        "\tX11Forwarding no",
-        "\tAllowAgentForwarding no",
-        "\tAllowStreamLocalForwarding no",
-        "\tPermitTunnel no",
-        "\tPermitTTY no",
-        "\tForceCommand /bin/false",
-        "\tAuthenticationMethods publickey",
-        f"\tClientAliveInterval {alive.interval}",
-        f"\tClientAliveCountMax {alive.count_max}",
-    ]
+    lines.append(f"Match User {user}")
+    lines += [f"\t{keyword} {value}" for keyword, value in match_settings(tunnels)]
     return lines
+
+
+def _forwarding(tunnels: tuple[Tunnel, ...]) -> str:
+    # direct-tcpip channels are "local" forwarding to sshd; reverse listens are "remote".
+    return "yes" if any(t.forward for t in tunnels) else "local"
+
+
+def match_settings(tunnels: tuple[Tunnel, ...]) -> list[tuple[str, str]]:
+    """The keywords and values of one account's Match block, as sshd -T shows them too."""
+    alive = client_alive(min(tunnels, key=lambda t: client_alive(t).client_budget))
+    public = any(not f.listen.is_loopback for t in tunnels for f in t.forward)
+    return [
+        ("AllowTcpForwarding", _forwarding(tunnels)),
+        ("PermitListen", " ".join(listens(tunnels)) or "none"),
+        ("PermitOpen", " ".join(opens(tunnels))),
+        ("GatewayPorts", "clientspecified" if public else "no"),
+        ("X11Forwarding", "no"),
+        ("AllowAgentForwarding", "no"),
+        ("AllowStreamLocalForwarding", "no"),
+        ("PermitTunnel", "no"),
+        ("PermitTTY", "no"),
+        ("ForceCommand", "/bin/false"),
+        ("AuthenticationMethods", "publickey"),
+        ("ClientAliveInterval", str(alive.interval)),
+        ("ClientAliveCountMax", str(alive.count_max)),
+    ]

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import asyncssh
 
-from ..config import Endpoint, Tunnel
+from ..config import Endpoint, Hop, Tunnel
 from ..errors import (
     ChannelDenied,
     ForwardFull,
@@ -23,11 +24,12 @@ from ..errors import (
     TunnelError,
 )
 from ..peertext import peer_text, quoted
+from .credentials import Credentials, credentials
 from .hostkeys import HostKeyVerdict, KnownHosts, accept_first_contact, pin, read_known_hosts
-from .keys import load_identity
+from .keys import read_secret
 from .streams import Stream, StreamPair
 from .translate import WIRE_ERRORS, handshake_error, lost_reason
-from .transport import PacketSizedReads
+from .transport import PacketSizedReads, ThroughHop, Watch
 
 log = logging.getLogger(__name__)
 
@@ -99,20 +101,16 @@ class RelayConnection:
     """One authenticated SSH connection to a relay. `async with` closes it."""
 
     def __init__(
-        self,
-        tunnel: Tunnel,
-        conn: asyncssh.SSHClientConnection,
-        client: _Client,
-        transport: PacketSizedReads,
-        host_key: str,
+        self, tunnel: Tunnel, step: _Step, hops: list[asyncssh.SSHClientConnection]
     ) -> None:
         self.tunnel = tunnel
-        self._conn = conn
-        self._client = client
-        self._transport = transport
-        self.host_key = host_key
-        self.cipher = peer_text(str(conn.get_extra_info("send_cipher", "?")))
-        self.relay_version = client.relay_version
+        self._conn = step.conn
+        self._client = step.client
+        self._watch = step.watch
+        self._hops = hops  # the jump hosts' connections, first hop first
+        self.host_key = step.host_key
+        self.cipher = peer_text(str(step.conn.get_extra_info("send_cipher", "?")))
+        self.relay_version = step.client.relay_version
 
     async def __aenter__(self) -> RelayConnection:
         return self
@@ -131,21 +129,23 @@ class RelayConnection:
         return self._client.lost_event.is_set()
 
     def close(self) -> None:
-        try:
-            self._conn.close()
-        except WIRE_ERRORS as exc:
-            log.debug("closing the relay connection: %s", exc)
+        for conn in (self._conn, *reversed(self._hops)):
+            try:
+                conn.close()
+            except WIRE_ERRORS as exc:
+                log.debug("closing a connection of the path: %s", exc)
 
     async def wait_closed(self) -> None:
-        try:
-            await self._conn.wait_closed()
-        except WIRE_ERRORS as exc:
-            log.debug("waiting for the relay connection to close: %s", exc)
+        for conn in (self._conn, *reversed(self._hops)):
+            try:
+                await conn.wait_closed()
+            except WIRE_ERRORS as exc:
+                log.debug("waiting for a connection of the path to close: %s", exc)
 
     async def wait_lost(self) -> TunnelError:
         """Wait until the connection ends; return why, as the most specific TunnelError."""
         await self._client.lost_event.wait()
-        return lost_reason(self._client.lost, self.tunnel, self._transport.silent_for())
+        return lost_reason(self._client.lost, self.tunnel, self._watch.silent_for())
 
     async def listen(
         self, listen: Endpoint, accept: Acceptor, on_bug: BugReport | None = None
@@ -210,7 +210,7 @@ class RelayConnection:
 
     def _failed(self, exc: BaseException | None) -> TunnelError:
         lost = exc if isinstance(exc, Exception) else None
-        return lost_reason(lost, self.tunnel, self._transport.silent_for())
+        return lost_reason(lost, self.tunnel, self._watch.silent_for())
 
 
 class Listener:
@@ -233,24 +233,81 @@ class Listener:
 
 
 async def connect(tunnel: Tunnel) -> RelayConnection:
-    """Connect, verify the relay's host key, authenticate with the tunnel's key.
+    """Connect (through the proxy and the jump hosts, if any), verify every host key, and
+    authenticate with the tunnel's key, agent key or certificate.
 
-    Raises the most specific TunnelError (HostKeyMismatch, AuthFailed, ConnectRefused, …),
-    or KeyFileError when the private key cannot be used.
+    Raises the most specific TunnelError (HostKeyMismatch, AuthFailed, ConnectRefused,
+    ProxyFailed, …, naming the jump host when one failed), or KeyFileError when a key file
+    cannot be used.
     """
-    key = load_identity(tunnel.identity)
-    known = read_known_hosts(tunnel)
+    creds = await credentials(tunnel)
+    proxy_auth = (
+        None
+        if tunnel.proxy_auth_file is None
+        else read_secret(tunnel.proxy_auth_file, "proxy_auth_file")
+    )
+    hops: list[asyncssh.SSHClientConnection] = []
+    try:
+        via: asyncssh.SSHClientConnection | None = None
+        for hop in tunnel.jump:
+            step = await _connect_one(
+                tunnel, creds, hop.host, hop.port, hop.user or tunnel.user, via, proxy_auth, hop
+            )
+            hops.append(step.conn)
+            via = step.conn
+        final = await _connect_one(
+            tunnel, creds, tunnel.host, tunnel.port, tunnel.user, via, proxy_auth, None
+        )
+    except BaseException:
+        for conn in reversed(hops):
+            conn.abort()
+        raise
+    finally:
+        creds.close()  # authentication is over: the agent is not needed again
+    return RelayConnection(tunnel, final, hops)
+
+
+@dataclass
+class _Step:
+    """One authenticated SSH connection of the path: a jump host, or the relay itself."""
+
+    conn: asyncssh.SSHClientConnection
+    client: _Client
+    watch: Watch
+    host_key: str
+
+
+async def _connect_one(
+    tunnel: Tunnel,
+    creds: Credentials,
+    host: str,
+    port: int,
+    user: str,
+    via: asyncssh.SSHClientConnection | None,
+    proxy_auth: str | None,
+    hop: Hop | None,
+) -> _Step:
+    known = read_known_hosts(tunnel, host, port)
     verdict = HostKeyVerdict()
     client = _Client(tunnel, known, verdict)
-    transport = PacketSizedReads(verdict)
+    watch = Watch()
+    transport: PacketSizedReads | ThroughHop
+    if via is None:
+        transport = PacketSizedReads(
+            verdict, watch, tunnel.proxy, proxy_auth, tunnel.connect_timeout
+        )
+    else:
+        transport = ThroughHop(via, verdict, watch)
+    name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    where = name if hop is None else f"jump host {name}"
     try:
         conn = await asyncssh.connect(
-            tunnel.host,
-            tunnel.port,
+            host,
+            port,
             tunnel=transport,
-            username=tunnel.user,
+            username=user,
             client_factory=lambda: client,
-            client_keys=[key],
+            client_keys=creds.keys,
             known_hosts=known.as_asyncssh(),
             # Only a CA known: offer plain keys too, so a relay without a certificate fails
             # on our host-key check (with its key named) rather than on a bare handshake.
@@ -268,21 +325,24 @@ async def connect(tunnel: Tunnel) -> RelayConnection:
             connect_timeout=tunnel.connect_timeout,
             login_timeout=tunnel.connect_timeout,
         )
-    except (*WIRE_ERRORS, TimeoutError) as exc:
+    except (*WIRE_ERRORS, TimeoutError, TunnelError) as exc:
         raise handshake_error(
             exc,
             tunnel,
             verdict,
             pinned=bool(known.trusted or known.cas),
             relay_version=client.relay_version,
-            silent_for=transport.silent_for(),
+            silent_for=watch.silent_for(),
+            where=where,
+            user=user,
+            who="relay" if hop is None else "the jump host",
         ) from exc
     try:
         host_key = conn.get_server_host_key()
         fingerprint = host_key.get_fingerprint("sha256") if host_key else "?"
         if verdict.new_key is not None:
-            pin(tunnel, verdict.new_key)
+            pin(tunnel, verdict.new_key, host, port)
     except BaseException:
         conn.abort()
         raise
-    return RelayConnection(tunnel, conn, client, transport, fingerprint)
+    return _Step(conn, client, watch, fingerprint)

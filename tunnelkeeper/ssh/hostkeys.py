@@ -56,9 +56,9 @@ def _lowercase_names(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def read_known_hosts(tunnel: Tunnel) -> KnownHosts:
-    """The known_hosts lines that name this relay. Raises HostKeyUnknown when the file is
-    missing under `strict`, or cannot be read or parsed."""
+def read_known_hosts(tunnel: Tunnel, host: str, port: int) -> KnownHosts:
+    """The known_hosts lines that name `host:port` (the relay or one of its jump hosts).
+    Raises HostKeyUnknown when the file is missing under `strict`, or cannot be read."""
     path = tunnel.known_hosts
     try:
         text = read_known_hosts_text(path)
@@ -72,7 +72,7 @@ def read_known_hosts(tunnel: Tunnel) -> KnownHosts:
         known = asyncssh.import_known_hosts(_lowercase_names(text))
     except (ValueError, asyncssh.KeyImportError) as exc:
         raise HostKeyUnknown(f"cannot read known_hosts {path}: {exc}") from None
-    trusted, cas, revoked, *_ = known.match(tunnel.host.lower(), "", tunnel.port)
+    trusted, cas, revoked, *_ = known.match(host.lower(), "", port)
     return KnownHosts(list(trusted), list(cas), list(revoked))
 
 
@@ -105,13 +105,13 @@ def accept_first_contact(tunnel: Tunnel, known: KnownHosts) -> bool:
     return tunnel.host_key_policy == "accept-new" and not known.names_host
 
 
-def pin(tunnel: Tunnel, key: asyncssh.SSHKey) -> None:
-    """Append the relay's key to known_hosts (accept-new, first contact).
+def pin(tunnel: Tunnel, key: asyncssh.SSHKey, host: str, port: int) -> None:
+    """Append the key of `host:port` to known_hosts (accept-new, first contact).
 
     Raises HostKeyUnknown when it cannot be written: going on unpinned would make every
     later connection a first contact again.
     """
-    line = f"{known_hosts_name(tunnel.host, tunnel.port)} "
+    line = f"{known_hosts_name(host.lower(), port)} "
     line += key.export_public_key("openssh").decode().strip() + "\n"
     path = tunnel.known_hosts
     try:
@@ -123,11 +123,12 @@ def pin(tunnel: Tunnel, key: asyncssh.SSHKey) -> None:
         raise HostKeyUnknown(
             f"accept-new: cannot pin the relay's host key {key.get_fingerprint('sha256')} in "
             f"{path} ({exc.strerror or exc}); make the file writable, or pin it by hand "
-            f"(ssh-keyscan -p {tunnel.port} {tunnel.host} >> {path})"
+            f"(ssh-keyscan -p {port} {host} >> {path})"
         ) from None
     log.warning(
-        "%s: pinned new host key %s in %s (accept-new, first contact)",
+        "%s: pinned new host key %s of %s in %s (accept-new, first contact)",
         tunnel.name,
         key.get_fingerprint("sha256"),
+        known_hosts_name(host, port),
         path,
     )

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import asyncssh
 
-from ..config import Tunnel
+from .. import safefiles
+from ..config import Tunnel, secret_path
 from ..errors import KeyFileError
 
 
@@ -80,10 +81,16 @@ def check_known_hosts(path: Path, policy: str) -> None:
 # Parsed keys by path, with the (inode, size, mtime) they were read at. Parsing validates the
 # RSA key (a primality check in OpenSSL: ~0.2 s for 4096 bits) and blocks the event loop, so
 # every reconnect, standby and tunnel sharing the file would stall the others without it.
-_identities: dict[Path, tuple[tuple[int, int, int], asyncssh.SSHKey]] = {}
+_identities: dict[Path, tuple[tuple[int, int, int, int], asyncssh.SSHKey]] = {}
 
 
-def load_identity(path: Path) -> asyncssh.SSHKey:
+def read_secret(path: Path, key: str) -> str:
+    """A passphrase or proxy credential (a bare name is a systemd credential): its text less
+    one trailing newline. Raises KeyFileError or ConfigError naming the file."""
+    return safefiles.read_secret(secret_path(path, key), key)
+
+
+def load_identity(path: Path, passphrase: str | None = None) -> asyncssh.SSHKey:
     """Read the private key (again only when the file changed). Raises KeyFileError with a hint
     for encrypted or foreign keys."""
     check_identity_file(path)
@@ -91,21 +98,23 @@ def load_identity(path: Path) -> asyncssh.SSHKey:
         st = path.stat()
     except OSError as exc:
         raise KeyFileError(f"cannot read private key: {exc.strerror}", path=str(path)) from None
-    version = (st.st_ino, st.st_size, st.st_mtime_ns)
+    version = (st.st_ino, st.st_size, st.st_mtime_ns, hash(passphrase))
     cached = _identities.get(path)
     if cached is not None and cached[0] == version:
         return cached[1]
     try:
-        key = asyncssh.read_private_key(str(path))
+        key = asyncssh.read_private_key(str(path), passphrase)
     except (asyncssh.KeyEncryptionError, asyncssh.KeyImportError, ValueError) as exc:
         # Without a passphrase asyncssh reports an encrypted key as a KeyImportError
         # ("Passphrase must be specified ..."), so the message is the only sign of it.
+        if passphrase is not None and isinstance(exc, asyncssh.KeyEncryptionError):
+            raise KeyFileError(
+                "the passphrase in passphrase_file does not decrypt this key", path=str(path)
+            ) from None
         if isinstance(exc, asyncssh.KeyEncryptionError) or "passphrase" in str(exc).lower():
             raise KeyFileError(
-                "private key is encrypted; tunnelkeeper runs unattended and reads no passphrase "
-                "and no ssh-agent: it needs an unencrypted key readable only by its user. Make "
-                "one with `tunnelkeeper keygen`, or decrypt a copy with `ssh-keygen -p -N '' "
-                "-f COPY` and point identity at that copy (mode 0600)",
+                "private key is encrypted: give its passphrase in passphrase_file (a bare name "
+                "is a systemd credential), or set agent = true to sign with ssh-agent",
                 path=str(path),
             ) from None
         raise KeyFileError(f"not a usable private key: {exc}", path=str(path)) from None
@@ -151,5 +160,27 @@ def preflight(tunnels: Sequence[Tunnel]) -> None:
     Raises KeyFileError naming the file.
     """
     for tunnel in tunnels:
-        load_identity(tunnel.identity)
+        if tunnel.agent:
+            read_public_key(tunnel)
+        else:
+            passphrase = (
+                None
+                if tunnel.passphrase_file is None
+                else read_secret(tunnel.passphrase_file, "passphrase_file")
+            )
+            load_identity(tunnel.identity, passphrase)
+        if tunnel.proxy_auth_file is not None:
+            read_secret(tunnel.proxy_auth_file, "proxy_auth_file")
         check_known_hosts(tunnel.known_hosts, tunnel.host_key_policy)
+
+
+def read_public_key(tunnel: Tunnel) -> asyncssh.SSHKey:
+    """identity + ".pub": what the agent's key must match. Raises KeyFileError."""
+    path = Path(f"{tunnel.identity}.pub")
+    try:
+        return asyncssh.read_public_key(str(path))
+    except (OSError, asyncssh.KeyImportError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise KeyFileError(
+            f"agent = true needs the public key beside the identity: {reason}", path=str(path)
+        ) from None

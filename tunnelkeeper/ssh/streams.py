@@ -21,6 +21,7 @@ class Stream(Protocol):
     async def readline(self) -> bytes: ...
     async def readexactly(self, n: int) -> bytes: ...
     def write(self, data: bytes) -> None: ...
+    def write_eof(self) -> None: ...
     async def drain(self) -> None: ...
     def close(self) -> None: ...
 
@@ -81,6 +82,13 @@ class StreamPair:
     def write(self, data: bytes) -> None:
         try:
             self._writer.write(data)
+        except WIRE_ERRORS as exc:
+            raise self._lost(exc) from exc
+
+    def write_eof(self) -> None:
+        """Half-close: we send no more, and may still read."""
+        try:
+            self._writer.write_eof()
         except WIRE_ERRORS as exc:
             raise self._lost(exc) from exc
 

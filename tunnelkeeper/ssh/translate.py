@@ -28,11 +28,7 @@ from .hostkeys import HostKeyVerdict
 WIRE_ERRORS = (asyncssh.Error, OSError, EOFError, asyncio.IncompleteReadError)
 
 
-def _where(tunnel: Tunnel) -> str:
-    return f"{tunnel.host}:{tunnel.port}"
-
-
-def auth_hint(relay_version: str | None, tunnel: Tunnel) -> str:
+def auth_hint(relay_version: str | None, tunnel: Tunnel, user: str) -> str:
     """Where to look when the relay refuses our key, by what kind of server it is."""
     if relay_version and "dropbear" in relay_version.lower():
         return (
@@ -41,7 +37,7 @@ def auth_hint(relay_version: str | None, tunnel: Tunnel) -> str:
             "`tunnelkeeper authorized-keys --sshd dropbear`"
         )
     return (
-        f"the relay's sshd log says why: look for 'Failed publickey for {tunnel.user}', "
+        f"the server's sshd log says why: look for 'Failed publickey for {user}', "
         "'Authentication refused' (StrictModes: owner or mode of the account's home, ~/.ssh "
         "or authorized_keys) or 'bad options' (journalctl -u ssh, or /var/log/auth.log)"
     )
@@ -54,9 +50,14 @@ def handshake_error(
     pinned: bool,
     relay_version: str | None,
     silent_for: float,
+    where: str,
+    user: str,
+    who: str = "relay",
 ) -> TunnelError:
-    """Why connecting failed, as the most specific TunnelError."""
-    where = _where(tunnel)
+    """Why connecting to `where` (host:port of `who`: the relay or a jump host) failed, as the
+    most specific TunnelError."""
+    if isinstance(exc, TunnelError):  # ours already (a proxy's failure, say)
+        return exc
     if verdict.rejected is not None:  # our host-key check said no: no credentials were sent
         offered = verdict.offered
         seen = f" (it offered {offered.get_fingerprint('sha256')})" if offered else ""
@@ -73,11 +74,11 @@ def handshake_error(
         return HostKeyUnknown(f"{where}: no host key pinned in {tunnel.known_hosts}{seen}")
     if isinstance(exc, asyncssh.PermissionDenied):
         return AuthFailed(
-            f"{where}: relay refused key {tunnel.identity} for user {tunnel.user}; "
-            + auth_hint(relay_version, tunnel)
+            f"{where}: {who} refused key {tunnel.identity} for user {user}; "
+            + auth_hint(relay_version, tunnel, user)
         )
     if isinstance(exc, socket.gaierror):
-        return ResolveFailed(f"{tunnel.host}: name does not resolve ({exc.strerror})")
+        return ResolveFailed(f"{where}: name does not resolve ({exc.strerror})")
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return ConnectTimeout(f"{where}: no answer within {tunnel.connect_timeout:g}s")
     if isinstance(exc, ConnectionRefusedError):

@@ -1,5 +1,6 @@
-"""The TCP transport under asyncssh: packet-sized reads, quick ACKs, and the moment the relay
-last sent anything (our own evidence for a keepalive timeout)."""
+"""What carries the SSH stream: TCP (straight or through a proxy) with packet-sized reads and
+quick ACKs, or a channel of the previous jump host; and the moment the relay last sent
+anything (our own evidence for a keepalive timeout)."""
 
 from __future__ import annotations
 
@@ -9,41 +10,98 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from ..config import Proxy
 from .hostkeys import HostKeyVerdict
+from .proxy import open_through
 
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 READ_CHUNK = 36 * 1024  # one of sshd's 32 KiB channel packets with its framing
 
 
+class Watch:
+    """When the relay last sent us anything: our own evidence for a keepalive timeout."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._last_rx = self._loop.time()
+
+    def saw_data(self) -> None:
+        self._last_rx = self._loop.time()
+
+    def silent_for(self) -> float:
+        return self._loop.time() - self._last_rx
+
+
+def instrument(conn: Any, verdict: HostKeyVerdict, watch: Watch) -> None:
+    """Let our host-key verdict see asyncssh's check of the relay's key, and `watch` see every
+    byte that arrives, on this one connection object."""
+    conn.validate_server_host_key = verdict.wrap(conn.validate_server_host_key)
+    received = conn.data_received
+
+    def data_received(data: bytes, datatype: Any = None) -> None:
+        watch.saw_data()
+        received(data, datatype)
+
+    conn.data_received = data_received
+
+
 class PacketSizedReads:
-    """asyncssh's `tunnel` hook used for a plain TCP connection, so that asyncssh is fed what
-    the socket gives in pieces of about one relay packet.
+    """asyncssh's `tunnel` hook used for a TCP connection (straight, or through a proxy), so
+    that asyncssh is fed what the socket gives in pieces of about one relay packet.
 
     asyncssh re-slices its whole input buffer for each packet it takes off the front: a
     256 KiB read (eight of sshd's 32 KiB packets) is copied about seven times over before it
     is used up. Fed packet-sized pieces, each byte is copied about once: 10 % less CPU per
     forwarded byte (benchmarks/fig1_throughput).
-
-    It also hands our host-key verdict a look at asyncssh's check of the relay's key.
     """
 
-    def __init__(self, verdict: HostKeyVerdict) -> None:
+    def __init__(
+        self,
+        verdict: HostKeyVerdict,
+        watch: Watch,
+        proxy: Proxy | None = None,
+        proxy_auth: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self._verdict = verdict
-        self.chunker: Chunker | None = None
+        self._watch = watch
+        self._proxy = proxy
+        self._proxy_auth = proxy_auth
+        self._timeout = timeout
 
     async def create_connection(
         self, session_factory: Callable[[], Any], host: str, port: int
     ) -> tuple[asyncio.BaseTransport, Any]:
         conn = session_factory()
-        conn.validate_server_host_key = self._verdict.wrap(conn.validate_server_host_key)
+        instrument(conn, self._verdict, self._watch)
         loop = asyncio.get_running_loop()
-        chunker = self.chunker = Chunker(conn)
-        transport, _ = await loop.create_connection(lambda: chunker, host, port)
+        chunker = Chunker(conn)
+        if self._proxy is None:
+            transport, _ = await loop.create_connection(lambda: chunker, host, port)
+            return transport, conn
+        sock, extra = await open_through(self._proxy, host, port, self._proxy_auth, self._timeout)
+        transport, _ = await loop.create_connection(lambda: chunker, sock=sock)
+        if extra:  # the relay's banner came in the proxy's last read
+            chunker.data_received(extra)
         return transport, conn
 
-    def silent_for(self) -> float:
-        """Seconds since the relay last sent a byte (0 before the connection)."""
-        return 0.0 if self.chunker is None else self.chunker.silent_for()
+
+class ThroughHop:
+    """asyncssh's `tunnel` hook for the next connection of a ProxyJump chain: a direct-tcpip
+    channel on the hop's connection, instrumented like a direct one."""
+
+    def __init__(self, hop: Any, verdict: HostKeyVerdict, watch: Watch) -> None:
+        self._hop = hop
+        self._verdict = verdict
+        self._watch = watch
+
+    async def create_connection(
+        self, session_factory: Callable[[], Any], host: str, port: int
+    ) -> tuple[Any, Any]:
+        conn = session_factory()
+        instrument(conn, self._verdict, self._watch)
+        chan, _ = await self._hop.create_connection(lambda: conn, host, port)
+        return chan, conn
 
 
 class Chunker(asyncio.Protocol):
@@ -62,21 +120,14 @@ class Chunker(asyncio.Protocol):
         self._conn = conn
         self._transport: asyncio.BaseTransport | None = None
         self._sock: Any = None
-        self._loop = asyncio.get_running_loop()
-        self._last_rx = self._loop.time()
-
-    def silent_for(self) -> float:
-        return self._loop.time() - self._last_rx
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
-        self._last_rx = self._loop.time()
         if _TCP_QUICKACK is not None:
             self._sock = transport.get_extra_info("socket")
         self._conn.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self._last_rx = self._loop.time()
         if len(data) <= READ_CHUNK:
             self._conn.data_received(data)
         else:

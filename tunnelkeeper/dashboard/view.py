@@ -1,39 +1,19 @@
-"""Rich renderables over frozen status snapshots: the dashboard of `run`, `status` and `demo`."""
+"""The dashboard's renderables: the header, the tunnel/forward table, what is wrong."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
 
 from rich import box
-from rich.console import Console, ConsoleOptions, JustifyMethod, RenderableType, RenderResult
-from rich.live import Live
-from rich.panel import Panel
+from rich.console import Console, ConsoleOptions, JustifyMethod, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from .peertext import EscapingFormatter
-from .state import ForwardStatus, SupervisorStatus, TunnelStatus
+from ..state import ForwardStatus, SupervisorStatus, TunnelStatus
+from .logpanel import LogBuffer, LogPanel
 
-__all__ = [
-    "Dashboard",
-    "LiveDashboard",
-    "LogBuffer",
-    "LogPanel",
-    "human_bytes",
-    "human_duration",
-    "logs_into",
-    "show",
-]
-
-# Columns are kept by priority while they fit the width; the error column needs at least this
 # much room, else the errors are listed under the table at full width.
 ERROR_MIN = 30
 GAP = 2  # columns are separated by the header rule's gap and one pad
@@ -379,172 +359,3 @@ def _count(good: int, total: int, what: str) -> Text:
     text = Text(f"{good}/{total}", style=style)
     text.append(f" {what}")
     return text
-
-
-class LogBuffer(logging.Handler):
-    """Keeps the last `capacity` formatted log lines for the log panel; safe across threads,
-    since records arrive on the event loop and rich's Live reads from its refresh thread."""
-
-    def __init__(self, capacity: int = 200, level: int = logging.NOTSET) -> None:
-        super().__init__(level)
-        # The panel is narrow and the date is today: the time of day is enough.
-        self.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        self._lines: deque[tuple[int, str]] = deque(maxlen=capacity)
-        self._guard = threading.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = self.format(record)
-        except Exception:  # logging's contract: a bad record must not kill the caller
-            self.handleError(record)
-            return
-        with self._guard:
-            for line in text.splitlines() or [""]:
-                self._lines.append((record.levelno, line))
-
-    def lines(self, last: int | None = None) -> list[tuple[int, str]]:
-        """The newest `last` lines (all when None), oldest first, with their levels."""
-        with self._guard:
-            items = list(self._lines)
-        return items if last is None else items[-last:] if last > 0 else []
-
-
-@contextlib.contextmanager
-def logs_into(buffer: LogBuffer, logger: logging.Logger | None = None) -> Iterator[LogBuffer]:
-    """While open, send `logger`'s records (the root logger by default) to `buffer` instead of
-    its handlers that write to a terminal, so log lines land in the panel and not over the table.
-    Handlers writing to files stay."""
-    logger = logger or logging.getLogger()
-    diverted = [h for h in logger.handlers if _writes_to_terminal(h)]
-    for handler in diverted:
-        logger.removeHandler(handler)
-    logger.addHandler(buffer)
-    try:
-        yield buffer
-    finally:
-        logger.removeHandler(buffer)
-        for handler in diverted:
-            logger.addHandler(handler)
-
-
-def _writes_to_terminal(handler: logging.Handler) -> bool:
-    if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
-        return False
-    isatty = getattr(handler.stream, "isatty", None)
-    try:
-        return bool(isatty and isatty())
-    except ValueError:  # a closed stream
-        return False
-
-
-LEVEL_STYLE = {logging.ERROR: "red", logging.WARNING: "yellow", logging.DEBUG: "dim"}
-
-
-class LogPanel:
-    """The newest log lines in a fixed-height panel, so the table above does not jump."""
-
-    def __init__(self, buffer: LogBuffer, *, lines: int = 8) -> None:
-        self.buffer = buffer
-        self.height = lines
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        text = Text(no_wrap=True, overflow="ellipsis")
-        entries = self.buffer.lines(self.height)
-        for i, (level, line) in enumerate(entries):
-            style = LEVEL_STYLE.get(level, "")
-            if level >= logging.CRITICAL:
-                style = "bold red"
-            text.append(line, style=style)
-            if i < len(entries) - 1:
-                text.append("\n")
-        yield Panel(
-            text,
-            title="log",
-            title_align="left",
-            height=self.height + 2,
-            box=box.ROUNDED if options.is_terminal else box.ASCII,
-        )
-
-
-StatusSource = Callable[[], SupervisorStatus | None]
-
-
-class LiveDashboard:
-    """A rich `Live` view redrawn from `get_status()` a few times a second, while open.
-
-    `get_status` and `get_notice` are called from rich's refresh thread: they must only hand
-    back the current frozen snapshot (an attribute read), never touch live supervisor objects.
-    """
-
-    def __init__(
-        self,
-        get_status: StatusSource,
-        *,
-        console: Console | None = None,
-        logs: LogBuffer | None = None,
-        log_lines: int = 8,
-        get_notice: Callable[[], str | None] | None = None,
-        refresh_per_second: float = 2.0,
-    ) -> None:
-        self._get_status = get_status
-        self._get_notice = get_notice
-        self._logs = logs
-        self._log_lines = log_lines
-        self._live = Live(
-            console=console,
-            get_renderable=self.render,
-            refresh_per_second=refresh_per_second,
-            # Logging goes to the panel (logs_into); this catches stray writes to
-            # sys.stdout/sys.stderr (warnings, libraries) and prints them above the view.
-            redirect_stdout=True,
-            redirect_stderr=True,
-        )
-
-    def render(self) -> RenderableType:
-        notice = self._get_notice() if self._get_notice else None
-        return Dashboard(
-            self._get_status(), logs=self._logs, log_lines=self._log_lines, notice=notice
-        )
-
-    def refresh(self) -> None:
-        """Redraw now, e.g. right after a new snapshot arrived."""
-        self._live.refresh()
-
-    def __enter__(self) -> LiveDashboard:
-        self._live.start(refresh=True)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._live.stop()
-
-
-async def show(
-    get_status: StatusSource,
-    *,
-    console: Console | None = None,
-    logs: LogBuffer | None = None,
-    refresh_per_second: float = 2.0,
-) -> None:
-    """Show the live dashboard until cancelled; never returns on its own. While it shows,
-    `logs` (if given) takes the root logger's terminal output (see `logs_into`).
-
-    `get_status` is called here, on the event loop, at the refresh rate; rich's thread only
-    ever sees the snapshot last taken, so `get_status` may read live supervisor state.
-    """
-    latest = get_status()
-    with contextlib.ExitStack() as stack:
-        if logs is not None:
-            stack.enter_context(logs_into(logs))
-        stack.enter_context(
-            LiveDashboard(
-                lambda: latest, console=console, logs=logs, refresh_per_second=refresh_per_second
-            )
-        )
-        while True:
-            await asyncio.sleep(1 / refresh_per_second)
-            latest = get_status()

@@ -1,0 +1,140 @@
+"""Local forwards (`[[tunnel.local]]`): this host listens, and each connection it accepts goes
+out through the relay as a direct-tcpip channel to the target as the relay sees it (the
+internal MTA's smarthost, say). The listener lives only while the relay connection does, so a
+client is refused at once, and queues, while the tunnel is down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from . import config, ssh
+from .errors import StreamLost, TunnelkeeperError
+from .forward import ForwardCounters
+from .limits import BUDGET
+from .state import ForwardState, ForwardStatus, ProbeResult, utcnow
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+CHANNEL_TIMEOUT = 10.0
+
+
+class _Pipe:
+    """One accepted local connection and its channel through the relay."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.task: asyncio.Task[None] | None = None
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+        if self.task is not None:
+            self.task.cancel()
+
+
+class LocalRuntime:
+    """The live side of one local forward: its listener, counters, state, last probe."""
+
+    def __init__(self, cfg: config.Local) -> None:
+        self.cfg = cfg
+        self.counters = ForwardCounters()
+        self.state: ForwardState = "down"
+        self.error: str | None = None
+        self.since = utcnow()
+        self.probe: ProbeResult | None = None
+        self._server: asyncio.Server | None = None
+        self._burst = 0
+
+    def set_state(self, state: ForwardState, error: str | None = None) -> None:
+        if state != self.state:
+            self.since = utcnow()
+        self.state, self.error = state, error
+
+    async def open(self, conn: ssh.RelayConnection) -> None:
+        """Listen on this host for as long as `conn` lives. Raises OSError when the port
+        cannot be taken (the caller retries)."""
+
+        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._carry(conn, reader, writer)
+
+        listen = self.cfg.listen
+        self._server = await asyncio.start_server(accepted, listen.host, listen.port)
+        self.set_state("up")
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        self.counters.abort_all()
+        self.set_state("down", self.error)
+
+    async def _carry(
+        self, conn: ssh.RelayConnection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        pipe = _Pipe(writer)
+        pipe.task = asyncio.current_task()
+        held = self.counters.active
+        if held >= self.cfg.max_connections or not BUDGET.allows(ForwardCounters.open_everywhere):
+            self.counters.refused += 1
+            self._burst += 1
+            if self._burst == 1:
+                log.warning(
+                    "local %s: refusing new connections: %d open (max_connections = %d)",
+                    self.cfg.name,
+                    held,
+                    self.cfg.max_connections,
+                )
+            writer.transport.abort()
+            return
+        self._burst = 0
+        self.counters.opened(pipe)
+        try:
+            channel = await conn.open_stream(self.cfg.target, CHANNEL_TIMEOUT)
+        except TunnelkeeperError as exc:
+            log.warning("local %s: %s", self.cfg.name, exc)
+            self.counters.closed(pipe)
+            writer.transport.abort()
+            return
+        local = ssh.StreamPair(reader, writer, f"local connection on {self.cfg.listen}")
+        try:
+            await asyncio.gather(
+                self._pump(local, channel, outward=True), self._pump(channel, local, outward=False)
+            )
+        except StreamLost as exc:
+            log.debug("local %s: %s", self.cfg.name, exc)
+        finally:
+            channel.close()
+            local.close()
+            self.counters.closed(pipe)
+
+    async def _pump(self, src: ssh.Stream, dst: ssh.Stream, *, outward: bool) -> None:
+        while data := await src.read(CHUNK):
+            if outward:
+                self.counters.bytes_in += len(data)
+            else:
+                self.counters.bytes_out += len(data)
+            dst.write(data)
+            await dst.drain()
+        with contextlib.suppress(StreamLost):
+            dst.write_eof()
+
+    def snapshot(self) -> ForwardStatus:
+        c = self.counters
+        return ForwardStatus(
+            name=self.cfg.name,
+            service=self.cfg.service,
+            listen=str(self.cfg.listen),
+            target=str(self.cfg.target),
+            state=self.state,
+            connections_active=c.active,
+            connections_total=c.total,
+            bytes_in=c.bytes_in,
+            bytes_out=c.bytes_out,
+            connections_refused=c.refused,
+            probe=self.probe,
+            error=self.error,
+            since=self.since,
+            direction="local",
+        )
