@@ -198,6 +198,9 @@ def write_local_config(path: Path, sshd: Any, listen: int, target: int) -> Confi
     """A tunnel with one smtp [[tunnel.local]] only: this host's `listen` to the relay's
     `target` (the relay's MTA, the smarthost)."""
     path.write_text(f"""\
+[supervisor]
+control_socket = "{path.parent / "control.sock"}"
+
 [[tunnel]]
 name = "out"
 host = "127.0.0.1"
