@@ -9,7 +9,7 @@ import pytest
 
 from tunnelkeeper.cli import main
 
-from .conftest import GOLDEN, TWO_RELAYS, copy_example
+from .conftest import GOLDEN, OUTBOUND, TWO_RELAYS, copy_example
 
 UPDATE = bool(os.environ.get("TUNNELKEEPER_UPDATE_GOLDEN"))
 
@@ -50,6 +50,18 @@ TWO_RELAYS_COMMANDS = {
 }
 
 
+# Smarthost locals, NOTIFY, relay_mta, a locals-only tunnel.
+OUTBOUND_COMMANDS: dict[str, list[str]] = {
+    "smarthost.mc": ["smarthost", "--local", "submission"],
+    "smarthost-postfix": ["smarthost", "--postfix", "--local", "smarthost", "--tunnel", "out"],
+    "named.conf": ["named-conf"],
+    "named-legacy.conf": ["named-conf", "--legacy"],
+    "authorized_keys": ["authorized-keys"],
+    "authorized_keys-dropbear": ["authorized-keys", "--sshd", "dropbear"],
+    "sshd_config": ["sshd-config"],
+}
+
+
 def check_golden(path: Path, text: str) -> None:
     if UPDATE:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +91,13 @@ def test_example(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_two_relays(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     text = generate(TWO_RELAYS_COMMANDS[name], TWO_RELAYS, capsys)
     check_golden(GOLDEN / "two-relays" / name, text)
+
+
+@pytest.mark.parametrize("name", OUTBOUND_COMMANDS)
+def test_outbound(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    text = generate(OUTBOUND_COMMANDS[name], OUTBOUND, capsys)
+    check_golden(GOLDEN / "outbound" / name, text)
+    assert generate(OUTBOUND_COMMANDS[name], OUTBOUND, capsys) == text
 
 
 @pytest.mark.parametrize(

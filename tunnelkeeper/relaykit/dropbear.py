@@ -52,7 +52,11 @@ def authorized_keys(config: Config, tunnel: str | None = None) -> str:
         lines += [
             f"# tunnel {tun.name}: ~{tun.user}/.ssh/authorized_keys on {tun.host}, "
             f"key {key.fingerprint}",
-            f"# it listens on {', '.join(listens((tun,))) or 'nothing'} (not enforced by Dropbear)",
+            (
+                f"# it listens on {', '.join(listens((tun,)))} (not enforced by Dropbear)"
+                if tun.forward
+                else "# it holds no reverse forwards (Dropbear would still let it listen)"
+            ),
             "# channels (permitopen) only to:",
             *open_comments((tun,)),
         ]
