@@ -139,3 +139,15 @@ def test_two_relays_kit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     for name in written:
         check_golden(GOLDEN / "two-relays-kit" / name, (out / name).read_text(encoding="utf-8"))
+
+
+def test_outbound_kit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Smarthost notes, NOTIFY and a locals-only relay account in the kit."""
+    out = tmp_path / "kit"
+    assert main(["relay-kit", "-c", str(OUTBOUND), "--out", str(out)]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    for name in written:
+        check_golden(GOLDEN / "outbound-kit" / name, (out / name).read_text(encoding="utf-8"))
+    readme = (out / "out" / "README.md").read_text(encoding="utf-8")
+    assert "Outgoing mail from the internal host (smarthost)" in readme
+    assert "tunnelkeeper smarthost" in readme and "allow-notify" in readme

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config, Tunnel
-from . import dropbear, dropbear_kit
+from . import dropbear, dropbear_kit, outbound_kit
 from .bind import named_conf
 from .check_script import check_relay, readme_section
 from .common import SshServer, mail_routes, select_tunnels
@@ -154,8 +154,9 @@ def _readme(config: Config, parts: _Parts) -> str:
     if parts.mail:
         sections.append(_mx(parts))
     sections.append(readme_section(CHECK_SCRIPT, mail=parts.mail))
+    sections.append(outbound_kit.smarthost_section(tun, 7))
     sections.append(dropbear_kit.trouble(tun) if parts.sshd == "dropbear" else _trouble(tun))
-    return "\n\n".join(section.strip("\n") for section in sections) + "\n"
+    return "\n\n".join(section.strip("\n") for section in sections if section) + "\n"
 
 
 def _intro(parts: _Parts) -> str:
@@ -171,7 +172,7 @@ def _intro(parts: _Parts) -> str:
         else:
             what = f"{forward.service} ({forward.name})"
         rows.append(f"| {forward.listen} | {forward.target} | {what} |")
-    table = "\n".join(rows)
+    table = "\n".join(rows or ["| (none: this tunnel only opens channels) | | |"])
     return f"""
 # Relay kit for tunnel {tun.name} ({tun.relay})
 
@@ -188,7 +189,7 @@ on the addresses below, and whatever connects to them is carried back to the int
 
 The listeners exist only while the tunnel is up. When it is down, mail waits in this relay's
 queue and is retried, and secondary zones go on being served until their SOA expire time.
-"""
+{outbound_kit.locals_intro(tun)}"""
 
 
 def _files_table(parts: _Parts) -> str:
@@ -358,8 +359,7 @@ be able to write.
 
 The internal primary sees the transfers arrive from 127.0.0.1 (tunnelkeeper hands them over
 there) and must allow them: `allow-transfer {{ 127.0.0.1; }};`, better with a TSIG key.
-NOTIFY is UDP and does not travel the tunnel, so changes arrive when the SOA refresh timer fires;
-`rndc refresh {zone}` fetches them at once. Test:
+{outbound_kit.notify_paragraph(forwards, zone)}
 
 ```sh
 dig +tcp -p {listen.port} @{listen.host} {zone} SOA   # the tunnel alone: the primary answers
