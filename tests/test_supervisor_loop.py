@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tenacity
 
 from tunnelkeeper import config
-from tunnelkeeper.backoff import Backoff
+from tunnelkeeper.backoff import wait_tunnel
 from tunnelkeeper.errors import (
     AuthFailed,
     ConnectRefused,
@@ -47,22 +48,36 @@ def make_config(tmp_path: Path, **settings: Any) -> config.Config:
     return config.from_dict(raw, tmp_path / "tk.toml")
 
 
-def test_backoff_grows_to_max_with_jitter_and_resets_after_stable(tmp_path: Path) -> None:
+async def _pauses(wait: Any, errors: list[Exception]) -> list[float]:
+    """The pauses tenacity takes with `wait` while `errors` are raised one after another."""
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    retrying = tenacity.AsyncRetrying(
+        wait=wait, sleep=sleep, stop=tenacity.stop_after_attempt(len(errors))
+    )
+    with pytest.raises(tenacity.RetryError):
+        async for attempt in retrying:
+            with attempt:
+                raise errors[attempt.retry_state.attempt_number - 1]
+    return pauses
+
+
+async def test_backoff_grows_to_max_with_jitter_and_resets_after_stable(tmp_path: Path) -> None:
     settings = make_config(tmp_path).tunnel[0]
-    backoff = Backoff(settings, random.Random(7))
-    delays = [backoff.next_delay(ConnectRefused("x")) for _ in range(6)]
+    wait = wait_tunnel(settings, rng=random.Random(7))
+    delays = await _pauses(wait, [ConnectRefused("x")] * 7)
     for delay, base in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
         assert base <= delay <= min(8.0, base * 1.25)
-    backoff.connection_ended(up_for=31.0)
-    assert backoff.next_delay(Disconnected("x")) == 0.0  # first reconnect is immediate
-    assert 1.0 <= backoff.next_delay(Disconnected("x")) <= 1.25
-    backoff.connection_ended(up_for=3.0)  # short-lived: no reset
-    assert backoff.next_delay(Disconnected("x")) >= 2.0
+    # After a stable connection the keep-loop starts a fresh AsyncRetrying: from the bottom.
+    assert 1.0 <= (await _pauses(wait, [Disconnected("x")] * 2))[0] <= 1.25
 
 
-def test_host_key_mismatch_retries_at_backoff_max(tmp_path: Path) -> None:
-    backoff = Backoff(make_config(tmp_path).tunnel[0])
-    assert backoff.next_delay(HostKeyMismatch("x")) == 8.0
+async def test_host_key_mismatch_retries_at_backoff_max(tmp_path: Path) -> None:
+    wait = wait_tunnel(make_config(tmp_path).tunnel[0])
+    assert await _pauses(wait, [HostKeyMismatch("x")] * 2) == [8.0]
 
 
 class FakeListener:

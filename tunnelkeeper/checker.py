@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 
-from . import probes, ssh
-from .config import Config, Forward, Tunnel
+from . import control, mailtest, probes, ssh
+from .config import Config, Forward, Local, Tunnel
 from .errors import ChannelDenied, ForwardRefused, TunnelkeeperError
 from .inbound import ForwardRuntime
+from .mailtest import MailTest
+from .outbound import LocalRuntime
 from .state import ForwardStatus, SupervisorStatus, TunnelStatus, utcnow
 
 
@@ -42,6 +44,7 @@ async def _check_tunnel(cfg: Tunnel, held: TunnelStatus | None) -> TunnelStatus:
             forwards = held.forwards
         else:
             forwards = tuple([await _check_forward(conn, cfg, fwd) for fwd in cfg.forward])
+            forwards += tuple([await _check_local(conn, cfg, lc) for lc in cfg.local])
     refused = [f for f in forwards if f.state == "refused"]
     return TunnelStatus(
         name=base.name,
@@ -50,10 +53,23 @@ async def _check_tunnel(cfg: Tunnel, held: TunnelStatus | None) -> TunnelStatus:
         since=utcnow(),
         connects=1,
         cipher=conn.cipher,
+        relay_version=conn.relay_version,
         forwards=forwards,
         error_kind="forward-refused" if refused else None,
         last_error="; ".join(f"{f.name}: {f.error}" for f in refused) or None,
     )
+
+
+async def _check_local(conn: ssh.RelayConnection, cfg: Tunnel, local: Local) -> ForwardStatus:
+    """A local forward's listen port is ours to open only when no supervisor holds it: only
+    its target is tried, as the relay reaches it."""
+    runtime = LocalRuntime(local)
+    runtime.set_state("up")
+    try:
+        runtime.probe = await probes.run_probe(local, conn.open_stream, cfg.probe_timeout)
+    except ChannelDenied as exc:
+        runtime.set_state("refused", str(exc))
+    return runtime.snapshot()
 
 
 def _down(fwd: Forward, why: str) -> ForwardStatus:
@@ -86,3 +102,123 @@ async def _check_forward(conn: ssh.RelayConnection, cfg: Tunnel, fwd_cfg: Forwar
         listener.close()
         await listener.wait_closed()
     return fwd.snapshot()
+
+
+async def check_mail(
+    config: Config, running: SupervisorStatus | None, timeout: float
+) -> list[MailTest]:
+    """check --mail: for every smtp forward's domains, submit a test message to the relay's
+    own MTA over the tunnel and watch the forward for it (the running supervisor's forward,
+    when it holds one; else a listener of our own for the time of the test)."""
+    held = {t.name for t in running.tunnels} if running else set()
+    results = await asyncio.gather(
+        *(_mail_tunnel(config, t, t.name in held, timeout) for t in config.tunnel)
+    )
+    return [test for tests in results for test in tests]
+
+
+async def _mail_tunnel(config: Config, cfg: Tunnel, held: bool, timeout: float) -> list[MailTest]:
+    smtp = [f for f in cfg.forward if f.service == "smtp" and f.domains]
+    if not smtp:
+        return []
+    try:
+        conn = await ssh.connect(cfg)
+    except TunnelkeeperError as exc:
+        return [
+            MailTest(cfg.name, f.name, d, "", False, "error", f"relay connection failed: {exc}")
+            for f in smtp
+            for d in f.domains
+        ]
+    tests: list[MailTest] = []
+    async with conn:
+        for fwd in smtp:
+            runtime = None if held else ForwardRuntime(fwd)
+            listener = None
+            if runtime is not None:
+                try:
+                    listener = await conn.listen(fwd.listen, runtime.accept)
+                except ForwardRefused as exc:
+                    tests += [
+                        MailTest(cfg.name, fwd.name, d, "", False, "error", str(exc))
+                        for d in fwd.domains
+                    ]
+                    continue
+            try:
+                for domain in fwd.domains:
+                    tests.append(await _mail_one(config, conn, cfg, fwd, domain, runtime, timeout))
+            finally:
+                if listener is not None:
+                    listener.close()
+                    await listener.wait_closed()
+    return tests
+
+
+async def _mail_one(
+    config: Config,
+    conn: ssh.RelayConnection,
+    cfg: Tunnel,
+    fwd: Forward,
+    domain: str,
+    runtime: ForwardRuntime | None,
+    timeout: float,
+) -> MailTest:
+    token = mailtest.new_token()
+    loop = asyncio.get_running_loop()
+
+    def result(ok: bool, outcome: str, detail: str, seconds: float | None = None) -> MailTest:
+        return MailTest(cfg.name, fwd.name, domain, token, ok, outcome, detail, seconds)
+
+    remote = None
+    local = None
+    try:
+        if runtime is None:
+            remote = control.MailWatchClient(
+                config.control_socket, cfg.name, fwd.name, token, timeout
+            )
+            await remote.start()
+        else:
+            local = runtime.counters.watch(token.encode("ascii"))
+        started = loop.time()
+        stream = await conn.open_stream(cfg.relay_mta, cfg.probe_timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                accepted = await mailtest.submit(stream, domain, token, cfg.host)
+        except mailtest.MailRefused as refused:
+            return result(False, "refused", mailtest.diagnosis(refused))
+        finally:
+            stream.close()
+        try:
+            async with asyncio.timeout(max(0.0, timeout - (loop.time() - started))):
+                seen = await _seen(remote, local)
+        except TimeoutError:
+            seen = False
+        if not seen:
+            return result(False, "not-delivered", mailtest.not_delivered(timeout))
+        seconds = loop.time() - started
+        return result(
+            True,
+            "delivered",
+            f"the relay accepted it ({accepted}) and delivered it through the tunnel "
+            f"in {seconds:.2f}s",
+            seconds,
+        )
+    except TimeoutError:
+        return result(False, "error", f"the relay's MTA did not answer within {timeout:g}s")
+    except TunnelkeeperError as exc:
+        return result(False, "error", str(exc))
+    finally:
+        if remote is not None:
+            remote.close()
+        if local is not None:
+            local.cancel()
+
+
+async def _seen(
+    remote: control.MailWatchClient | None, local: asyncio.Future[float] | None
+) -> bool:
+    """Wait for the token at the supervisor's forward, or at ours."""
+    if remote is not None:
+        return await remote.seen()
+    assert local is not None
+    await local
+    return True

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,12 +32,25 @@ MAX_REQUEST = 4096
 REQUEST_TIMEOUT = 5.0
 
 
-class ControlServer:
-    """Serves `get_status()` on `path` while open. Use as `async with ControlServer(...)`."""
+# check --mail asks a running supervisor to watch one of its forwards for a token; the
+# answer is the seconds until it passed, or None when `timeout` ran out.
+MailWatch = Callable[[str, str, str, float], Awaitable[float | None]]
+MAX_WATCH = 600.0
 
-    def __init__(self, path: Path, get_status: Callable[[], SupervisorStatus]) -> None:
+
+class ControlServer:
+    """Serves `get_status()` on `path` while open, and `watch` for check --mail. Use as
+    `async with ControlServer(...)`."""
+
+    def __init__(
+        self,
+        path: Path,
+        get_status: Callable[[], SupervisorStatus],
+        watch: MailWatch | None = None,
+    ) -> None:
         self.path = path
         self._get_status = get_status
+        self._watch = watch
         self._server: asyncio.base_events.Server | None = None
         self._lock_fd: int | None = None
 
@@ -109,8 +122,11 @@ class ControlServer:
             except (ValueError, RecursionError, asyncio.LimitOverrunError, TimeoutError):
                 await _reply(writer, {"error": "bad request: send one JSON line"})
                 return
+            if isinstance(request, dict) and request.get("cmd") == "watch-mail":
+                await self._watch_mail(request, writer)
+                return
             if not isinstance(request, dict) or request.get("cmd") != "status":
-                await _reply(writer, {"error": "unknown command; known: status"})
+                await _reply(writer, {"error": "unknown command; known: status, watch-mail"})
                 return
             await _reply(writer, self._get_status().to_json())
         except (ConnectionError, OSError):
@@ -119,6 +135,29 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
+
+    async def _watch_mail(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        """Two reply lines: {"watching": true} once the watch is set, then {"seen": …}."""
+        tunnel, forward, token = (request.get(k) for k in ("tunnel", "forward", "token"))
+        timeout = request.get("timeout")
+        if (
+            self._watch is None
+            or not all(isinstance(v, str) and v for v in (tunnel, forward, token))
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout <= MAX_WATCH
+        ):
+            await _reply(writer, {"error": "watch-mail needs tunnel, forward, token, timeout"})
+            return
+        assert isinstance(tunnel, str) and isinstance(forward, str) and isinstance(token, str)
+        try:
+            waiting = asyncio.ensure_future(self._watch(tunnel, forward, token, float(timeout)))
+            await asyncio.sleep(0)  # the watch is registered before the first await in it
+            await _reply(writer, {"watching": True})
+            seconds = await waiting
+        except LookupError as exc:
+            await _reply(writer, {"error": str(exc)})
+            return
+        await _reply(writer, {"seen": seconds is not None, "seconds": seconds})
 
 
 def _take_lock(path: Path) -> int:
@@ -183,3 +222,53 @@ async def fetch_status(path: Path, timeout: float = 5.0) -> SupervisorStatus:
         return SupervisorStatus.from_json(data)
     except (ValueError, KeyError, TypeError) as exc:
         raise ControlError(f"supervisor on {path} gave a reply that is not a status") from exc
+
+
+class MailWatchClient:
+    """check --mail's side of watch-mail: `await start()`, submit the message, `await seen()`."""
+
+    def __init__(self, path: Path, tunnel: str, forward: str, token: str, timeout: float) -> None:
+        self._path = path
+        self._request = {
+            "cmd": "watch-mail",
+            "tunnel": tunnel,
+            "forward": forward,
+            "token": token,
+            "timeout": timeout,
+        }
+        self._timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def start(self) -> None:
+        """Ask for the watch; return once it is set. Raises ControlError."""
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                self._reader, self._writer = await asyncio.open_unix_connection(str(self._path))
+                self._writer.write(json.dumps(self._request).encode() + b"\n")
+                await self._writer.drain()
+                reply = json.loads(await self._reader.readline())
+        except (OSError, TimeoutError, ValueError) as exc:
+            self.close()
+            raise ControlError(f"the supervisor on {self._path} did not set the watch") from exc
+        if not isinstance(reply, dict) or reply.get("watching") is not True:
+            self.close()
+            error = reply.get("error") if isinstance(reply, dict) else reply
+            raise ControlError(f"the supervisor on {self._path} refused the watch: {error}")
+
+    async def seen(self) -> bool:
+        """True when the token passed the supervisor's forward in time. Raises ControlError."""
+        assert self._reader is not None
+        try:
+            async with asyncio.timeout(self._timeout + REQUEST_TIMEOUT):
+                reply = json.loads(await self._reader.readline())
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ControlError(f"the supervisor on {self._path} did not answer the watch") from exc
+        finally:
+            self.close()
+        return bool(isinstance(reply, dict) and reply.get("seen"))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -31,6 +31,9 @@ class Channel(Protocol):
     def resume_reading(self) -> None: ...
 
 
+WATCH_TAIL = 64  # longer than any token a mail test watches for
+
+
 class Connection(Protocol):
     """What counters hold of an open connection: a way to end it at once."""
 
@@ -52,6 +55,25 @@ class ForwardCounters:
         self.idle = asyncio.Event()
         self.idle.set()
         self.on_bug: Callable[[BaseException], object] | None = None
+        # check --mail: tokens looked for in what the relay sends, only while a test runs.
+        self.watches: dict[bytes, asyncio.Future[float]] = {}
+
+    def watch(self, token: bytes) -> asyncio.Future[float]:
+        """A future set to the loop time at which `token` passes relay -> target."""
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.watches[token] = future
+        future.add_done_callback(lambda _: self.watches.pop(token, None))
+        return future
+
+    def scan(self, tail: bytes, data: bytes) -> bytes:
+        """Look for the watched tokens in `tail + data`; return the new tail (a token may be
+        split across two reads)."""
+        seen = tail + data
+        now = asyncio.get_running_loop().time()
+        for token, future in list(self.watches.items()):
+            if token in seen and not future.done():
+                future.set_result(now)
+        return seen[-WATCH_TAIL:]
 
     def opened(self, splice: Connection) -> None:
         self.splices.add(splice)
@@ -122,6 +144,7 @@ class Splice:
         self._target_full = False  # the local socket's write buffer is above its high water
         self._flushing = False  # the channel is handing us what it held while paused
         self._closed = False
+        self._watch_tail = b""
 
     async def connect_target(self, target: Endpoint, timeout: float) -> None:
         """Open the local side. Raises TargetUnavailable."""
@@ -160,6 +183,8 @@ class Splice:
     def data_received(self, data: bytes, datatype: Any) -> None:
         try:
             self._counters.bytes_in += len(data)
+            if self._counters.watches:
+                self._watch_tail = self._counters.scan(self._watch_tail, data)
             if self._local is not None:
                 self._local.write(data)
         except Exception as exc:

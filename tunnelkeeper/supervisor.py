@@ -4,7 +4,7 @@ SIGHUP, and a graceful stop (close the relay listeners, drain, exit) on SIGTERM/
     Supervisor.run(shutdown, reload)
       ├── ControlServer             answers `tunnelkeeper status` with snapshots
       └── TaskGroup
-          ├── _keep(tunnel) x N     run_once() → failed → Backoff.next_delay() → sleep → again
+          ├── _keep(tunnel) x N     tenacity.AsyncRetrying over run_once(), wait_tunnel pauses
           ├── _publish()            a fresh frozen SupervisorStatus every PUBLISH_PERIOD
           ├── _reloads(reload)      SIGHUP: re-read the file, restart only changed tunnels
           ├── services x M          sd_notify, metrics, alert hooks: readers of snapshots
@@ -18,14 +18,17 @@ Only a clean stop, or a service that cannot start at all (a metrics port in use)
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+import tenacity
+
 from . import config as config_mod
-from .backoff import Backoff
+from .backoff import wait_tunnel
 from .config import Config
 from .control import ControlServer
 from .errors import ConfigError, TunnelkeeperError
@@ -118,7 +121,7 @@ class Supervisor:
             raise first from group
 
     async def _run(self, shutdown: Shutdown, reload: asyncio.Event | None) -> None:
-        async with ControlServer(self.config.control_socket, self.snapshot):
+        async with ControlServer(self.config.control_socket, self.snapshot, self.watch_mail):
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 for cfg in self.config.tunnel:
@@ -144,6 +147,28 @@ class Supervisor:
                     task.cancel()
             self._tg = None
         log.info("supervisor stopped")
+
+    async def watch_mail(
+        self, tunnel: str, forward: str, token: str, timeout: float
+    ) -> float | None:
+        """check --mail: seconds until `token` passed the forward (None: not within
+        `timeout`). Raises LookupError for a tunnel or forward this supervisor has not."""
+        runtime = self._tunnels.get(tunnel)
+        fwd = (
+            next((f for f in runtime.forwards if f.cfg.name == forward), None) if runtime else None
+        )
+        if fwd is None:
+            raise LookupError(f"no forward {tunnel}/{forward} here")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        future = fwd.counters.watch(token.encode("ascii", "replace"))
+        try:
+            async with asyncio.timeout(timeout):
+                return await future - started
+        except TimeoutError:
+            return None
+        finally:
+            future.cancel()
 
     def reload(self, new: Config) -> None:
         """Apply a re-read configuration: restart only tunnels whose settings changed."""
@@ -212,31 +237,43 @@ class Supervisor:
 
     async def _keep(self, tunnel: Tunnel) -> None:
         """Keep one tunnel up forever: run a connection, back off, run the next."""
-        backoff = Backoff(tunnel.cfg)
-        loop = asyncio.get_running_loop()
+        wait = wait_tunnel(tunnel.cfg, lambda: tunnel.spare_ready)
         while True:
-            started = loop.time()
-            try:
-                await tunnel.run_once()
-                raise RuntimeError("Tunnel.run_once() returned without an error")  # a bug
-            except TunnelkeeperError as exc:
-                error = exc
-            except Exception as exc:  # a bug in the tunnel itself: restart it, never die
-                error = tunnel.report_bug("the connection's life", exc)
-            up_for = None if tunnel.connected_at is None else loop.time() - tunnel.connected_at
-            backoff.connection_ended(up_for)
-            delay = 0.0 if tunnel.spare_ready else backoff.next_delay(error)
-            tunnel.failed(error, delay)
-            log.log(
-                logging.WARNING if delay else logging.INFO,
-                "tunnel %s: %s [%s]; %s (after %.1fs)",
-                tunnel.name,
-                error,
-                error.error_kind,
-                f"retry #{backoff.failures} in {delay:.1f}s" if delay else "retrying now",
-                loop.time() - started,
+            # A fresh AsyncRetrying after every stable connection: the curve starts over.
+            retrying = tenacity.AsyncRetrying(
+                wait=wait,
+                retry=tenacity.retry_if_exception(
+                    lambda exc: isinstance(exc, TunnelkeeperError) and not tunnel.was_stable()
+                ),
+                before_sleep=functools.partial(self._backing_off, tunnel),
+                reraise=True,
             )
-            await asyncio.sleep(delay)
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await tunnel.run_once()
+            except TunnelkeeperError as exc:
+                tunnel.retrying_in(0.0)
+                log.info(
+                    "tunnel %s: %s [%s]; retrying now (it had been up %.0fs)",
+                    tunnel.name,
+                    exc,
+                    exc.error_kind,
+                    tunnel.up_for or 0.0,
+                )
+
+    def _backing_off(self, tunnel: Tunnel, retry_state: tenacity.RetryCallState) -> None:
+        delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        tunnel.retrying_in(delay)
+        log.log(
+            logging.WARNING if delay else logging.INFO,
+            "tunnel %s: %s [%s]; %s",
+            tunnel.name,
+            error,
+            getattr(error, "error_kind", None),
+            f"retry #{retry_state.attempt_number} in {delay:.1f}s" if delay else "retrying now",
+        )
 
     async def _publish(self) -> None:
         while True:

@@ -47,6 +47,7 @@ class Tunnel:
         self.last_error: str | None = None
         self.cipher: str | None = None
         self.connected_at: float | None = None  # loop time the live connection came up
+        self.up_for: float | None = None  # seconds the last connection was up (None: never)
         self.relay_version: str | None = None
         self.internal_errors = 0
         self.attempted = asyncio.Event()  # set after the first attempt, whatever its outcome
@@ -118,21 +119,41 @@ class Tunnel:
         except Exception as exc:
             self.report_bug(what, exc)
 
-    def failed(self, error: TunnelkeeperError, retry_in: float | None) -> None:
-        """Record why the last attempt ended and when the next one starts."""
-        self.error_kind, self.last_error = error.error_kind, str(error)
-        if retry_in is None:
-            self.state, self.next_retry_at = "stopped", None
-        else:
-            self.state = "backoff"
-            self.next_retry_at = datetime.now(UTC) + timedelta(seconds=retry_in)
-        self.attempted.set()
+    def retrying_in(self, delay: float) -> None:
+        """The keep-loop's one word to the tunnel: when the next attempt starts."""
+        self.next_retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+
+    def was_stable(self) -> bool:
+        """The connection that just ended had been up at least stable_after."""
+        return self.up_for is not None and self.up_for >= self.cfg.stable_after
 
     async def run_once(self) -> None:
-        """Connect (or take the ready standby), hold every forward until the connection ends.
+        """Connect (or take the ready standby), hold every forward until the connection ends,
+        and record why it ended (error kind, reason, how long it was up).
 
-        Raises the TunnelError saying why it ended, or KeyFileError for an unusable key.
+        Raises the TunnelkeeperError saying why it ended: a TunnelError, KeyFileError for an
+        unusable key, InternalError for a bug (never anything else).
         """
+        try:
+            await self._run_once()
+        except TunnelkeeperError as exc:
+            self._ended_with(exc)
+            raise
+        except Exception as exc:  # a bug in the tunnel itself: restart it, never die
+            error = self.report_bug("the connection's life", exc)
+            self._ended_with(error)
+            raise error from exc
+        raise self._ended_with(InternalError("run_once returned without an error"))
+
+    def _ended_with(self, error: TunnelkeeperError) -> TunnelkeeperError:
+        loop = asyncio.get_running_loop()
+        self.up_for = None if self.connected_at is None else loop.time() - self.connected_at
+        self.error_kind, self.last_error = error.error_kind, str(error)
+        self.state, self.next_retry_at = "backoff", None
+        self.attempted.set()
+        return error
+
+    async def _run_once(self) -> None:
         self.state, self.next_retry_at, self.connected_at = "connecting", None, None
         for fwd in self.forwards:
             fwd.set_state("pending")

@@ -8,17 +8,43 @@ import json
 import sys
 
 from .. import config, control, filetrust, ssh
-from ..checker import check
+from ..checker import check, check_mail
 from ..errors import ControlError
+from ..mailtest import MailTest
 from ..state import SupervisorStatus
-from . import add_config_option
+from . import EXIT_FAILURE, EXIT_OK, add_config_option
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("check", description=__doc__)
     add_config_option(parser)
-    parser.add_argument("--json", action="store_true", help="print the result as JSON (SPEC §4)")
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as JSON (the status schema)"
+    )
+    parser.add_argument(
+        "--mail",
+        action="store_true",
+        help="also send a test message for every smtp forward's domains to the relay's own "
+        "MTA and report whether, and how fast, it came back through the tunnel",
+    )
+    parser.add_argument(
+        "--mail-timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="how long to wait for each test message (default 60)",
+    )
     parser.set_defaults(func=run)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError("give seconds between 0 and 600")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,20 +57,38 @@ def run(args: argparse.Namespace) -> int:
             "are trusted",
             file=sys.stderr,
         )
-    result = asyncio.run(_check(cfg))
+    result, mail = asyncio.run(_check(cfg, args.mail_timeout if args.mail else None))
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        document = result.to_json()
+        if mail is not None:
+            document["mail"] = [test.to_json() for test in mail]
+        print(json.dumps(document, indent=2))
     else:
         _print_plain(result)
+        for test in mail or []:
+            verdict = "ok" if test.ok else f"FAILED [{test.outcome}]"
+            print(f"mail {test.tunnel}/{test.forward} postmaster@{test.domain}: {verdict}")
+            print(f"  {test.detail}")
+    if mail is not None:
+        if not mail:
+            print(
+                "tunnelkeeper: check --mail: no smtp forward names domains to test", file=sys.stderr
+            )
+        return EXIT_OK if mail and all(test.ok for test in mail) else EXIT_FAILURE
     return result.exit_code()
 
 
-async def _check(cfg: config.Config) -> SupervisorStatus:
+async def _check(
+    cfg: config.Config, mail_timeout: float | None
+) -> tuple[SupervisorStatus, list[MailTest] | None]:
     try:
         running: SupervisorStatus | None = await control.fetch_status(cfg.control_socket, 2.0)
     except ControlError:
         running = None
-    return await check(cfg, running)
+    result = await check(cfg, running)
+    if mail_timeout is None:
+        return result, None
+    return result, await check_mail(cfg, running, mail_timeout)
 
 
 def _print_plain(result: SupervisorStatus) -> None:

@@ -1,0 +1,129 @@
+"""`check --mail`: the old recipe's test, automated. A message to postmaster@DOMAIN is handed
+to the relay's own MTA over the tunnel, and the forward is watched for it to come back: proof
+that mail for DOMAIN reaches the internal server through the tunnel, not over port 25."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+
+from .errors import ProbeError
+from .peertext import peer_text
+from .ssh import Stream
+
+HEADER = "X-Tunnelkeeper-Test"
+
+
+@dataclass(frozen=True)
+class MailTest:
+    """One domain's test: what happened, in words, and how long the round trip took."""
+
+    tunnel: str
+    forward: str
+    domain: str
+    token: str
+    ok: bool
+    outcome: str  # delivered | refused | not-delivered | error
+    detail: str
+    seconds: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tunnel": self.tunnel,
+            "forward": self.forward,
+            "domain": self.domain,
+            "token": self.token,
+            "ok": self.ok,
+            "outcome": self.outcome,
+            "detail": self.detail,
+            "seconds": None if self.seconds is None else round(self.seconds, 2),
+        }
+
+
+class MailRefused(ProbeError):
+    """The relay's MTA said no to the test message; the message says at which step."""
+
+
+def new_token() -> str:
+    return secrets.token_hex(8)
+
+
+def message(domain: str, token: str, sender: str) -> bytes:
+    lines = [
+        f"From: tunnelkeeper delivery test <{sender}>",
+        f"To: postmaster@{domain}",
+        f"Subject: tunnelkeeper delivery test {token}",
+        f"Date: {formatdate(time.time())}",
+        f"Message-ID: <{token}@tunnelkeeper.test>",
+        f"{HEADER}: {token}",
+        "",
+        "This is a delivery test sent by `tunnelkeeper check --mail`: the relay's MTA",
+        f"was asked to deliver it to postmaster@{domain}, and tunnelkeeper watched its",
+        "tunnel for it. Nothing needs doing; it may be deleted.",
+    ]
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+async def _reply(stream: Stream, step: str) -> tuple[int, str]:
+    first = ""
+    for _ in range(100):
+        raw = await stream.readline()
+        if not raw:
+            raise ProbeError(f"the relay's MTA closed the connection at {step}")
+        line = peer_text(raw.rstrip(b"\r\n"))
+        first = first or line
+        if len(line) < 3 or not line[:3].isdigit():
+            raise ProbeError(f'not an SMTP reply at {step}: "{line[:80]}"')
+        if len(line) == 3 or line[3] == " ":
+            return int(line[:3]), first
+    raise ProbeError(f"an SMTP reply longer than 100 lines at {step}")
+
+
+async def _say(stream: Stream, line: str, step: str, want: int) -> str:
+    stream.write(line.encode("ascii") + b"\r\n")
+    await stream.drain()
+    code, text = await _reply(stream, step)
+    if code // 100 != want // 100:
+        raise MailRefused(f'{step} answered "{text}"')
+    return text
+
+
+async def submit(stream: Stream, domain: str, token: str, relay_host: str) -> str:
+    """Hand the test message to the relay's MTA; return its answer to the data. Raises
+    MailRefused when it turns the message away (which step, and what it said)."""
+    sender = f"tunnelkeeper-test+{token}@{relay_host}"
+    code, greeting = await _reply(stream, "the greeting")
+    if code != 220:
+        raise MailRefused(f'the greeting was "{greeting}"')
+    await _say(stream, "EHLO tunnelkeeper.check", "EHLO", 250)
+    await _say(stream, f"MAIL FROM:<{sender}>", "MAIL FROM", 250)
+    await _say(stream, f"RCPT TO:<postmaster@{domain}>", f"RCPT TO postmaster@{domain}", 250)
+    await _say(stream, "DATA", "DATA", 354)
+    body = message(domain, token, sender).replace(b"\r\n.", b"\r\n..")
+    accepted = await _say(stream, body.decode("ascii") + ".", "the end of the message", 250)
+    stream.write(b"QUIT\r\n")
+    await stream.drain()
+    return accepted
+
+
+def diagnosis(refused: MailRefused) -> str:
+    text = str(refused)
+    if "RCPT TO" in text:
+        return (
+            f"relaying refused: {text}; the relay's MTA must accept and relay mail for this "
+            "domain (sendmail: relay-domains or RELAY_DOMAIN, and no access rule against it; "
+            "Postfix: relay_domains)"
+        )
+    return f"the relay's MTA refused the test message: {text}"
+
+
+def not_delivered(timeout: float) -> str:
+    return (
+        f"accepted by the relay's MTA but not delivered through the tunnel within {timeout:g}s: "
+        "is the mailertable entry there and its map rebuilt (makemap hash mailertable < "
+        "mailertable), the tunnel mailer defined (sendmail-mailer), and sendmail not in "
+        "queue-only mode? If the relay delivered it elsewhere (its own MX lookup, a local "
+        "mailbox), its mail log shows where"
+    )
