@@ -323,7 +323,6 @@ def test_internal_sendmail_through_tunnelkeeper_local(
         assert sup.stop() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs check for [[tunnel.local]]")
 @pytest.mark.timeout(90)
 def test_check_reports_the_local(make_sshd: Any, tmp_path: Path, smtp_sink: Any) -> None:
     """With no supervisor holding it, check opens the local and probes the relay's MTA."""
