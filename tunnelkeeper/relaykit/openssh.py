@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config, Tunnel
+from ..config import Config, Endpoint, Tunnel
 from ..errors import ConfigError
 from .common import select_tunnels
 
@@ -86,7 +86,7 @@ def open_reasons(tunnels: tuple[Tunnel, ...]) -> dict[str, str]:
     """
     found: dict[str, list[str]] = {}
 
-    def add(endpoint: object, why: str) -> None:
+    def add(endpoint: Endpoint, why: str) -> None:
         reasons = found.setdefault(str(endpoint), [])
         if why not in reasons:
             reasons.append(why)
