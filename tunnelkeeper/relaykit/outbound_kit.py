@@ -45,7 +45,7 @@ mail from 127.0.0.1 and relays it to the world. Nothing to install; check that i
   `Relay_ok` rules of every sendmail.cf built from the .mc), and Debian's `/etc/mail/access`
   also has `Connect:127 RELAY`. It must listen on `{target}`: Debian's
   ``DAEMON_OPTIONS(`..., Addr=127.0.0.1')`` does, and so does a daemon on every address.
-- Postfix relays for `mynetworks`, which holds 127.0.0.0/8 by default (Debian writes
+- Postfix relays for `mynetworks`, which includes 127.0.0.1 by default (Debian writes
   `mynetworks = 127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128`) through the default
   `smtpd_relay_restrictions = permit_mynetworks, ...`: `postconf mynetworks
   smtpd_relay_restrictions` shows both.
