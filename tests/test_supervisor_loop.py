@@ -215,6 +215,28 @@ async def test_reload_restarts_only_changed_tunnels(tmp_path: Path) -> None:
     await asyncio.wait_for(task, 5)
 
 
+async def test_reloads_in_a_burst_leave_one_keep_loop_per_tunnel(tmp_path: Path) -> None:
+    """A reload that comes while the last one is still draining its tunnels waits for it:
+    no tunnel is stopped twice or started twice."""
+    cfg = make_config(tmp_path)
+    relay = FakeRelay([])
+    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    shutdown = Shutdown()
+    task = asyncio.create_task(sup.run(shutdown))
+    await until(lambda: len(relay.live) == 2)
+    for n in range(5):  # each changes tunnel two again, before the last change is done
+        changed = cfg.tunnel[1].model_copy(update={"keepalive_interval": 9.0 + n})
+        sup.reload(cfg.model_copy(update={"tunnel": (cfg.tunnel[0], changed)}))
+    await until(lambda: len(relay.attempts) == 7)
+    await asyncio.sleep(0.3)
+    live = [c for c in relay.live if not c.is_closing]
+    keep_loops = [t for t in asyncio.all_tasks() if t.get_name() in ("one", "two")]
+    assert len(live) == 2 and sorted(t.get_name() for t in keep_loops) == ["one", "two"]
+    assert sup.snapshot().internal_errors == 0
+    shutdown.request()
+    await asyncio.wait_for(task, 5)
+
+
 async def test_second_shutdown_request_forces(tmp_path: Path) -> None:
     shutdown = Shutdown()
     shutdown.request()

@@ -178,7 +178,7 @@ def clean_env_value(text: str) -> str:
 
 
 def _reason(tunnel: TunnelStatus, fwd: ForwardStatus) -> tuple[str, str]:
-    """What went wrong and its kind: the SPEC §4 error_kind, or `probe-failed`."""
+    """What went wrong and its kind: the tunnel's error_kind, or `probe-failed`."""
     if fwd.failing and fwd.probe is not None:
         return fwd.error or fwd.probe.detail, "probe-failed"
     if fwd.state == "refused":

@@ -7,11 +7,11 @@ import os
 
 from . import control, mailtest, probes, ssh
 from .config import Config, Forward, Local, Tunnel
-from .errors import ChannelDenied, ForwardRefused, TunnelkeeperError
+from .errors import ForwardRefused, TunnelkeeperError
 from .inbound import ForwardRuntime
 from .mailtest import MailTest
 from .outbound import LocalRuntime
-from .state import ForwardStatus, SupervisorStatus, TunnelStatus, utcnow
+from .state import ForwardStatus, SupervisorStatus, TunnelStatus, refused_summary, utcnow
 
 
 async def check(config: Config, running: SupervisorStatus | None = None) -> SupervisorStatus:
@@ -26,7 +26,6 @@ async def check(config: Config, running: SupervisorStatus | None = None) -> Supe
 
 
 async def _check_tunnel(cfg: Tunnel, held: TunnelStatus | None) -> TunnelStatus:
-    base = TunnelStatus(name=cfg.name, relay=cfg.relay, state="connecting")
     try:
         conn = await ssh.connect(cfg)
     except TunnelkeeperError as exc:
@@ -47,8 +46,8 @@ async def _check_tunnel(cfg: Tunnel, held: TunnelStatus | None) -> TunnelStatus:
             forwards += tuple([await _check_local(conn, cfg, lc) for lc in cfg.local])
     refused = [f for f in forwards if f.state == "refused"]
     return TunnelStatus(
-        name=base.name,
-        relay=base.relay,
+        name=cfg.name,
+        relay=cfg.relay,
         state="up",
         since=utcnow(),
         connects=1,
@@ -56,7 +55,7 @@ async def _check_tunnel(cfg: Tunnel, held: TunnelStatus | None) -> TunnelStatus:
         relay_version=conn.relay_version,
         forwards=forwards,
         error_kind="forward-refused" if refused else None,
-        last_error="; ".join(f"{f.name}: {f.error}" for f in refused) or None,
+        last_error=refused_summary(forwards),
     )
 
 
@@ -65,10 +64,11 @@ async def _check_local(conn: ssh.RelayConnection, cfg: Tunnel, local: Local) -> 
     its target is tried, as the relay reaches it."""
     runtime = LocalRuntime(local)
     runtime.set_state("up")
-    try:
-        runtime.probe = await probes.run_probe(local, conn.open_stream, cfg.probe_timeout)
-    except ChannelDenied as exc:
-        runtime.set_state("refused", str(exc))
+    runtime.probe, denied = await probes.probe_with_fallback(
+        local, conn.open_stream, cfg.probe_timeout
+    )
+    if denied is not None:
+        runtime.set_state("refused", str(denied))
     return runtime.snapshot()
 
 
@@ -92,12 +92,9 @@ async def _check_forward(conn: ssh.RelayConnection, cfg: Tunnel, fwd_cfg: Forwar
         return fwd.snapshot()
     try:
         fwd.set_state("up")
-        try:
-            fwd.probe = await probes.run_probe(fwd_cfg, conn.open_stream, cfg.probe_timeout)
-        except ChannelDenied:
-            fwd.probe = await probes.run_probe(
-                fwd_cfg, conn.open_stream, cfg.probe_timeout, via_local=True
-            )
+        fwd.probe, _ = await probes.probe_with_fallback(
+            fwd_cfg, conn.open_stream, cfg.probe_timeout
+        )
     finally:
         listener.close()
         await listener.wait_closed()

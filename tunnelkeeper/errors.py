@@ -2,7 +2,8 @@
 
 TunnelkeeperError
 ├── ConfigError               config: bad file, key or value (exit 2 at start)
-│   └── KeyFileError          config: private key or known_hosts missing, unreadable, too open
+│   ├── KeyFileError          config: private key or known_hosts missing, unreadable, too open
+│   └── ChooseTunnel          config: tunnels disagree on a generated line; name one of them
 ├── ControlError              the control socket: nobody answering, garbled reply
 │   └── AlreadyRunning        another supervisor holds the control socket
 ├── ProbeError                an end-to-end probe failed (the tunnel may still be up)
@@ -46,12 +47,17 @@ class ConfigError(TunnelkeeperError):
     def __init__(self, message: str, *, path: str | None = None, key: str | None = None) -> None:
         self.path = path
         self.key = key
+        self.detail = message  # what is wrong, without the file and key
         where = ": ".join(part for part in (path, key) if part)
         super().__init__(f"{where}: {message}" if where else message)
 
 
 class KeyFileError(ConfigError):
     """A private key or known_hosts file is missing, unreadable or readable by others."""
+
+
+class ChooseTunnel(ConfigError):
+    """Two tunnels would write one line two ways: generate for one tunnel at a time."""
 
 
 class ControlError(TunnelkeeperError):

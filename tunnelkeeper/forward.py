@@ -40,7 +40,7 @@ class Connection(Protocol):
     def abort(self) -> None: ...
 
 
-class ForwardCounters:
+class ForwardTraffic:
     """Live counters of one forward (or local); the tunnel reads them into frozen snapshots."""
 
     open_everywhere = 0  # local sockets held by every forward of the process together
@@ -79,14 +79,14 @@ class ForwardCounters:
         self.splices.add(splice)
         self.active += 1
         self.total += 1
-        ForwardCounters.open_everywhere += 1
+        ForwardTraffic.open_everywhere += 1
         self.idle.clear()
 
     def closed(self, splice: Connection) -> None:
         if splice in self.splices:
             self.splices.discard(splice)
             self.active -= 1
-            ForwardCounters.open_everywhere -= 1
+            ForwardTraffic.open_everywhere -= 1
             if not self.active:
                 self.idle.set()
 
@@ -133,7 +133,7 @@ class _LocalSide(asyncio.Protocol):
 class Splice:
     """One forwarded connection: relay channel <-> local target."""
 
-    def __init__(self, counters: ForwardCounters) -> None:
+    def __init__(self, counters: ForwardTraffic) -> None:
         self._counters = counters
         self._chan: Channel | None = None
         self._local: asyncio.Transport | None = None

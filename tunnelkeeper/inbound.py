@@ -9,7 +9,7 @@ from datetime import datetime
 
 from . import config, ssh
 from .errors import ForwardFull, TunnelkeeperError
-from .forward import ForwardCounters, Splice
+from .forward import ForwardTraffic, Splice
 from .limits import BUDGET
 from .state import ForwardState, ForwardStatus, ProbeResult, utcnow
 
@@ -23,7 +23,7 @@ class ForwardRuntime:
 
     def __init__(self, cfg: config.Forward) -> None:
         self.cfg = cfg
-        self.counters = ForwardCounters()
+        self.counters = ForwardTraffic()
         self.state: ForwardState = "down"
         self.error: str | None = None
         self.since: datetime | None = None
@@ -60,7 +60,7 @@ class ForwardRuntime:
     def _admit(self) -> None:
         held = self.counters.active + self._opening
         limit = self.cfg.max_connections
-        if held < limit and BUDGET.allows(ForwardCounters.open_everywhere + self._opening):
+        if held < limit and BUDGET.allows(ForwardTraffic.open_everywhere + self._opening):
             if self._burst:
                 log.info(
                     "forward %s: accepting again after refusing %d connection(s)",

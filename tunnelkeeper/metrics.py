@@ -10,18 +10,18 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from .config import Endpoint
 from .errors import ConfigError, TunnelkeeperError
-from .state import SupervisorStatus
+from .state import SupervisorStatus, TunnelState
 
 if TYPE_CHECKING:  # prometheus-client is an optional dependency, imported when serving
     from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger(__name__)
 
-TUNNEL_STATES = ("connecting", "up", "backoff", "stopped")
+TUNNEL_STATES = get_args(TunnelState)  # one label value per state, in its order
 SCRAPE_TIMEOUT = 5.0
 TEXTFILE_PERIOD = 15.0
 

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Mapping
 
 from .state import SupervisorStatus
@@ -79,11 +78,6 @@ class Notifier:
 
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
-
-    def reloading(self) -> bool:
-        """RELOADING=1 (on SIGHUP); send ready() when the reload is done."""
-        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
     def stopping(self) -> bool:
         """STOPPING=1, once: the graceful stop has begun."""

@@ -11,7 +11,7 @@ import logging
 
 from . import config, ssh
 from .errors import StreamLost, TunnelkeeperError
-from .forward import ForwardCounters
+from .forward import ForwardTraffic
 from .limits import BUDGET
 from .state import ForwardState, ForwardStatus, ProbeResult, utcnow
 
@@ -39,7 +39,7 @@ class LocalRuntime:
 
     def __init__(self, cfg: config.Local) -> None:
         self.cfg = cfg
-        self.counters = ForwardCounters()
+        self.counters = ForwardTraffic()
         self.state: ForwardState = "down"
         self.error: str | None = None
         self.since = utcnow()
@@ -51,6 +51,35 @@ class LocalRuntime:
         if state != self.state:
             self.since = utcnow()
         self.state, self.error = state, error
+
+    async def hold(self, conn: ssh.RelayConnection, tunnel: str, retry: float) -> None:
+        """Listen on this host while `conn` lives; a port in use is retried every `retry`."""
+        failures = 0
+        while True:
+            try:
+                await self.open(conn)
+            except OSError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "tunnel %s: local %s cannot listen on %s: %s; retrying every %gs",
+                        tunnel,
+                        self.cfg.name,
+                        self.cfg.listen,
+                        exc.strerror or exc,
+                        retry,
+                    )
+                self.set_state("refused", f"cannot listen on {self.cfg.listen}: {exc.strerror}")
+                await asyncio.sleep(retry)
+                continue
+            log.info(
+                "tunnel %s: local %s up: %s -> relay -> %s",
+                tunnel,
+                self.cfg.name,
+                self.cfg.listen,
+                self.cfg.target,
+            )
+            return
 
     async def open(self, conn: ssh.RelayConnection) -> None:
         """Listen on this host for as long as `conn` lives. Raises OSError when the port
@@ -76,7 +105,7 @@ class LocalRuntime:
         pipe = _Pipe(writer)
         pipe.task = asyncio.current_task()
         held = self.counters.active
-        if held >= self.cfg.max_connections or not BUDGET.allows(ForwardCounters.open_everywhere):
+        if held >= self.cfg.max_connections or not BUDGET.allows(ForwardTraffic.open_everywhere):
             self.counters.refused += 1
             self._burst += 1
             if self._burst == 1:

@@ -55,6 +55,20 @@ async def run_probe(
     return ProbeResult(True, latency, utcnow(), detail, via)
 
 
+async def probe_with_fallback(
+    forward: Forward | Local, open_relay: Opener, timeout: float, via_local: bool = False
+) -> tuple[ProbeResult, ChannelDenied | None]:
+    """run_probe, and when the relay forbids the probe channel (AllowTcpForwarding remote),
+    a forward's target probed straight instead; the denial is returned so the caller can
+    stay local. A local forward has nothing to fall back to: its probe simply fails."""
+    try:
+        return await run_probe(forward, open_relay, timeout, via_local), None
+    except ChannelDenied as denied:
+        if not isinstance(forward, Forward):
+            return ProbeResult(False, None, utcnow(), str(denied)), denied
+        return await run_probe(forward, open_relay, timeout, via_local=True), denied
+
+
 async def _check_tcp(stream: Stream, forward: Forward | Local) -> str:
     # Through the relay the channel opens even when the target is down: the relay accepts,
     # and only then is the connection handed back to us and refused. So a connection that

@@ -1,14 +1,21 @@
 """Frozen snapshots of the supervisor's state: all that the dashboard, control socket and
-sd_notify ever read. `SupervisorStatus.to_json()` is SPEC §4; `from_json()` reads it back."""
+sd_notify ever read. `SupervisorStatus.to_json()` is what `status --json` prints; `from_json()`
+reads it back."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 TunnelState = Literal["connecting", "up", "backoff", "stopped"]
 ForwardState = Literal["up", "pending", "refused", "down"]
+
+
+def refused_summary(forwards: Iterable[ForwardStatus]) -> str | None:
+    """`name: why; …` for the forwards the relay refused; None when none was."""
+    return "; ".join(f"{f.name}: {f.error}" for f in forwards if f.state == "refused") or None
 
 
 def utcnow() -> datetime:
@@ -205,20 +212,28 @@ class SupervisorStatus:
     def forwards(self) -> tuple[ForwardStatus, ...]:
         return tuple(f for t in self.tunnels for f in t.forwards)
 
+    @property
+    def healthy(self) -> int:
+        """How many forwards are up with their last probe through."""
+        return sum(1 for f in self.forwards if f.healthy)
+
+    @property
+    def tunnels_up(self) -> int:
+        return sum(1 for t in self.tunnels if t.state == "up")
+
     def exit_code(self) -> int:
         """Monitoring-plugin convention: 0 all forwards up, 1 some down, 2 none up."""
-        forwards = self.forwards
-        healthy = sum(1 for f in forwards if f.healthy)
-        if forwards and healthy == len(forwards):
+        healthy = self.healthy
+        if self.forwards and healthy == len(self.forwards):
             return 0
         return 1 if healthy else 2
 
     def summary(self) -> str:
         """One line for sd_notify STATUS= and log lines; changes only when health does."""
-        forwards = self.forwards
-        healthy = sum(1 for f in forwards if f.healthy)
-        up = sum(1 for t in self.tunnels if t.state == "up")
-        text = f"{healthy}/{len(forwards)} forwards healthy, {up}/{len(self.tunnels)} tunnels up"
+        forwards, up = self.forwards, self.tunnels_up
+        text = (
+            f"{self.healthy}/{len(forwards)} forwards healthy, {up}/{len(self.tunnels)} tunnels up"
+        )
         problems: list[str] = []
         for tunnel in self.tunnels:
             if tunnel.state != "up":

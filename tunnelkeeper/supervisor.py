@@ -27,13 +27,12 @@ from typing import Any
 
 import tenacity
 
-from . import config as config_mod
 from .backoff import wait_tunnel
-from .config import Config
+from .config import Config, Tunnel, load
 from .control import ControlServer
 from .errors import ConfigError, TunnelkeeperError
 from .state import SupervisorStatus, utcnow
-from .tunnel import Connector, Tunnel
+from .tunnel import Connector, TunnelRuntime
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +69,10 @@ class Supervisor:
         self.started = utcnow()
         self._connector = connector
         self._services = services
-        self._tunnels: dict[str, Tunnel] = {}
+        self._tunnels: dict[str, TunnelRuntime] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
+        self._changing: asyncio.Task[None] | None = None  # the reload being applied
         self.internal_errors = 0  # bugs in services and helpers (tunnels count their own)
         # Services that add what only they know to every snapshot (history: availability_24h).
         self.amend: list[Callable[[SupervisorStatus], SupervisorStatus]] = []
@@ -197,19 +197,33 @@ class Supervisor:
             ", ".join(added) or "none",
         )
         assert self._tg is not None
-        stopping = self._tg.create_task(self._stop_tunnels(changed, asyncio.Event()))
-        self._tg.create_task(self._start_after(stopping, [wanted[n] for n in added]))
+        # One change at a time: a reload that came while the last one was still draining
+        # must not stop that one's tunnels twice, nor start a second keep-loop for a name.
+        self._changing = self._tg.create_task(
+            self._change(self._changing, changed, [wanted[n] for n in added])
+        )
 
-    async def _start_after(
-        self, stopping: asyncio.Task[None], tunnels: list[config_mod.Tunnel]
+    async def _change(
+        self,
+        previous: asyncio.Task[None] | None,
+        stop: list[str],
+        start: list[Tunnel],
     ) -> None:
-        await stopping  # a changed tunnel's new listener needs the old one gone first
-        for cfg in tunnels:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        await self._stop_tunnels(stop, asyncio.Event())  # new listeners need the old gone
+        for cfg in start:
             self._start(cfg)
 
-    def _start(self, cfg: config_mod.Tunnel) -> None:
+    def _start(self, cfg: Tunnel) -> None:
         assert self._tg is not None
-        tunnel = Tunnel(cfg) if self._connector is None else Tunnel(cfg, self._connector)
+        old = self._tasks.get(cfg.name)
+        if old is not None and not old.done():  # cannot happen: say so, and keep just one
+            self._bug(f"starting tunnel {cfg.name}", RuntimeError("a second keep-loop"))
+            old.cancel()
+        tunnel = (
+            TunnelRuntime(cfg) if self._connector is None else TunnelRuntime(cfg, self._connector)
+        )
         self._tunnels[cfg.name] = tunnel
         self._tasks[cfg.name] = self._tg.create_task(self._keep(tunnel), name=cfg.name)
 
@@ -235,7 +249,7 @@ class Supervisor:
             if name in self._tunnels:
                 self._tunnels.pop(name).close()
 
-    async def _keep(self, tunnel: Tunnel) -> None:
+    async def _keep(self, tunnel: TunnelRuntime) -> None:
         """Keep one tunnel up forever: run a connection, back off, run the next."""
         wait = wait_tunnel(tunnel.cfg, lambda: tunnel.spare_ready)
         while True:
@@ -262,7 +276,7 @@ class Supervisor:
                     tunnel.up_for or 0.0,
                 )
 
-    def _backing_off(self, tunnel: Tunnel, retry_state: tenacity.RetryCallState) -> None:
+    def _backing_off(self, tunnel: TunnelRuntime, retry_state: tenacity.RetryCallState) -> None:
         delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
         error = retry_state.outcome.exception() if retry_state.outcome else None
         tunnel.retrying_in(delay)
@@ -305,7 +319,7 @@ class Supervisor:
             await reload.wait()
             reload.clear()
             try:
-                new = config_mod.load(self.config.path)
+                new = load(self.config.path)
             except ConfigError as exc:
                 log.error("reload refused, keeping the running configuration: %s", exc)
                 continue

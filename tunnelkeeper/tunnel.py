@@ -13,7 +13,6 @@ from typing import Any
 
 from . import config, dnsnotify, probes, ssh
 from .errors import (
-    ChannelDenied,
     ForwardRefused,
     InternalError,
     TunnelError,
@@ -21,7 +20,7 @@ from .errors import (
 )
 from .inbound import ForwardRuntime
 from .outbound import LocalRuntime
-from .state import ProbeResult, TunnelState, TunnelStatus, utcnow
+from .state import TunnelState, TunnelStatus, refused_summary, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +30,12 @@ SPARE_RETRY = 5.0
 QUICK_RETRY = 0.05  # first retry of a refused listen; doubles up to forward_retry
 
 
-class Tunnel:
-    """One `[[tunnel]]`: state readers snapshot, and `run_once()` for one connection."""
+class TunnelRuntime:
+    """The live side of one `[[tunnel]]`: its state, and `run_once()` for one connection."""
 
-    def __init__(self, cfg: config.Tunnel, connector: Connector = ssh.connect) -> None:
+    def __init__(self, cfg: config.Tunnel, connector: Connector | None = None) -> None:
         self.cfg = cfg
-        self._connect = connector
+        self._connect = connector or ssh.connect
         self.forwards = [ForwardRuntime(f) for f in cfg.forward]
         self.locals = [LocalRuntime(lc) for lc in cfg.local]
         self.state: TunnelState = "connecting"
@@ -188,7 +187,8 @@ class Tunnel:
             self._spawn(f"forward {f.cfg.name}", self._hold_forward(conn, f)) for f in self.forwards
         ]
         tasks += [
-            self._spawn(f"local {lc.cfg.name}", self._hold_local(conn, lc)) for lc in self.locals
+            self._spawn(f"local {lc.cfg.name}", lc.hold(conn, self.name, self.cfg.forward_retry))
+            for lc in self.locals
         ]
         if self.cfg.probe_interval > 0:
             tasks += [
@@ -294,40 +294,10 @@ class Tunnel:
             )
             return
 
-    async def _hold_local(self, conn: ssh.RelayConnection, local: LocalRuntime) -> None:
-        """Listen on this host while the connection lives; a port in use is retried."""
-        failures = 0
-        while not self._draining:
-            try:
-                await local.open(conn)
-            except OSError as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning(
-                        "tunnel %s: local %s cannot listen on %s: %s; retrying every %gs",
-                        self.name,
-                        local.cfg.name,
-                        local.cfg.listen,
-                        exc.strerror or exc,
-                        self.cfg.forward_retry,
-                    )
-                local.set_state("refused", f"cannot listen on {local.cfg.listen}: {exc.strerror}")
-                await asyncio.sleep(self.cfg.forward_retry)
-                continue
-            log.info(
-                "tunnel %s: local %s up: %s -> relay -> %s",
-                self.name,
-                local.cfg.name,
-                local.cfg.listen,
-                local.cfg.target,
-            )
-            return
-
     def _refresh_forward_error(self) -> None:
-        refused = [f for f in self.forwards if f.state == "refused"]
+        refused = refused_summary(f.snapshot() for f in self.forwards)
         if refused:
-            self.error_kind = "forward-refused"
-            self.last_error = "; ".join(f"{f.cfg.name}: {f.error}" for f in refused)
+            self.error_kind, self.last_error = "forward-refused", refused
         elif self.error_kind == "forward-refused":
             self.error_kind = self.last_error = None
 
@@ -344,26 +314,18 @@ class Tunnel:
 
     async def _probe(self, conn: ssh.RelayConnection, fwd: ForwardRuntime | LocalRuntime) -> None:
         local_probes = isinstance(fwd, ForwardRuntime) and fwd.local_probes
-        try:
-            result = await probes.run_probe(
-                fwd.cfg, conn.open_stream, self.cfg.probe_timeout, via_local=local_probes
-            )
-        except ChannelDenied as exc:
-            if not isinstance(fwd, ForwardRuntime):  # nothing to fall back to: it goes out
-                result = ProbeResult(False, None, utcnow(), str(exc))
-                fwd.probe = result
-                return
+        result, denied = await probes.probe_with_fallback(
+            fwd.cfg, conn.open_stream, self.cfg.probe_timeout, via_local=local_probes
+        )
+        if denied is not None and isinstance(fwd, ForwardRuntime):
             log.warning(
                 "tunnel %s: %s; probing %s's target directly instead (the relay "
                 "side of the path is then unchecked)",
                 self.name,
-                exc,
+                denied,
                 fwd.cfg.name,
             )
             fwd.local_probes = True
-            result = await probes.run_probe(
-                fwd.cfg, conn.open_stream, self.cfg.probe_timeout, via_local=True
-            )
         previous = fwd.probe
         fwd.probe = result
         if previous is None or previous.ok != result.ok:

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import os
+import socket
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from tunnelkeeper.errors import ERROR_KINDS
 from tunnelkeeper.state import SupervisorStatus, TunnelStatus
 from tunnelkeeper.supervisor import Shutdown, Supervisor
 
+from .kit import rss_kb
 from .test_reconnects import _keys, _wait, _write
 
 pytestmark = pytest.mark.timeout(60)
@@ -403,3 +408,65 @@ async def test_hostile_banner(
     assert tunnel.connects == 0, outcome
     assert watch.kinds() <= EXTERNAL and watch.internal_errors() == 0, outcome
     assert all(_escaped(e) and len(e) < 1000 for e in watch.errors()), watch.errors()
+
+
+# -- a forwarded channel that never opens its window ---------------------------------------------
+
+
+class _Pusher:
+    """A target that writes as fast as it is let, from a thread; counts what it got rid of."""
+
+    def __init__(self, total: int) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = int(self.sock.getsockname()[1])
+        self.sent = 0
+        self._total = total
+        self._thread = threading.Thread(target=self._push, daemon=True)
+        self._thread.start()
+
+    def _push(self) -> None:
+        conn, _ = self.sock.accept()
+        chunk = b"p" * 65536
+        with conn, contextlib.suppress(OSError):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+            while self.sent < self._total:
+                self.sent += conn.send(chunk)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_forwarded_channel_window_never_opens(fdir: Path, outcome: dict[str, Any]) -> None:
+    """The relay opens a forwarded channel with a window of 0 and the target has 64 MiB to
+    say: flow control must stop reading the target, not buffer it all."""
+    total = 64 * 1024 * 1024
+    host_key, host_pub, client_key, client_pub = _keys(fdir)
+    pusher = _Pusher(total)
+    try:
+        async with (
+            HostileRelay(host_key, client_pub, "plain") as relay,
+            supervised(
+                fdir, relay.port, host_pub, client_key, pusher.port, probe_interval=0
+            ) as watch,
+        ):
+            await watch.until(lambda: watch.status().forwards[0].state == "up", 10, "up")
+            listen = int(watch.status().forwards[0].listen.rsplit(":", 1)[1])
+            gc.collect()
+            base = peak = rss_kb(os.getpid())
+            chan, _ = await relay.connections[0].create_connection(
+                asyncssh.SSHTCPSession, "127.0.0.1", listen, window=0
+            )
+            for _ in range(60):  # 3 s
+                await asyncio.sleep(0.05)
+                peak = max(peak, rss_kb(os.getpid()))
+            active = watch.status().forwards[0].connections_active
+            watch.alive("with a shut window")
+            chan.close()
+    finally:
+        pusher.close()
+    outcome.update(target_sent_kib=pusher.sent >> 10, peak_rss_growth_kib=peak - base)
+    assert active == 1, outcome
+    assert pusher.sent < 16 * 1024 * 1024, outcome  # kernel buffers and one pause's worth
+    assert peak - base < 16 * 1024, outcome

@@ -62,7 +62,7 @@ def _inject(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
 
         monkeypatch.setattr(inbound_mod.ForwardRuntime, "accept", accept)
     elif where == "standby":
-        real_spare = tunnel_mod.Tunnel._keep_spare
+        real_spare = tunnel_mod.TunnelRuntime._keep_spare
 
         async def keep_spare(self: Any) -> None:
             if self.name == "one":
@@ -70,7 +70,7 @@ def _inject(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
                 raise RuntimeError("injected: standby")
             await real_spare(self)
 
-        monkeypatch.setattr(tunnel_mod.Tunnel, "_keep_spare", keep_spare)
+        monkeypatch.setattr(tunnel_mod.TunnelRuntime, "_keep_spare", keep_spare)
 
 
 @pytest.mark.parametrize("where", ["probe", "accept", "standby"])

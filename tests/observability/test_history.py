@@ -315,21 +315,24 @@ BURST = textwrap.dedent(
 
 def test_kill_9_mid_burst_leaves_a_consistent_database(tmp_path: Path) -> None:
     db = tmp_path / "state" / "history.db"
-    proc = subprocess.Popen([sys.executable, "-c", BURST, str(db)], cwd=Path.cwd())
+    errors = tmp_path / "writer.err"
+    with errors.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", BURST, str(db)], stderr=err)
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         count = 0
         while time.monotonic() < deadline:
             time.sleep(0.05)
+            assert proc.poll() is None, f"the writer exited {proc.returncode}: {errors.read_text()}"
             try:
                 conn = connect(db, readonly=True)
                 count = conn.execute("SELECT count(*) FROM events").fetchone()[0]
                 conn.close()
             except (HistoryError, sqlite3.Error):
                 continue  # not created yet
-            if count > 20_000:
+            if count > 5_000:
                 break
-        assert count > 20_000, "the writer did not get going"
+        assert count > 5_000, f"the writer wrote {count} events in 30 s"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(5)

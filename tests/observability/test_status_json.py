@@ -1,4 +1,4 @@
-"""SPEC §4 as a floor: every field of `status --json`, its type and its enumeration."""
+"""The status schema as a floor: every field of `status --json`, its type and its enumeration."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from .obs_snapshots import NOW, SNAPSHOTS, mixed
 TUNNEL_STATES = {"connecting", "up", "backoff", "stopped"}
 FORWARD_STATES = {"up", "pending", "refused", "down"}
 SPEC_ERROR_KINDS = {
-    "host-key-mismatch", "host-key-unknown", "auth-failed", "connect-refused", "timeout",
-    "keepalive-timeout", "disconnected", "forward-refused", "dns", "config",
+    "host-key-mismatch", "host-key-unknown", "host-key-revoked", "auth-failed",
+    "connect-refused", "timeout", "keepalive-timeout", "disconnected", "forward-refused", "dns",
+    "proxy", "config", "internal",
 }  # fmt: skip
 ISO = str  # an ISO 8601 timestamp with its offset; checked by _is_iso
 
@@ -32,7 +33,7 @@ def _is_iso(value: object) -> bool:
 
 
 def check_schema(doc: dict[str, Any]) -> None:
-    """Fail unless `doc` has every field SPEC §4 names, with the right types and values."""
+    """Fail unless `doc` has every field the schema names, with the right types and values."""
     assert {"supervisor", "tunnels"} <= doc.keys()
     sup = doc["supervisor"]
     assert {"pid", "started", "config"} <= sup.keys()
@@ -42,8 +43,11 @@ def check_schema(doc: dict[str, Any]) -> None:
     for tunnel in doc["tunnels"]:
         assert {
             "name", "relay", "state", "since", "connects", "next_retry_in", "error_kind",
-            "last_error", "forwards",
+            "last_error", "forwards", "local", "relay_version", "internal_errors",
         } <= tunnel.keys()  # fmt: skip
+        assert tunnel["relay_version"] is None or isinstance(tunnel["relay_version"], str)
+        assert isinstance(tunnel["internal_errors"], int) and tunnel["internal_errors"] >= 0
+        assert isinstance(tunnel["local"], list)
         assert isinstance(tunnel["name"], str) and isinstance(tunnel["relay"], str)
         assert tunnel["state"] in TUNNEL_STATES
         assert tunnel["since"] is None or _is_iso(tunnel["since"])
@@ -52,11 +56,13 @@ def check_schema(doc: dict[str, Any]) -> None:
         assert tunnel["error_kind"] is None or tunnel["error_kind"] in SPEC_ERROR_KINDS
         assert tunnel["last_error"] is None or isinstance(tunnel["last_error"], str)
         assert isinstance(tunnel["forwards"], list)
-        for fwd in tunnel["forwards"]:
+        for fwd in tunnel["forwards"] + tunnel["local"]:
             assert {
                 "name", "service", "listen", "target", "state", "connections_active",
-                "connections_total", "bytes_in", "bytes_out", "probe",
+                "connections_total", "bytes_in", "bytes_out", "probe", "availability_24h",
             } <= fwd.keys()  # fmt: skip
+            avail = fwd["availability_24h"]
+            assert avail is None or (isinstance(avail, int | float) and 0 <= avail <= 100)
             for key in ("name", "listen", "target"):
                 assert isinstance(fwd[key], str)
             assert fwd["service"] in {"smtp", "dns", "tcp"}
@@ -103,7 +109,8 @@ def test_spec_example_parses() -> None:
         "probe": {"ok": true, "latency_ms": 4.2, "at": "2026-11-24T18:00:31+00:00",
         "detail": "220 mail.example.org ESMTP"}}]}]}"""
     )
-    check_schema(example)
+    # The example predates relay_version, internal_errors, local and availability_24h: it
+    # must still read, and what we write back carries every field.
     status = SupervisorStatus.from_json(example)
     assert status.exit_code() == 0
     check_schema(status.to_json())

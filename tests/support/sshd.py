@@ -187,8 +187,14 @@ class Sshd:
         """Stop the listener and every session, like `systemctl stop ssh` + killed sessions."""
         if self.proc is None:
             return
+        # Freeze the listener first: a session it forked between the look at its children
+        # and its end would live on, orphaned, holding its client's connection.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGSTOP)
         sessions = descendants(self.proc.pid)
         self.proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGCONT)
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:

@@ -13,11 +13,11 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import ConfigError, TunnelkeeperError
+from ..errors import ChooseTunnel, ConfigError, TunnelkeeperError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNKNOWN = 0, 1, 2, 3
 
-# SPEC §3's two groups, with each verb's one-line help.
+# The two groups help shows, with each verb's one-line help.
 GROUPS: dict[str, dict[str, str]] = {
     "Supervisor": {
         "run": "run the supervisor in the foreground (dashboard on a terminal)",
@@ -90,12 +90,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
-        return int(exc.code or 0)
+        code = int(exc.code or 0)
+        # status speaks the monitoring-plugin language: a usage error is UNKNOWN (3).
+        return EXIT_UNKNOWN if code == EXIT_USAGE and _verb_in(argv) == "status" else code
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
         return int(args.func(args))
+    except ChooseTunnel as exc:
+        print(f"tunnelkeeper: {exc} (--tunnel NAME)", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"tunnelkeeper: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..config import find_config, load
+from ..errors import ConfigError
 from ..relaykit.mx import mx_records
 from . import EXIT_OK, add_config_option
 
@@ -25,7 +26,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
+FLAGS = {"internal_host": "--internal-host", "relay_host": "--relay-host"}
+
+
 def run(args: argparse.Namespace) -> int:
     config = load(find_config(args.config))
-    sys.stdout.write(mx_records(config, args.internal_host, args.relay_host, args.tunnel))
+    try:
+        records = mx_records(config, args.internal_host, args.relay_host, args.tunnel)
+    except ConfigError as exc:
+        if exc.key not in FLAGS:
+            raise
+        raise ConfigError(f"{FLAGS[exc.key]}: {exc.detail}") from None
+    sys.stdout.write(records)
     return EXIT_OK

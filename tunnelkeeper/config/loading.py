@@ -21,7 +21,7 @@ def find_config(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> Path:
-    """The config path by SPEC §2's order: -c, $TUNNELKEEPER_CONFIG, ./tunnelkeeper.toml, XDG.
+    """The config path, first found of: -c, $TUNNELKEEPER_CONFIG, ./tunnelkeeper.toml, XDG.
 
     Raises ConfigError when none of them exists.
     """

@@ -23,11 +23,11 @@ from .values import (
     PositiveSeconds,
     Proxy,
     Seconds,
-    Service,
+    ServiceKind,
     _domain,
-    _is_ip,
     _Model,
     _unique,
+    is_ip,
     parse_endpoint,
     parse_hops,
     parse_proxy,
@@ -94,7 +94,7 @@ class Forward(_Model):
     # Declared first so that the listen validator below can see it.
     allow_public_listen: bool = False
     name: Name
-    service: Service = "tcp"
+    service: ServiceKind = "tcp"
     listen: Endpoint
     target: Endpoint
     domains: tuple[str, ...] = ()
@@ -154,7 +154,7 @@ class Local(_Model):
 
     allow_public_listen: bool = False  # declared first: the listen validator reads it
     name: Name
-    service: Service = "tcp"
+    service: ServiceKind = "tcp"
     listen: Endpoint
     target: Endpoint
     max_connections: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 100
@@ -203,7 +203,7 @@ class Tunnel(TunnelSettings):
     @field_validator("host", mode="after")
     @classmethod
     def _host(cls, value: str) -> str:
-        if not _HOSTNAME.fullmatch(value) and not _is_ip(value):
+        if not _HOSTNAME.fullmatch(value) and not is_ip(value):
             raise ValueError(f"{value!r} is not a host name or address")
         return value.lower()
 

@@ -17,7 +17,7 @@ PositiveSeconds = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)
 Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
 # pydantic matches `pattern` with its Rust engine, where "$" is the very end (no newline).
 Name = Annotated[str, Field(strict=True, pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
-Service = Literal["smtp", "dns", "tcp"]
+ServiceKind = Literal["smtp", "dns", "tcp"]
 HostKeyPolicy = Literal["strict", "accept-new"]
 
 # Always matched whole (fullmatch): "$" in re.match also accepts a trailing newline.
@@ -206,13 +206,17 @@ def _domain(value: str, what: str) -> str:
     name = value.strip().lower().rstrip(".")
     if name.startswith("."):
         raise ValueError(f"{value!r}: give the {what} without a leading dot (see 'subdomains')")
-    labels = name.split(".")
-    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+    if not is_domain_name(name):
         raise ValueError(f"{value!r} is not a valid {what}")
     return name
 
 
-def _is_ip(value: str) -> bool:
+def is_domain_name(name: str) -> bool:
+    """Dot-separated labels of letters, digits and inner hyphens, 253 characters at most."""
+    return len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
+
+
+def is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
     except ValueError:

@@ -313,8 +313,7 @@ class Header:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         status, now = self.status, self.now or datetime.now(UTC)
         forwards = status.forwards
-        healthy = sum(1 for f in forwards if f.healthy)
-        up = sum(1 for t in status.tunnels if t.state == "up")
+        healthy, up = status.healthy, status.tunnels_up
         verdict, style = {
             0: ("ALL HEALTHY", "bold green"),
             1: ("DEGRADED", "bold yellow"),

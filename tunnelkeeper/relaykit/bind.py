@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..config import Config, Forward, Tunnel
-from ..errors import ConfigError
-from .common import forwards_of, is_ip, is_ipv6, origin
+from ..config import Config, Forward, Tunnel, is_ip
+from ..errors import ChooseTunnel, ConfigError
+from .common import forwards_of, is_ipv6, origin
 
 
 def zone_file(zone: str) -> str:
@@ -36,10 +36,10 @@ def _zones(config: Config, tunnel: str | None) -> list[tuple[str, Tunnel, Forwar
             if first is None:
                 seen[zone] = (zone, tun, forward)
             elif first[2].listen != forward.listen:
-                raise ConfigError(
+                raise ChooseTunnel(
                     f"zone {zone!r} is pulled through {first[1].name}/{first[2].name} and "
-                    f"{tun.name}/{forward.name}; one relay can pull it only one way: give "
-                    "--tunnel NAME",
+                    f"{tun.name}/{forward.name}; one relay can pull it only one way: "
+                    "generate for one tunnel at a time",
                     path=str(config.path),
                 )
     if not seen:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 from ..config import Config, Forward, Tunnel
-from ..errors import ConfigError
+from ..errors import ChooseTunnel, ConfigError
 
 SshServer = Literal["openssh", "dropbear"]
 SSH_SERVERS: tuple[SshServer, ...] = get_args(SshServer)
@@ -29,14 +28,6 @@ def forwards_of(
         for forward in tunnel.forward
         if forward.service == service
     ]
-
-
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def is_ipv6(host: str) -> bool:
@@ -67,7 +58,7 @@ def mail_routes(config: Config, name: str | None = None) -> tuple[Route, ...]:
     """Routes for every smtp forward's domains, each domain followed by its subdomain key.
 
     The same key sent to the same relay-side address by two forwards is written once; sent to two
-    different addresses (two relays) it is a ConfigError that asks for --tunnel.
+    different addresses (two relays) it is ChooseTunnel: one tunnel at a time, then.
     Raises ConfigError when no smtp forward has domains.
     """
     candidates = [
@@ -91,10 +82,10 @@ def _unique_keys(routes: Iterable[Route], config: Config, what: str) -> tuple[Ro
         if first is None:
             seen[route.key] = route
         elif (first.host, first.port) != (route.host, route.port):
-            raise ConfigError(
+            raise ChooseTunnel(
                 f"{what} {route.key!r} goes to {first.tunnel.name}/{first.forward.name} and to "
                 f"{route.tunnel.name}/{route.forward.name}, which listen differently; one relay "
-                "can route it only one way: give --tunnel NAME",
+                "can route it only one way: generate for one tunnel at a time",
                 path=str(config.path),
             )
     return tuple(seen.values())

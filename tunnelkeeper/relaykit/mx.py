@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
-from ..config import Config
+from ..config import Config, is_domain_name, is_ip
 from ..errors import ConfigError
-from .common import is_ip, mail_routes
+from .common import mail_routes
 
 INTERNAL_PREFERENCE, RELAY_PREFERENCE = 0, 10
 
-_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
-
-def mx_target(name: str, option: str) -> str:
+def mx_target(name: str, what: str) -> str:
     """`name` as an absolute zone-file name ("relay.example.net."), or ConfigError.
 
     A name without its final dot is relative in a zone file: `relay.example.net` inside the
@@ -22,13 +18,12 @@ def mx_target(name: str, option: str) -> str:
     """
     host = name.strip().lower().rstrip(".")
     if is_ip(host):
-        raise ConfigError(f"{name!r}: an MX target must be a host name, not an address", key=option)
-    labels = host.split(".")
-    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
-        raise ConfigError(f"{name!r} is not a valid host name", key=option)
-    if len(labels) < 2:
+        raise ConfigError(f"{name!r}: an MX target must be a host name, not an address", key=what)
+    if not is_domain_name(host):
+        raise ConfigError(f"{name!r} is not a valid host name", key=what)
+    if "." not in host:
         raise ConfigError(
-            f"{name!r}: give the fully qualified name (like {host}.example.org)", key=option
+            f"{name!r}: give the fully qualified name (like {host}.example.org)", key=what
         )
     return f"{host}."
 
@@ -37,8 +32,8 @@ def mx_records(
     config: Config, internal_host: str, relay_host: str, tunnel: str | None = None
 ) -> str:
     """MX lines for every smtp forward's domain (and a wildcard when subdomains are routed)."""
-    internal = mx_target(internal_host, "--internal-host")
-    relay = mx_target(relay_host, "--relay-host")
+    internal = mx_target(internal_host, "internal_host")
+    relay = mx_target(relay_host, "relay_host")
     routes = mail_routes(config, tunnel)
     owners = [f"*.{r.domain}." if r.key.startswith(".") else f"{r.key}." for r in routes]
     width = max(len(owner) for owner in owners)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from ..config import Config, Local, Tunnel
-from ..errors import ConfigError
+from ..errors import ChooseTunnel, ConfigError
 from .common import is_ipv6, select_tunnels
 
 # A listen on every address is reached by this host's MTA on loopback.
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+class ChooseLocal(ConfigError):
+    """Several smtp locals could be the smarthost: name the one to use."""
 
 
 def smtp_locals(config: Config, tunnel: str | None = None) -> list[tuple[Tunnel, Local]]:
@@ -29,8 +33,9 @@ def pick_local(
 ) -> tuple[Tunnel, Local]:
     """The one smtp local the internal MTA sends through.
 
-    Raises ConfigError when there is none, when there are several and `name` does not pick one
-    (the message names them), or when `name` matches none or locals of several tunnels.
+    Raises ConfigError when there is none or `name` matches none, ChooseLocal when there are
+    several and no `name`, ChooseTunnel when `name` is a local of several tunnels (the messages
+    name them).
     """
     found = smtp_locals(config, tunnel)
     path = str(config.path)
@@ -46,11 +51,8 @@ def pick_local(
         if not found:
             raise ConfigError(f"no smtp local named {name!r}; there are: {labels}", path=path)
     if len(found) > 1:
-        how = "give --tunnel NAME" if name is not None else "give --local NAME"
-        raise ConfigError(
-            f"several smtp locals ({', '.join(_label(t, lc) for t, lc in found)}): {how}",
-            path=path,
-        )
+        several = f"several smtp locals: {', '.join(_label(t, lc) for t, lc in found)}"
+        raise (ChooseTunnel if name is not None else ChooseLocal)(several, path=path)
     return found[0]
 
 

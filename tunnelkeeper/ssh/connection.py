@@ -18,6 +18,7 @@ import asyncssh
 from ..config import Endpoint, Hop, Tunnel
 from ..errors import (
     ChannelDenied,
+    Disconnected,
     ForwardFull,
     ForwardRefused,
     TargetUnavailable,
@@ -173,9 +174,17 @@ class RelayConnection:
                 ) from exc
 
         try:
-            listener = await self._conn.create_server(
-                factory, listen.host, listen.port, window=WINDOW, max_pktsize=MAX_PACKET
-            )
+            # A relay session that answers keepalives but never this (an sshd session
+            # orphaned by a restart does that) must not hold the forward forever.
+            async with asyncio.timeout(self.tunnel.connect_timeout):
+                listener = await self._conn.create_server(
+                    factory, listen.host, listen.port, window=WINDOW, max_pktsize=MAX_PACKET
+                )
+        except TimeoutError:
+            raise Disconnected(
+                f"{self.tunnel.host}:{self.tunnel.port}: no answer to the request to listen on "
+                f"{listen} within {self.tunnel.connect_timeout:g}s"
+            ) from None
         except asyncssh.ChannelListenError as exc:
             if self.is_closing:
                 raise self._failed(self._client.lost) from exc
@@ -258,13 +267,28 @@ async def connect(tunnel: Tunnel) -> RelayConnection:
         final = await _connect_one(
             tunnel, creds, tunnel.host, tunnel.port, tunnel.user, via, proxy_auth, None
         )
-    except BaseException:
+    except BaseException as exc:
         for conn in reversed(hops):
             conn.abort()
+        if _cancelled() and not isinstance(exc, asyncio.CancelledError):
+            raise asyncio.CancelledError() from exc
         raise
     finally:
         creds.close()  # authentication is over: the agent is not needed again
+    if _cancelled():
+        for conn in (final.conn, *reversed(hops)):
+            conn.abort()
+        raise asyncio.CancelledError()
     return RelayConnection(tunnel, final, hops)
+
+
+def _cancelled() -> bool:
+    """Our task was cancelled while asyncssh connected. On Python 3.11 the asyncio.wait_for
+    inside asyncssh.connect can turn a cancellation that lands as the connect fails into that
+    failure, or lose it when the connect succeeds: the caller's cancel must still win, or a
+    task told to stop goes on retrying."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 @dataclass
@@ -325,7 +349,8 @@ async def _connect_one(
             connect_timeout=tunnel.connect_timeout,
             login_timeout=tunnel.connect_timeout,
         )
-    except (*WIRE_ERRORS, TimeoutError, TunnelError) as exc:
+    except (*WIRE_ERRORS, TimeoutError, TunnelError, ValueError) as exc:
+        # ValueError: asyncssh parsing garbage from the relay (UnicodeDecodeError included).
         raise handshake_error(
             exc,
             tunnel,

@@ -85,6 +85,9 @@ def handshake_error(
         return ConnectRefused(f"{where}: connection refused")
     if isinstance(exc, OSError) and not isinstance(exc, ConnectionResetError | BrokenPipeError):
         return ConnectRefused(f"{where}: {exc.strerror or exc}")
+    if isinstance(exc, UnicodeDecodeError | ValueError) and not isinstance(exc, OSError):
+        # asyncssh's parsing of what the relay sent (a binary banner, say) gave up.
+        return Disconnected(f"{where}: the relay sent what is not SSH ({peer_text(str(exc))})")
     if isinstance(exc, asyncssh.ConnectionLost | ConnectionResetError | BrokenPipeError):
         # Closed on us before we were in. sshd does this past MaxStartups, after a line
         # ("Exceeded MaxStartups") that asyncssh does not pass on; so say what it may be.
