@@ -334,7 +334,12 @@ def test_check_reports_the_local(make_sshd: Any, tmp_path: Path, smtp_sink: Any)
         timeout=60,
     )
     assert plain.returncode == 0, plain.stdout + plain.stderr
-    assert "smarthost" in plain.stdout and "220 mail.example.org" in plain.stdout
+    line = next(ln for ln in plain.stdout.splitlines() if "smarthost" in ln)
+    local_listen = str(config.tunnel[0].local[0].listen)
+    assert line.startswith(
+        f"  local smarthost {local_listen} -> relay -> 127.0.0.1:{smtp_sink.port}: up; probe ok"
+    ), plain.stdout
+    assert "via relay: 220 mail.example.org" in line
     result = subprocess.run(
         [sys.executable, "-m", "tunnelkeeper", "check", "--json", "-c", str(config.path)],
         capture_output=True,
