@@ -3,6 +3,7 @@ tell the relay's secondary named of a change at once instead of at its refresh t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Sequence
@@ -93,7 +94,11 @@ async def notify_changes(
     one that failed is tried again next time. Failures are logged, never raised."""
     assert forward.notify is not None
     try:
-        serials = await zone_serials(open_relay, forward.listen, forward.zones, timeout)
+        async with asyncio.timeout(timeout):  # a mute primary must not stall the probes
+            serials = await zone_serials(open_relay, forward.listen, forward.zones, timeout)
+    except TimeoutError:
+        log.warning("tunnel %s: %s: no SOA answers within %gs", tunnel, forward.name, timeout)
+        return
     except TunnelkeeperError as exc:
         log.warning("tunnel %s: %s: cannot read the zones' serials: %s", tunnel, forward.name, exc)
         return
@@ -101,7 +106,11 @@ async def notify_changes(
         if notified.get(zone) == serial:
             continue
         try:
-            said = await send_notify(open_relay, forward.notify, zone, serial, timeout)
+            async with asyncio.timeout(timeout):
+                said = await send_notify(open_relay, forward.notify, zone, serial, timeout)
+        except TimeoutError:
+            log.warning("tunnel %s: NOTIFY %s: no answer within %gs", tunnel, zone, timeout)
+            continue
         except TunnelkeeperError as exc:
             log.warning("tunnel %s: NOTIFY %s failed: %s", tunnel, zone, exc)
             continue

@@ -167,8 +167,8 @@ async def serve(listen: Endpoint, get_status: Callable[[], SupervisorStatus]) ->
         return get_status()
 
     def on_loop() -> SupervisorStatus:
-        # Scrapes arrive on the HTTP server's thread; the snapshot is taken on the event loop,
-        # so `get_status` may read live supervisor state. A stuck loop fails the scrape.
+        # Scrapes arrive on the HTTP server's thread. The published status could be read
+        # from here, but asking the event loop for it makes a wedged loop fail the scrape.
         return asyncio.run_coroutine_threadsafe(take(), loop).result(timeout=SCRAPE_TIMEOUT)
 
     # A registry of our own: the default one would add this process's Python internals.

@@ -82,7 +82,8 @@ class Supervisor:
     # -- readers -----------------------------------------------------------------------------
 
     def snapshot(self) -> SupervisorStatus:
-        """A fresh frozen status. Call from the event loop's thread only."""
+        """A fresh frozen status, taken now: what `_publish` hands to `status()` readers.
+        Call from the event loop's thread only."""
         status = SupervisorStatus(
             pid=self.pid,
             started=self.started,
@@ -95,7 +96,9 @@ class Supervisor:
         return status
 
     def status(self) -> SupervisorStatus:
-        """The last published status; safe from any thread (rich's Live refreshes from its own)."""
+        """The last published status: what every reader gets (control socket, dashboard,
+        sd_notify, metrics, alerts, history); safe from any thread. At most PUBLISH_PERIOD
+        old."""
         return self._published
 
     async def _mark_ready(self) -> None:
@@ -121,7 +124,7 @@ class Supervisor:
             raise first from group
 
     async def _run(self, shutdown: Shutdown, reload: asyncio.Event | None) -> None:
-        async with ControlServer(self.config.control_socket, self.snapshot, self.watch_mail):
+        async with ControlServer(self.config.control_socket, self.status, self.watch_mail):
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 for cfg in self.config.tunnel:

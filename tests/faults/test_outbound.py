@@ -151,3 +151,40 @@ async def test_notify_on_first_probe_and_on_every_serial_change(world: World) ->
             shutdown.request()
             await asyncio.wait_for(running, 15)
     assert [name for name, _ in secondary.notifies] == ["example.org.", "example.org."]
+
+
+async def test_a_mute_secondary_does_not_stall_the_probes(world: World) -> None:
+    primary = _Dns("example.org", 2026120101)
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the NOTIFY, never answers
+        writer.close()
+
+    p_server = await asyncio.start_server(primary.serve, "127.0.0.1", 0)
+    s_server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    fwd = forward(
+        "dns",
+        p_server.sockets[0].getsockname()[1],
+        "dns",
+        zones=["example.org"],
+        notify=f"127.0.0.1:{s_server.sockets[0].getsockname()[1]}",
+    )
+    tunnel = world.tunnel("t", [fwd], probe_interval=0.2, probe_timeout=0.5)
+    sup = Supervisor(world.config(tunnel))
+    shutdown = Shutdown()
+    probed: list[Any] = []
+    async with p_server, s_server:
+        running = asyncio.create_task(sup.run(shutdown))
+        try:
+
+            def probe_times() -> bool:
+                forwards = sup.snapshot().forwards
+                if forwards and forwards[0].probe is not None:
+                    if not probed or probed[-1] != forwards[0].probe.at:
+                        probed.append(forwards[0].probe.at)
+                return len(probed) >= 3
+
+            await wait_for(probe_times, 15, "three probes despite a NOTIFY that hangs")
+        finally:
+            shutdown.request()
+            await asyncio.wait_for(running, 15)

@@ -14,8 +14,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(value)
@@ -30,7 +30,8 @@ def write_config(
     name: str = "relay1",
     **tunnel: Any,
 ) -> Path:
-    """A config with one tunnel to `sshd`; fast test timings unless overridden."""
+    """A config with one tunnel to `sshd`; fast test timings unless overridden. host, port,
+    user, identity and known_hosts default to the sshd's; any tunnel key may be given."""
     settings: dict[str, Any] = {
         "keepalive_interval": 1,
         "keepalive_count_max": 2,
@@ -41,6 +42,14 @@ def write_config(
         "forward_retry": 0.5,
         "probe_interval": 0,
     }
+    keys = {
+        "host": "127.0.0.1",
+        "port": sshd.port,
+        "user": sshd.user,
+        "identity": str(sshd.client_key),
+        "known_hosts": str(sshd.known_hosts),
+    }
+    keys.update({k: tunnel.pop(k) for k in list(keys) if k in tunnel})
     settings.update(tunnel)
     sup = {
         "control_socket": str(path.parent / "control.sock"),
@@ -54,12 +63,8 @@ def write_config(
         "",
         "[[tunnel]]",
         f'name = "{name}"',
-        'host = "127.0.0.1"',
-        f"port = {sshd.port}",
-        f'user = "{sshd.user}"',
-        f'identity = "{sshd.client_key}"',
-        f'known_hosts = "{sshd.known_hosts}"',
     ]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in keys.items()]
     lines += [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
     for fwd in forwards:
         lines += ["", "[[tunnel.forward]]"]

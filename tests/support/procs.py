@@ -27,7 +27,8 @@ def fetch(socket_path: Path, timeout: float = 2.0) -> SupervisorStatus | None:
 class SupervisorProcess:
     """`python -m tunnelkeeper run -c CONFIG` in the background, stderr to a file."""
 
-    def __init__(self, config: Path, *extra: str) -> None:
+    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        """`env`: variables to add to this process's environment for it (SSH_AUTH_SOCK...)."""
         self.config = config
         self.log_path = config.parent / f"tunnelkeeper-{time.monotonic_ns()}.log"
         self.socket = config.parent / "control.sock"
@@ -37,7 +38,11 @@ class SupervisorProcess:
         args += list(extra)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env} if env else None,
             )
 
     def log(self) -> str:

@@ -101,16 +101,22 @@ def _percent(value: float | None) -> str:
 
 
 def _print(doc: dict[str, Any], path: Path) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     from ..dashboard import human_duration
+    from ..dashboard.view import PLAIN_HEAD
 
     tty = sys.stdout.isatty()
     console = Console(width=None if tty or "COLUMNS" in os.environ else 100, highlight=False)
+    # A pipe, a mail or a log gets plain dashes under the header, like `status`.
+    style = box.SIMPLE_HEAD if console.is_terminal else PLAIN_HEAD
     console.print(f"history from {path}, {_local(doc['since'])} to {_local(doc['until'])}")
-    avail = Table(title="Availability", title_justify="left", show_edge=False, pad_edge=False)
+    avail = Table(
+        title="Availability", title_justify="left", box=style, show_edge=False, pad_edge=False
+    )
     avail.add_column("Forward")
     for name in history_report.WINDOWS:
         avail.add_column(name, justify="right")
@@ -125,7 +131,9 @@ def _print(doc: dict[str, Any], path: Path) -> None:
     if not doc["outages"]:
         console.print("no outages in this span")
         return
-    outages = Table(title="Outages", title_justify="left", show_edge=False, pad_edge=False)
+    outages = Table(
+        title="Outages", title_justify="left", box=style, show_edge=False, pad_edge=False
+    )
     for header in ("Start", "End", "Duration", "Forward", "Cause"):
         outages.add_column(header, no_wrap=header != "Cause")
     for o in doc["outages"]:

@@ -21,6 +21,7 @@ from ..errors import (
     Disconnected,
     ForwardFull,
     ForwardRefused,
+    ProxyFailed,
     TargetUnavailable,
     TunnelError,
 )
@@ -350,6 +351,11 @@ async def _connect_one(
             login_timeout=tunnel.connect_timeout,
         )
     except (*WIRE_ERRORS, TimeoutError, TunnelError, ValueError) as exc:
+        proxying = isinstance(transport, PacketSizedReads) and transport.in_proxy
+        if isinstance(exc, TimeoutError) and proxying:  # asyncssh's timeout ended the proxy's
+            raise ProxyFailed(
+                f"proxy {tunnel.proxy}: timed out, no answer within {tunnel.connect_timeout:g}s"
+            ) from exc
         # ValueError: asyncssh parsing garbage from the relay (UnicodeDecodeError included).
         raise handshake_error(
             exc,

@@ -46,7 +46,7 @@ async def open_through(
                 sock.close()
                 raise
     except TimeoutError:
-        raise ProxyFailed(f"{where}: no answer within {timeout:g}s") from None
+        raise ProxyFailed(f"{where}: timed out, no answer within {timeout:g}s") from None
     except socket.gaierror as exc:
         raise ProxyFailed(f"{where}: name does not resolve ({exc.strerror})") from None
     except ConnectionRefusedError:

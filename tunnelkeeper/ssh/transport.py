@@ -68,6 +68,7 @@ class PacketSizedReads:
         self._proxy = proxy
         self._proxy_auth = proxy_auth
         self._timeout = timeout
+        self.in_proxy = False  # the proxy's handshake is under way: a timeout is the proxy's
 
     async def create_connection(
         self, session_factory: Callable[[], Any], host: str, port: int
@@ -79,7 +80,9 @@ class PacketSizedReads:
         if self._proxy is None:
             transport, _ = await loop.create_connection(lambda: chunker, host, port)
             return transport, conn
+        self.in_proxy = True
         sock, extra = await open_through(self._proxy, host, port, self._proxy_auth, self._timeout)
+        self.in_proxy = False
         transport, _ = await loop.create_connection(lambda: chunker, sock=sock)
         if extra:  # the relay's banner came in the proxy's last read
             chunker.data_received(extra)
