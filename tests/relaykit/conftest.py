@@ -20,6 +20,7 @@ HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 EXAMPLE = REPO / "examples" / "tunnelkeeper.toml"
 TWO_RELAYS = HERE / "configs" / "two-relays.toml"
+OUTBOUND = HERE / "configs" / "outbound.toml"
 EXAMPLE_PUB = HERE / "data" / "example_rsa.pub"
 GOLDEN = HERE / "golden"
 
@@ -86,6 +87,12 @@ def example(example_path: Path) -> Config:
 @pytest.fixture
 def two_relays() -> Config:
     return load(TWO_RELAYS)
+
+
+@pytest.fixture
+def outbound() -> Config:
+    """Smarthost locals, NOTIFY, relay_mta, and a tunnel with locals only."""
+    return load(OUTBOUND)
 
 
 # -- an OpenSSH client as the tunnel, against the sshd fixture of tests/conftest.py ----------
@@ -183,6 +190,30 @@ known_hosts = "{sshd.known_hosts}"
   listen = {dns_listen}
   target = 53
   zones = ["example.org"]
+""")
+    return load(path)
+
+
+def write_local_config(path: Path, sshd: Any, listen: int, target: int) -> Config:
+    """A tunnel with one smtp [[tunnel.local]] only: this host's `listen` to the relay's
+    `target` (the relay's MTA, the smarthost)."""
+    path.write_text(f"""\
+[supervisor]
+control_socket = "{path.parent / "control.sock"}"
+
+[[tunnel]]
+name = "out"
+host = "127.0.0.1"
+port = {sshd.port}
+user = "{sshd.user}"
+identity = "{sshd.client_key}"
+known_hosts = "{sshd.known_hosts}"
+
+  [[tunnel.local]]
+  name = "smarthost"
+  service = "smtp"
+  listen = {listen}
+  target = {target}
 """)
     return load(path)
 

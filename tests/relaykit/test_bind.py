@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,10 @@ import dns.message
 import dns.query
 import pytest
 
+from tests.support.configs import write_config
+from tests.support.procs import SupervisorProcess
 from tests.support.sshd import free_port, port_open, wait_until
-from tunnelkeeper.config import Config
+from tunnelkeeper.config import Config, load
 from tunnelkeeper.relaykit.bind import named_conf
 from tunnelkeeper.relaykit.mx import mx_records
 from tunnelkeeper.relaykit.openssh import authorized_keys, sshd_config
@@ -231,3 +235,85 @@ def test_secondary_named_pulls_the_zone_through_the_tunnel(
     assert answer.answer[0][0].serial == 2026112601
     assert (secondary / "tunnelkeeper-example.org.db").exists()
     assert "Transfer status: success" in log.read_text()
+
+
+def test_outbound_named_conf_allows_the_tunnels_notify(tmp_path: Path, outbound: Config) -> None:
+    for legacy in (False, True):
+        printed = checkconf(tmp_path, named_conf(outbound, legacy=legacy))
+        for zone in ("example.org", "example.com"):
+            stanza = printed.split(f'zone "{zone}" {{', 1)[1].split("\n};", 1)[0]
+            assert "allow-notify {\n\t\t127.0.0.1/32;\n\t};" in stanza
+
+
+def test_notify_source_follows_the_address_family(tmp_path: Path) -> None:
+    """sshd connects to an IPv6 loopback notify address from ::1; a zone without notify gets
+    no allow-notify; named-checkconf takes both."""
+    path = tmp_path / "tk.toml"
+    path.write_text(
+        '[[tunnel]]\nname = "t"\nhost = "relay.example.net"\nuser = "tunnel"\n'
+        '[[tunnel.forward]]\nname = "dns"\nservice = "dns"\nlisten = "[::1]:5353"\n'
+        'target = 53\nzones = ["example.org"]\nnotify = "[::1]:53"\n'
+        '[[tunnel.forward]]\nname = "dns2"\nservice = "dns"\nlisten = 5354\n'
+        'target = 53\nzones = ["example.net"]\n'
+    )
+    printed = checkconf(tmp_path, named_conf(load(path)))
+    assert "allow-notify {\n\t\t::1/128;\n\t};" in printed
+    assert printed.count("allow-notify") == 1
+
+
+def test_secondary_named_refreshes_on_tunnelkeepers_notify(tmp_path: Path, make_sshd: Any) -> None:
+    """Primary named <- tunnelkeeper's dns forward <- secondary named (named-conf). A serial
+    change on the primary reaches the secondary within seconds although its refresh timer is
+    900 s: tunnelkeeper's probe saw the change and sent NOTIFY over the tunnel, through the
+    relay's sshd (permitopen from authorized-keys and sshd-config) to the secondary."""
+    primary_port, tunnel_port, secondary_port = free_port(), free_port(), free_port()
+    sshd = make_sshd(start=False)
+    forward = {
+        "name": "dns",
+        "service": "dns",
+        "listen": f"127.0.0.1:{tunnel_port}",
+        "target": f"127.0.0.1:{primary_port}",
+        "zones": ["example.org"],
+        "notify": f"127.0.0.1:{secondary_port}",
+    }
+    cfg = write_config(tmp_path / "tk.toml", sshd, [forward], probe_interval=1, probe_timeout=3)
+    config = load(cfg)
+    sshd.authorized_keys.write_text(authorized_keys(config))
+    sshd.extra_config = sshd_config(config)
+    sshd.start()
+
+    primary = tmp_path / "primary"
+    primary.mkdir()
+    zone = primary / "example.org.zone"
+    zone.write_text(PRIMARY_ZONE)
+    primary_conf = named_options(primary, primary_port) + (
+        'zone "example.org" { type primary; file "example.org.zone"; '
+        "allow-transfer { 127.0.0.1; }; };\n"
+    )
+    secondary = tmp_path / "secondary"
+    stanzas = named_conf(config)
+    assert "allow-notify { 127.0.0.1; };" in stanzas
+    sup = None
+    with named(primary, primary_conf, primary_port) as primary_proc:
+        sup = SupervisorProcess(cfg)
+        try:
+            sup.wait_forward("up", 15)
+            with named(
+                secondary, named_options(secondary, secondary_port) + stanzas, secondary_port
+            ):
+                wait_until(lambda: serial(secondary_port) == 2026112601, 20, what="first load")
+                zone.write_text(PRIMARY_ZONE.replace("2026112601", "2026112602"))
+                t0 = time.monotonic()
+                primary_proc.send_signal(signal.SIGHUP)  # named reloads its zones
+                wait_until(lambda: serial(secondary_port) == 2026112602, 15, what="the new serial")
+                took = time.monotonic() - t0
+        finally:
+            assert sup.stop() == 0
+    log = (secondary / "named.log").read_text()
+    assert "notify from 127.0.0.1#" in log, log
+    print(f"\nMEASURED notify: serial change on the primary to the secondary {took:.2f}s")
+
+
+def serial(port: int) -> int | None:
+    answer = soa(port)
+    return answer.answer[0][0].serial if answer is not None and answer.answer else None

@@ -14,7 +14,15 @@ import pytest
 from tests.support.sshd import free_port, port_open, wait_until
 from tunnelkeeper.relaykit import dropbear, openssh
 
-from .conftest import banner, need_tool, reverse_forward, run, ssh_args, write_tunnel_config
+from .conftest import (
+    banner,
+    need_tool,
+    reverse_forward,
+    run,
+    ssh_args,
+    write_local_config,
+    write_tunnel_config,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -70,6 +78,23 @@ def test_dropbear_accepts_the_generated_line_and_it_confines(
         # A privileged port is refused for an account other than root.
         low = run(ssh_args(relay, "-N", "-R", "127.0.0.1:25:127.0.0.1:9"), check=False)
         assert low.returncode != 0 and "remote port forwarding failed" in low.stderr
+
+
+def test_dropbear_line_opens_a_locals_target(
+    make_dropbear: Any, smtp_sink: Any, tmp_path: Path
+) -> None:
+    """A tunnel with only a [[tunnel.local]]: its target (the relay's MTA) is permitopen'd."""
+    need_tool("ssh")
+    relay = make_dropbear()
+    config = write_local_config(tmp_path / "tk.toml", relay, free_port(), smtp_sink.port)
+    relay.set_authorized(dropbear.authorized_keys(config))
+    relay.start()
+    relayed = run(
+        ssh_args(relay, "-W", f"127.0.0.1:{smtp_sink.port}"), input="QUIT\r\n", check=False
+    )
+    assert relayed.stdout.startswith("220 mail.example.org"), relayed.stderr
+    elsewhere = run(ssh_args(relay, "-W", f"127.0.0.1:{relay.port}"), check=False)
+    assert elsewhere.stdout == "" and "administratively prohibited" in elsewhere.stderr
 
 
 def test_dropbear_cannot_limit_listen_ports(

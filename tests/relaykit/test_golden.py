@@ -9,7 +9,7 @@ import pytest
 
 from tunnelkeeper.cli import main
 
-from .conftest import GOLDEN, TWO_RELAYS, copy_example
+from .conftest import GOLDEN, OUTBOUND, TWO_RELAYS, copy_example
 
 UPDATE = bool(os.environ.get("TUNNELKEEPER_UPDATE_GOLDEN"))
 
@@ -50,6 +50,18 @@ TWO_RELAYS_COMMANDS = {
 }
 
 
+# Smarthost locals, NOTIFY, relay_mta, a locals-only tunnel.
+OUTBOUND_COMMANDS: dict[str, list[str]] = {
+    "smarthost.mc": ["smarthost", "--local", "submission"],
+    "smarthost-postfix": ["smarthost", "--postfix", "--local", "smarthost", "--tunnel", "out"],
+    "named.conf": ["named-conf"],
+    "named-legacy.conf": ["named-conf", "--legacy"],
+    "authorized_keys": ["authorized-keys"],
+    "authorized_keys-dropbear": ["authorized-keys", "--sshd", "dropbear"],
+    "sshd_config": ["sshd-config"],
+}
+
+
 def check_golden(path: Path, text: str) -> None:
     if UPDATE:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +91,13 @@ def test_example(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_two_relays(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     text = generate(TWO_RELAYS_COMMANDS[name], TWO_RELAYS, capsys)
     check_golden(GOLDEN / "two-relays" / name, text)
+
+
+@pytest.mark.parametrize("name", OUTBOUND_COMMANDS)
+def test_outbound(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    text = generate(OUTBOUND_COMMANDS[name], OUTBOUND, capsys)
+    check_golden(GOLDEN / "outbound" / name, text)
+    assert generate(OUTBOUND_COMMANDS[name], OUTBOUND, capsys) == text
 
 
 @pytest.mark.parametrize(
@@ -120,3 +139,15 @@ def test_two_relays_kit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     for name in written:
         check_golden(GOLDEN / "two-relays-kit" / name, (out / name).read_text(encoding="utf-8"))
+
+
+def test_outbound_kit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Smarthost notes, NOTIFY and a locals-only relay account in the kit."""
+    out = tmp_path / "kit"
+    assert main(["relay-kit", "-c", str(OUTBOUND), "--out", str(out)]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    for name in written:
+        check_golden(GOLDEN / "outbound-kit" / name, (out / name).read_text(encoding="utf-8"))
+    readme = (out / "out" / "README.md").read_text(encoding="utf-8")
+    assert "Outgoing mail from the internal host (smarthost)" in readme
+    assert "tunnelkeeper smarthost" in readme and "allow-notify" in readme

@@ -20,6 +20,7 @@ from .conftest import (
     reverse_forward,
     run,
     ssh_args,
+    write_local_config,
     write_tunnel_config,
 )
 
@@ -49,7 +50,8 @@ def sshd_t(folder: Path, block: str, user: str, *, layout: str) -> dict[str, str
 EXPECTED_EXAMPLE = {
     "allowtcpforwarding": "yes",
     "permitlisten": "127.0.0.1:2525 127.0.0.1:5353",
-    "permitopen": "127.0.0.1:2525 127.0.0.1:5353",
+    # The listens (probes) and relay_mta (check --mail): the example has an smtp forward.
+    "permitopen": "127.0.0.1:2525 127.0.0.1:5353 127.0.0.1:25",
     "gatewayports": "no",
     "x11forwarding": "no",
     "allowagentforwarding": "no",
@@ -79,9 +81,43 @@ def test_sshd_two_accounts(tmp_path: Path, two_relays: Config) -> None:
     tk = sshd_t(tmp_path, block, "tk", layout="include")
     assert tk["permitlisten"] == "127.0.0.1:2525 127.0.0.1:2526 [::1]:5353 127.0.0.1:1143"
     assert (tk["clientaliveinterval"], tk["clientalivecountmax"]) == ("6", "2")
+    assert tk["permitopen"] == (
+        "127.0.0.1:2525 127.0.0.1:2526 [::1]:5353 127.0.0.1:1143 127.0.0.1:25"
+    )
     tunnel = sshd_t(tmp_path, block, "tunnel", layout="include")
-    assert tunnel["permitopen"] == "127.0.0.1:2525 127.0.0.1:5353"
+    assert tunnel["permitopen"] == "127.0.0.1:2525 127.0.0.1:5353 127.0.0.1:25"
     assert (tunnel["clientaliveinterval"], tunnel["clientalivecountmax"]) == ("1", "1")
+
+
+def test_sshd_outbound_accounts(tmp_path: Path, outbound: Config) -> None:
+    """Locals' targets, the NOTIFY address and relay_mta are opened; a locals-only account
+    forwards locally only and listens nowhere."""
+    block = sshd_config(outbound)
+    tunnel = sshd_t(tmp_path, block, "tunnel", layout="include")
+    assert tunnel["allowtcpforwarding"] == "yes"
+    assert tunnel["permitlisten"] == "127.0.0.1:2525 127.0.0.1:5353"
+    # listens, local targets, the notify address; relay_mta 10025 is a local's target too.
+    assert tunnel["permitopen"] == (
+        "127.0.0.1:2525 127.0.0.1:5353 127.0.0.1:25 127.0.0.1:10025 [::1]:389 127.0.0.1:53"
+    )
+    smart = sshd_t(tmp_path, block, "smart", layout="appended")
+    assert smart["allowtcpforwarding"] == "local"
+    assert smart["permitlisten"] == "none"
+    assert smart["permitopen"] == "127.0.0.1:25"
+    assert smart["allowstreamlocalforwarding"] == "no"
+
+
+def test_relay_mta_only_with_an_smtp_forward(tmp_path: Path) -> None:
+    """check --mail submits to relay_mta only for smtp forwards: a dns-only tunnel keeps
+    the channel to the relay's MTA closed."""
+    path = tmp_path / "tk.toml"
+    path.write_text(
+        '[[tunnel]]\nname = "d"\nhost = "relay.example.net"\nuser = "tunnel"\n'
+        '[[tunnel.forward]]\nname = "dns"\nservice = "dns"\nlisten = 5353\ntarget = 53\n'
+        'zones = ["example.org"]\n'
+    )
+    settings = sshd_t(tmp_path, sshd_config(load(path)), "tunnel", layout="include")
+    assert settings["permitopen"] == "127.0.0.1:5353"
 
 
 def test_fingerprint_matches_ssh_keygen(two_relays: Config) -> None:
@@ -196,3 +232,30 @@ def test_every_file_says_the_block_is_required(example: Config) -> None:
     assert any("Match block (tunnelkeeper sshd-config) is required" in c for c in comments)
     assert "It is required, not optional" in sshd_config(example)
     assert "Both files are required." in relay_kit(example)["README.md"]
+
+
+def test_real_sshd_locals_only_account(tmp_path: Path, make_sshd: Any, smtp_sink: Any) -> None:
+    """A tunnel with only a [[tunnel.local]]: channels reach its target (the relay's MTA, here
+    the sink), nothing else, and no reverse listen at all, with the line and the block."""
+    need_tool("ssh")
+    sshd = make_sshd(start=False)
+    config = write_local_config(tmp_path / "tk.toml", sshd, free_port(), smtp_sink.port)
+    sshd.authorized_keys.write_text(authorized_keys(config))
+    sshd.extra_config = sshd_config(config)
+    sshd.start()
+
+    relayed = run(
+        ssh_args(sshd, "-W", f"127.0.0.1:{smtp_sink.port}"), input="QUIT\r\n", check=False
+    )
+    assert relayed.stdout.startswith("220 mail.example.org"), relayed.stderr
+    elsewhere = run(ssh_args(sshd, "-W", f"127.0.0.1:{sshd.port}"), input="", check=False)
+    assert elsewhere.stdout == ""
+    assert "administratively prohibited" in elsewhere.stderr
+    listen = free_port()
+    refused = run(
+        ssh_args(sshd, "-N", "-R", f"127.0.0.1:{listen}:127.0.0.1:{smtp_sink.port}"),
+        check=False,
+        timeout=20,
+    )
+    assert refused.returncode != 0
+    assert "remote port forwarding failed" in refused.stderr

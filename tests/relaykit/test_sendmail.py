@@ -200,6 +200,8 @@ dnl The relay accepts mail for the routed domain from anyone, as a real MX does.
 RELAY_DOMAIN(`example.org')dnl
 dnl Without DNS no sender domain resolves; a real relay does not need this.
 FEATURE(`accept_unresolvable_domains')dnl
+dnl No MSA on port 587 (on every address): only the one loopback listener.
+FEATURE(`no_default_msa')dnl
 DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl
 dnl Deliver while the client waits, so that the test need not run the queue.
 define(`confDELIVERY_MODE', `interactive')dnl

@@ -33,6 +33,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "transport": "Postfix transport(5) lines for the same domains",
         "named-conf": "BIND secondary-zone stanzas pulling through the dns forwards",
         "mx-records": "zone-file MX records: internal host at 0, relay at 10",
+        "smarthost": "the internal MTA's lines that send mail out through an smtp local",
         "authorized-keys": "the relay account's locked-down authorized_keys line",
         "sshd-config": "a Match User block for the relay's sshd_config",
         "relay-kit": "all of the above as files, with a README for the relay admin",

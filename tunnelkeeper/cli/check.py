@@ -109,6 +109,10 @@ def _print_plain(result: SupervisorStatus) -> None:
                     f"{probe.detail}"
                 )
             error = f" ({fwd.error})" if fwd.error else ""
-            out.write(
-                f"  forward {fwd.name} {fwd.listen} -> {fwd.target}: {fwd.state}{error}{how}\n"
+            # A local listens here and its target is as the relay sees it.
+            path = (
+                f"local {fwd.name} {fwd.listen} -> relay -> {fwd.target}"
+                if fwd.direction == "local"
+                else f"forward {fwd.name} {fwd.listen} -> {fwd.target}"
             )
+            out.write(f"  {path}: {fwd.state}{error}{how}\n")

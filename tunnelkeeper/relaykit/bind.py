@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from ..config import Config, Forward, Tunnel, is_ip
 from ..errors import ChooseTunnel, ConfigError
-from .common import forwards_of, origin
+from .common import forwards_of, is_ipv6, origin
 
 
 def zone_file(zone: str) -> str:
@@ -20,6 +22,14 @@ def _zones(config: Config, tunnel: str | None) -> list[tuple[str, Tunnel, Forwar
                 f"named needs an address to pull from, not {forward.listen.host!r}",
                 path=str(config.path),
                 key=_key(config, tun, forward),
+            )
+        if forward.notify is not None and not (
+            forward.notify.host == "localhost" or is_ip(forward.notify.host)
+        ):
+            raise ConfigError(
+                f"named's allow-notify needs an address, not {forward.notify.host!r}",
+                path=str(config.path),
+                key=_key(config, tun, forward).replace(".listen", ".notify"),
             )
         for zone in forward.zones:
             first = seen.get(zone)
@@ -40,6 +50,22 @@ def _zones(config: Config, tunnel: str | None) -> list[tuple[str, Tunnel, Forwar
     return list(seen.values())
 
 
+def notify_source(forward: Forward) -> str | None:
+    """The address a NOTIFY sent over the tunnel arrives from, or None without `notify`.
+
+    The relay's sshd connects to the notify address for tunnelkeeper; the kernel picks the
+    source: 127.0.0.1 for an IPv4 loopback address, ::1 for IPv6 loopback, the address itself
+    for one of the relay's others. named takes NOTIFY from its primaries' addresses (any port)
+    and from allow-notify; the primary here may be another address (a [::1] listen, say).
+    """
+    if forward.notify is None:
+        return None
+    host = forward.notify.host
+    if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+        return "::1" if is_ipv6(host) else "127.0.0.1"
+    return host
+
+
 def _key(config: Config, tunnel: Tunnel, forward: Forward) -> str:
     return f"tunnel[{config.tunnel.index(tunnel)}].forward[{tunnel.forward.index(forward)}].listen"
 
@@ -51,13 +77,28 @@ def named_conf(config: Config, tunnel: str | None = None, *, legacy: bool = Fals
     """
     zones = _zones(config, tunnel)
     kind, primaries = ("slave", "masters") if legacy else ("secondary", "primaries")
+    notified = any(forward.notify is not None for _, _, forward in zones)
     lines = [
         "// BIND secondary zones written by tunnelkeeper: each zone is pulled from the",
         "// internal primary through the SSH tunnel, whose relay end listens on the address",
-        "// and port below. NOTIFY is UDP and does not travel the tunnel: changes arrive when",
-        "// the SOA refresh timer fires (or at once with `rndc refresh ZONE`). The internal",
-        "// primary sees the transfers come from 127.0.0.1 and must allow them",
-        "// (allow-transfer, better with a TSIG key).",
+        "// and port below. The internal primary sees the transfers come from 127.0.0.1 and",
+        "// must allow them (allow-transfer, better with a TSIG key).",
+    ]
+    if notified:
+        lines += [
+            "// The primary's own NOTIFY is UDP and does not travel the tunnel; instead",
+            "// tunnelkeeper sends a NOTIFY over the tunnel (TCP) when a zone's serial changes,",
+            "// to the named address of its `notify` setting, and named refreshes at once. That",
+            "// NOTIFY comes from the address allow-notify names (where sshd hands it over).",
+            "// Zones without allow-notify change when their SOA refresh timer fires.",
+        ]
+    else:
+        lines += [
+            "// NOTIFY is UDP and does not travel the tunnel: changes arrive when the SOA",
+            "// refresh timer fires (or at once with `rndc refresh ZONE`), unless the dns",
+            "// forward has `notify` set: tunnelkeeper then sends one over the tunnel.",
+        ]
+    lines += [
         "",
         "// The tunnel carries TCP only, and named sends its SOA refresh queries over UDP unless",
         "// told otherwise. A server statement may appear once per address: merge these into an",
@@ -73,7 +114,9 @@ def named_conf(config: Config, tunnel: str | None = None, *, legacy: bool = Fals
             f'zone "{zone}" {{',
             f"\ttype {kind};",
             f"\t{primaries} {{ {forward.listen.host} port {forward.listen.port}; }};",
-            f'\tfile "{zone_file(zone)}";',
-            "};",
         ]
+        source = notify_source(forward)
+        if source is not None:
+            lines.append(f"\tallow-notify {{ {source}; }};")
+        lines += [f'\tfile "{zone_file(zone)}";', "};"]
     return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..config import Config, Tunnel
 from .common import select_tunnels
-from .openssh import listens, opens, read_public_key
+from .openssh import listens, open_comments, opens, read_public_key
 
 # Dropbear ends a session once this many -K periods pass without a packet from the client
 # (a compile-time constant there; 2022.83 dropped a frozen client 2.6 s after it froze at -K 1).
@@ -25,7 +25,8 @@ KEEPALIVE_LIMIT = 3
 
 
 def key_options(tunnel: Tunnel) -> str:
-    """No pty, agent or X11; channels only to the listens; no command. Listens are unlimited."""
+    """No pty, agent or X11; channels only where tunnelkeeper opens them; no command.
+    Listens are unlimited."""
     options = ["no-pty", "no-agent-forwarding", "no-X11-forwarding"]
     options += [f'permitopen="{target}"' for target in opens((tunnel,))]
     options.append('command="/bin/false"')
@@ -38,7 +39,7 @@ def authorized_keys(config: Config, tunnel: str | None = None) -> str:
         "# authorized_keys lines for a Dropbear relay, written by tunnelkeeper. Dropbear refuses",
         "# a whole line with an option it does not know (port-forwarding, permitlisten, from),",
         "# so each line has only what Dropbear understands: no pty, agent or X11, no command",
-        "# (/bin/false), and channels only to the tunnel's listens (permitopen).",
+        "# (/bin/false), and channels only to the destinations tunnelkeeper opens (permitopen).",
         "# Dropbear cannot limit listen ports per key: this key may listen on ANY port (above",
         "# 1023 unless the account is root), on loopback unless dropbear runs with -a.",
         "# Instead: give the key an account of its own that nothing else uses; run dropbear",
@@ -51,7 +52,13 @@ def authorized_keys(config: Config, tunnel: str | None = None) -> str:
         lines += [
             f"# tunnel {tun.name}: ~{tun.user}/.ssh/authorized_keys on {tun.host}, "
             f"key {key.fingerprint}",
-            f"# it listens on {', '.join(listens((tun,)))} (not enforced by Dropbear)",
+            (
+                f"# it listens on {', '.join(listens((tun,)))} (not enforced by Dropbear)"
+                if tun.forward
+                else "# it holds no reverse forwards (Dropbear would still let it listen)"
+            ),
+            "# channels (permitopen) only to:",
+            *open_comments((tun,)),
         ]
         if tun.from_:
             lines.append(

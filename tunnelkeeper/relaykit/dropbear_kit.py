@@ -52,7 +52,9 @@ def account(tun: Tunnel, authorized_keys: str) -> str:
 One unprivileged account that nothing but this key logs in to. Dropbear refuses a key line with
 an option it does not know, and knows fewer than OpenSSH: the line in `{authorized_keys}` gives no
 pty, agent or X11, runs no command (`/bin/false` replaces whatever the client asks for), and
-lets the key open channels only to the listens above (tunnelkeeper's end-to-end checks).
+lets the key open channels only to the destinations tunnelkeeper uses (its end-to-end checks
+through the listens, and this relay's own services that its smarthost or `check --mail`
+reach; the file's comments name each).
 **Dropbear cannot limit which ports a key listens on** (it has no `permitlisten`): whoever holds
 the key may listen on any port above 1023, on loopback. That is why the account must be its own,
 and why the flags below matter.{source}

@@ -7,13 +7,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config, Tunnel
-from . import dropbear, dropbear_kit
+from . import dropbear, dropbear_kit, outbound_kit
 from .bind import named_conf
 from .check_script import check_relay, readme_section
 from .common import SshServer, mail_routes, select_tunnels
 from .mailertable import mailer_name, mailertable
 from .mx import mx_records
-from .openssh import authorized_keys, client_alive, listens, read_public_key, sshd_config
+from .openssh import (
+    authorized_keys,
+    client_alive,
+    listens,
+    opens,
+    read_public_key,
+    sshd_config,
+)
 from .postfix import relay_domains, transport
 from .sendmail import mailer_definitions, mailer_definitions_m4, ports
 
@@ -147,8 +154,9 @@ def _readme(config: Config, parts: _Parts) -> str:
     if parts.mail:
         sections.append(_mx(parts))
     sections.append(readme_section(CHECK_SCRIPT, mail=parts.mail))
+    sections.append(outbound_kit.smarthost_section(tun, 7))
     sections.append(dropbear_kit.trouble(tun) if parts.sshd == "dropbear" else _trouble(tun))
-    return "\n\n".join(section.strip("\n") for section in sections) + "\n"
+    return "\n\n".join(section.strip("\n") for section in sections if section) + "\n"
 
 
 def _intro(parts: _Parts) -> str:
@@ -164,7 +172,7 @@ def _intro(parts: _Parts) -> str:
         else:
             what = f"{forward.service} ({forward.name})"
         rows.append(f"| {forward.listen} | {forward.target} | {what} |")
-    table = "\n".join(rows)
+    table = "\n".join(rows or ["| (none: this tunnel only opens channels) | | |"])
     return f"""
 # Relay kit for tunnel {tun.name} ({tun.relay})
 
@@ -181,7 +189,7 @@ on the addresses below, and whatever connects to them is carried back to the int
 
 The listeners exist only while the tunnel is up. When it is down, mail waits in this relay's
 queue and is retried, and secondary zones go on being served until their SOA expire time.
-"""
+{outbound_kit.locals_intro(tun)}"""
 
 
 def _files_table(parts: _Parts) -> str:
@@ -214,13 +222,22 @@ def _files_table(parts: _Parts) -> str:
 def _account(tun: Tunnel) -> str:
     key = read_public_key(tun)
     alive = client_alive(tun)
-    allowed = " ".join(listens((tun,)))
+    allowed = " ".join(listens((tun,))) or "none"
+    destinations = " ".join(opens((tun,)))
+    forwarding = "yes" if tun.forward else "local"
+    listening = (
+        f"`ss -ltnp | grep sshd` lists sshd listening on {allowed.replace(' ', ', ')}."
+        if tun.forward
+        else "sshd listens on nothing for it: the tunnel only opens channels."
+    )
     source = f" The key is accepted only from {', '.join(tun.from_)}." if tun.from_ else ""
     return f"""
 ## 1. The SSH account
 
-One unprivileged account; the key may hold exactly the listens above and open channels to them
-(tunnelkeeper's end-to-end checks), and nothing else: no shell, pty, agent or X11.{source}
+One unprivileged account; the key may hold exactly the listens above and open channels only to
+the destinations tunnelkeeper uses (the end-to-end checks through the listens, and this relay's
+own services that its smarthost or `check --mail` reach; the files' comments name each), and
+nothing else: no shell, pty, agent or X11.{source}
 Its fingerprint is `{key.fingerprint}`: compare it with what the internal admin tells you.
 
 ```sh
@@ -246,10 +263,10 @@ sshd -T -C user={tun.user},host=internal,addr=127.0.0.1 |
     grep -Ei 'permit(listen|open)|tcpforwarding|clientalive'
 ```
 
-It should show `permitlisten {allowed}`, `permitopen {allowed}`, `allowtcpforwarding yes`,
-`clientaliveinterval {alive.interval}` and `clientalivecountmax {alive.count_max}`; the comments in
-`{SSHD_CONFIG}` explain the keepalive numbers. Once the internal side runs tunnelkeeper,
-`ss -ltnp | grep sshd` lists sshd listening on {allowed.replace(" ", ", ")}.
+It should show `permitlisten {allowed}`, `permitopen {destinations}`,
+`allowtcpforwarding {forwarding}`, `clientaliveinterval {alive.interval}` and
+`clientalivecountmax {alive.count_max}`; the comments in `{SSHD_CONFIG}` explain the keepalive
+numbers. Once the internal side runs tunnelkeeper, {listening}
 """
 
 
@@ -342,8 +359,7 @@ be able to write.
 
 The internal primary sees the transfers arrive from 127.0.0.1 (tunnelkeeper hands them over
 there) and must allow them: `allow-transfer {{ 127.0.0.1; }};`, better with a TSIG key.
-NOTIFY is UDP and does not travel the tunnel, so changes arrive when the SOA refresh timer fires;
-`rndc refresh {zone}` fetches them at once. Test:
+{outbound_kit.notify_paragraph(forwards, zone)}
 
 ```sh
 dig +tcp -p {listen.port} @{listen.host} {zone} SOA   # the tunnel alone: the primary answers

@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config, Tunnel
+from ..config import Config, Endpoint, Tunnel
 from ..errors import ConfigError
 from .common import select_tunnels
 
@@ -77,15 +77,54 @@ def listens(tunnels: tuple[Tunnel, ...]) -> list[str]:
     return list(dict.fromkeys(str(f.listen) for t in tunnels for f in t.forward))
 
 
+def open_reasons(tunnels: tuple[Tunnel, ...]) -> dict[str, str]:
+    """Every direct-tcpip destination these tunnels open, `host:port`, with why; each once.
+
+    Per tunnel: the forwards' listens (the end-to-end probes loop back through them), the
+    locals' targets, the dns forwards' notify addresses, and relay_mta when the tunnel has an
+    smtp forward (`check --mail` submits its test message there).
+    """
+    found: dict[str, list[str]] = {}
+
+    def add(endpoint: Endpoint, why: str) -> None:
+        reasons = found.setdefault(str(endpoint), [])
+        if why not in reasons:
+            reasons.append(why)
+
+    for tun in tunnels:
+        for forward in tun.forward:
+            add(forward.listen, f"end-to-end probe of {forward.name}")
+        for local in tun.local:
+            add(local.target, f"local {local.name}")
+        for forward in tun.forward:
+            if forward.notify is not None:
+                add(forward.notify, f"DNS NOTIFY for {forward.name}")
+        if has_mail(tun):
+            add(tun.relay_mta, "relay_mta: check --mail submits its test there")
+    return {dest: "; ".join(reasons) for dest, reasons in found.items()}
+
+
 def opens(tunnels: tuple[Tunnel, ...]) -> list[str]:
-    """Every direct-tcpip destination these tunnels open, `host:port`, config order."""
-    # The end-to-end probes open direct-tcpip channels to the relay's own listen address.
-    return listens(tunnels)
+    """Every direct-tcpip destination these tunnels open, `host:port`, in a stable order."""
+    return list(open_reasons(tunnels))
+
+
+def has_mail(tunnel: Tunnel) -> bool:
+    return any(f.service == "smtp" for f in tunnel.forward)
+
+
+def open_comments(tunnels: tuple[Tunnel, ...]) -> list[str]:
+    """`#` lines: each channel destination and why it is permitted."""
+    reasons = open_reasons(tunnels)
+    width = max(len(dest) for dest in reasons)
+    return [f"#   {dest:<{width}}  {why}" for dest, why in reasons.items()]
 
 
 def key_options(tunnel: Tunnel) -> str:
-    """`restrict` and then exactly what the tunnel needs: its listens, and opens to them."""
+    """`restrict` and then exactly what the tunnel needs: its listens, and its channels."""
     options = ["restrict", "port-forwarding"]
+    # OpenSSH has no permitlisten="none": a tunnel with locals only gets no permitlisten here,
+    # and the Match block's AllowTcpForwarding local refuses every listen of the account.
     options += [f'permitlisten="{listen}"' for listen in listens((tunnel,))]
     options += [f'permitopen="{target}"' for target in opens((tunnel,))]
     options.append('command="/bin/false"')
@@ -98,7 +137,8 @@ def authorized_keys(config: Config, tunnel: str | None = None) -> str:
     """One locked-down authorized_keys line per tunnel, each after a comment naming its account."""
     lines = [
         "# authorized_keys lines written by tunnelkeeper: the key may hold these reverse forwards",
-        "# and open channels to them, and nothing else (no shell, pty, agent or X11).",
+        "# and open channels to the destinations listed, and nothing else (no shell, pty, agent",
+        "# or X11). With any permitopen present sshd refuses channels to every other address.",
         "# The sshd Match block (tunnelkeeper sshd-config) is required as well: port-forwarding",
         "# here also allows Unix-socket forwards, which permitlisten does not limit; the block's",
         "# AllowStreamLocalForwarding no refuses them.",
@@ -108,8 +148,15 @@ def authorized_keys(config: Config, tunnel: str | None = None) -> str:
         lines += [
             f"# tunnel {tun.name}: ~{tun.user}/.ssh/authorized_keys on {tun.host}, "
             f"key {key.fingerprint}",
-            f"{key_options(tun)} {key}",
+            "# channels (permitopen) only to:",
+            *open_comments((tun,)),
         ]
+        if not tun.forward:
+            lines += [
+                "# no reverse forwards: a key line cannot say permitlisten none, so the Match",
+                "# block's AllowTcpForwarding local is what refuses every listen of this account",
+            ]
+        lines.append(f"{key_options(tun)} {key}")
     return "\n".join(lines) + "\n"
 
 
@@ -177,6 +224,7 @@ def _match_block(host: str, user: str, tunnels: tuple[Tunnel, ...]) -> list[str]
     tightest = min(tunnels, key=lambda t: client_alive(t).client_budget)
     alive = client_alive(tightest)
     public = any(not f.listen.is_loopback for t in tunnels for f in t.forward)
+    forwarding = _forwarding(tunnels)
     lines = [
         f"# Relay account {user} on {host} (tunnel {names}).",
         f"# Keepalive arithmetic (tunnel {tightest.name}). tunnelkeeper gives up on a silent",
@@ -199,10 +247,17 @@ def _match_block(host: str, user: str, tunnels: tuple[Tunnel, ...]) -> list[str]
             "# listeners still held; tunnelkeeper retries such a listen every forward_retry = "
             f"{_seconds(tightest.forward_retry)} s.",
         ]
-    lines += [
-        "# AllowTcpForwarding yes, not remote: the end-to-end probes open direct-tcpip channels",
-        "# to the listens, which PermitOpen allows and nothing else.",
-    ]
+    if forwarding == "yes":
+        lines += [
+            "# AllowTcpForwarding yes, not remote: the end-to-end probes open direct-tcpip",
+            "# channels to the listens. PermitOpen allows exactly these and nothing else:",
+        ]
+    else:
+        lines += [
+            "# AllowTcpForwarding local: no reverse forwards, only direct-tcpip channels, and",
+            "# PermitOpen allows exactly these:",
+        ]
+    lines += open_comments(tunnels)
     if public:
         lines.append("# GatewayPorts clientspecified: a forward listens on a public address.")
     lines.append(f"Match User {user}")
@@ -210,13 +265,18 @@ def _match_block(host: str, user: str, tunnels: tuple[Tunnel, ...]) -> list[str]
     return lines
 
 
+def _forwarding(tunnels: tuple[Tunnel, ...]) -> str:
+    # direct-tcpip channels are "local" forwarding to sshd; reverse listens are "remote".
+    return "yes" if any(t.forward for t in tunnels) else "local"
+
+
 def match_settings(tunnels: tuple[Tunnel, ...]) -> list[tuple[str, str]]:
     """The keywords and values of one account's Match block, as sshd -T shows them too."""
     alive = client_alive(min(tunnels, key=lambda t: client_alive(t).client_budget))
     public = any(not f.listen.is_loopback for t in tunnels for f in t.forward)
     return [
-        ("AllowTcpForwarding", "yes"),
-        ("PermitListen", " ".join(listens(tunnels))),
+        ("AllowTcpForwarding", _forwarding(tunnels)),
+        ("PermitListen", " ".join(listens(tunnels)) or "none"),
         ("PermitOpen", " ".join(opens(tunnels))),
         ("GatewayPorts", "clientspecified" if public else "no"),
         ("X11Forwarding", "no"),

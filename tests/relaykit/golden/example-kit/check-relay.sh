@@ -61,7 +61,7 @@ if [ "$(id -u)" = 0 ]; then pass "running as root"; else fail "running as root (
 home=$(getent passwd "$TK_USER" | cut -d: -f6)
 if [ -n "$home" ]; then pass "account $TK_USER exists"; else fail "account $TK_USER exists"; fi
 keys=${TK_AUTHORIZED_KEYS:-$home/.ssh/authorized_keys}
-if grep -qxF 'restrict,port-forwarding,permitlisten="127.0.0.1:2525",permitlisten="127.0.0.1:5353",permitopen="127.0.0.1:2525",permitopen="127.0.0.1:5353",command="/bin/false" ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC+cJWqYp7JHK68hY4YrA6lDI5zIT6l5jz+OFvyKPviaKhlIVht+9+E4ee22fYYzUiWykoGHvQdoY5e7djPrBxxqkzrhU3ewnNOoaXK7jxHH6tgOnUIqt/gACzgMbx/cT3gKXURqY5M3AHM1Ayk9nBbctDpcZgAYgUv9+dKpaG6Jkql5dcyUBYLev55D3YDhmhTL4HKBr8/3gY0F8IERemnXY+0pVBPQZWM2FH1X2qCdVyKZ0OTaRT+h2Db16X23MtxhSn2r4KsnxhKZH6/6Z273LFkWaVu8dQNzecqH0uP7OpEcF/htFlGvUcmasNrcIVrpy1UqHZWc3GY1lxLW41n tunnelkeeper@mail.example.org' "$keys" 2>/dev/null; then
+if grep -qxF 'restrict,port-forwarding,permitlisten="127.0.0.1:2525",permitlisten="127.0.0.1:5353",permitopen="127.0.0.1:2525",permitopen="127.0.0.1:5353",permitopen="127.0.0.1:25",command="/bin/false" ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC+cJWqYp7JHK68hY4YrA6lDI5zIT6l5jz+OFvyKPviaKhlIVht+9+E4ee22fYYzUiWykoGHvQdoY5e7djPrBxxqkzrhU3ewnNOoaXK7jxHH6tgOnUIqt/gACzgMbx/cT3gKXURqY5M3AHM1Ayk9nBbctDpcZgAYgUv9+dKpaG6Jkql5dcyUBYLev55D3YDhmhTL4HKBr8/3gY0F8IERemnXY+0pVBPQZWM2FH1X2qCdVyKZ0OTaRT+h2Db16X23MtxhSn2r4KsnxhKZH6/6Z273LFkWaVu8dQNzecqH0uP7OpEcF/htFlGvUcmasNrcIVrpy1UqHZWc3GY1lxLW41n tunnelkeeper@mail.example.org' "$keys" 2>/dev/null; then
     pass "$keys has the kit's key line (SHA256:4EBm7j0gZ4XmIymv6mpVWaBzAamgSXBsJhMp0zWSYYE)"
 else
     fail "$keys has the kit's key line (SHA256:4EBm7j0gZ4XmIymv6mpVWaBzAamgSXBsJhMp0zWSYYE): install the kit's authorized_keys"
@@ -70,7 +70,7 @@ fi
 # -- sshd applies the Match block to the account --------------------------------------
 connection="user=$TK_USER,host=internal,addr=127.0.0.1"
 if settings=$("$TK_SSHD" -T -f "$TK_SSHD_CONFIG" -C "$connection" 2>&1); then
-    for want in 'allowtcpforwarding yes' 'permitlisten 127.0.0.1:2525 127.0.0.1:5353' 'permitopen 127.0.0.1:2525 127.0.0.1:5353' 'gatewayports no' 'x11forwarding no' 'allowagentforwarding no' 'allowstreamlocalforwarding no' 'permittunnel no' 'permittty no' 'forcecommand /bin/false' 'authenticationmethods publickey' 'clientaliveinterval 3' 'clientalivecountmax 3'; do
+    for want in 'allowtcpforwarding yes' 'permitlisten 127.0.0.1:2525 127.0.0.1:5353' 'permitopen 127.0.0.1:2525 127.0.0.1:5353 127.0.0.1:25' 'gatewayports no' 'x11forwarding no' 'allowagentforwarding no' 'allowstreamlocalforwarding no' 'permittunnel no' 'permittty no' 'forcecommand /bin/false' 'authenticationmethods publickey' 'clientaliveinterval 3' 'clientalivecountmax 3'; do
         if printf '%s\n' "$settings" | grep -qixF "$want"; then
             pass "sshd -T for $TK_USER: $want"
         else

@@ -61,7 +61,7 @@ if [ "$(id -u)" = 0 ]; then pass "running as root"; else fail "running as root (
 home=$(getent passwd "$TK_USER" | cut -d: -f6)
 if [ -n "$home" ]; then pass "account $TK_USER exists"; else fail "account $TK_USER exists"; fi
 keys=${TK_AUTHORIZED_KEYS:-$home/.ssh/authorized_keys}
-if grep -qxF 'restrict,port-forwarding,permitlisten="127.0.0.1:2525",permitlisten="127.0.0.1:2526",permitlisten="[::1]:5353",permitlisten="127.0.0.1:1143",permitopen="127.0.0.1:2525",permitopen="127.0.0.1:2526",permitopen="[::1]:5353",permitopen="127.0.0.1:1143",command="/bin/false",from="192.0.2.10,2001:db8::/32" ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCR42zN0Fri3My62/xWwNyEjGaBZcHWvsuNGKYFXGdgtayKRnTdLyIh1SECdc06VU/GBQR7WFEjX4mn4DXe/ZzpiKZqc4HRbbvgPHYgV1pp1sa+e+mCgOG0bE7UbNH5tLFuCTXIerp8mHK9bX6ghMcC9/3/WcJe7w6JPkoFe6GfpfiYWVkOcufKdJMw/Q+qVoFoFjF1vQ0jKnT9j6oN9P9FNnMK5Nzv/9UTlXiFcKgKQzxlXL/8KWPHmSdjQJJ47+3WkrljFR2UB64Ebc3ylwFlq0y3fb7ipMTnu9T4ZLiT6nFSz98qNzl1PQqojVsUu4pVhUmFp1W7NlLivkAUWFDd tunnelkeeper mx-a' "$keys" 2>/dev/null; then
+if grep -qxF 'restrict,port-forwarding,permitlisten="127.0.0.1:2525",permitlisten="127.0.0.1:2526",permitlisten="[::1]:5353",permitlisten="127.0.0.1:1143",permitopen="127.0.0.1:2525",permitopen="127.0.0.1:2526",permitopen="[::1]:5353",permitopen="127.0.0.1:1143",permitopen="127.0.0.1:25",command="/bin/false",from="192.0.2.10,2001:db8::/32" ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCR42zN0Fri3My62/xWwNyEjGaBZcHWvsuNGKYFXGdgtayKRnTdLyIh1SECdc06VU/GBQR7WFEjX4mn4DXe/ZzpiKZqc4HRbbvgPHYgV1pp1sa+e+mCgOG0bE7UbNH5tLFuCTXIerp8mHK9bX6ghMcC9/3/WcJe7w6JPkoFe6GfpfiYWVkOcufKdJMw/Q+qVoFoFjF1vQ0jKnT9j6oN9P9FNnMK5Nzv/9UTlXiFcKgKQzxlXL/8KWPHmSdjQJJ47+3WkrljFR2UB64Ebc3ylwFlq0y3fb7ipMTnu9T4ZLiT6nFSz98qNzl1PQqojVsUu4pVhUmFp1W7NlLivkAUWFDd tunnelkeeper mx-a' "$keys" 2>/dev/null; then
     pass "$keys has the kit's key line (SHA256:GAiAxinJkRNkCEfVfxwbrJ27JHGUVtb/OS/1ptyV3HE)"
 else
     fail "$keys has the kit's key line (SHA256:GAiAxinJkRNkCEfVfxwbrJ27JHGUVtb/OS/1ptyV3HE): install the kit's authorized_keys"
@@ -70,7 +70,7 @@ fi
 # -- sshd applies the Match block to the account --------------------------------------
 connection="user=$TK_USER,host=internal,addr=127.0.0.1"
 if settings=$("$TK_SSHD" -T -f "$TK_SSHD_CONFIG" -C "$connection" 2>&1); then
-    for want in 'allowtcpforwarding yes' 'permitlisten 127.0.0.1:2525 127.0.0.1:2526 [::1]:5353 127.0.0.1:1143' 'permitopen 127.0.0.1:2525 127.0.0.1:2526 [::1]:5353 127.0.0.1:1143' 'gatewayports no' 'x11forwarding no' 'allowagentforwarding no' 'allowstreamlocalforwarding no' 'permittunnel no' 'permittty no' 'forcecommand /bin/false' 'authenticationmethods publickey' 'clientaliveinterval 6' 'clientalivecountmax 2'; do
+    for want in 'allowtcpforwarding yes' 'permitlisten 127.0.0.1:2525 127.0.0.1:2526 [::1]:5353 127.0.0.1:1143' 'permitopen 127.0.0.1:2525 127.0.0.1:2526 [::1]:5353 127.0.0.1:1143 127.0.0.1:25' 'gatewayports no' 'x11forwarding no' 'allowagentforwarding no' 'allowstreamlocalforwarding no' 'permittunnel no' 'permittty no' 'forcecommand /bin/false' 'authenticationmethods publickey' 'clientaliveinterval 6' 'clientalivecountmax 2'; do
         if printf '%s\n' "$settings" | grep -qixF "$want"; then
             pass "sshd -T for $TK_USER: $want"
         else

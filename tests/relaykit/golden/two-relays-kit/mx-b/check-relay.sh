@@ -61,7 +61,7 @@ if [ "$(id -u)" = 0 ]; then pass "running as root"; else fail "running as root (
 home=$(getent passwd "$TK_USER" | cut -d: -f6)
 if [ -n "$home" ]; then pass "account $TK_USER exists"; else fail "account $TK_USER exists"; fi
 keys=${TK_AUTHORIZED_KEYS:-$home/.ssh/authorized_keys}
-if grep -qxF 'restrict,port-forwarding,permitlisten="127.0.0.1:2525",permitlisten="127.0.0.1:5353",permitopen="127.0.0.1:2525",permitopen="127.0.0.1:5353",command="/bin/false" ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQChwiqZhPDTaCMs4zX3HDGE8h9U/W8dt/RQ9Wt6FqXdMGvbeCGunknLSzjj1qGk/hEMy0JJkE8vbhwgAuqXU7CVeoYKAhcCmy7PpkPmiolOtjNA9bBg0tf6eU3CNspFY0wTnoHvuIcTeNyyNs/rUU54gBVRIxphp4bhc2D25gcmgEP3cv823DW1K4ebeaNn60s7BcaptOaIinW8k6mJTTeGR29XhmZ8+JSLLoREiWCDLZ06qqDLiVs5tVBDYpeNKxwAfPvNK1xbwPfb+W6zfiAG1dO+KLjhZK1pu4KFa9pshjWuu75i7Z8cuDqw2zLH7p8grEohT07rhQ6yMiQgJ4lb' "$keys" 2>/dev/null; then
+if grep -qxF 'restrict,port-forwarding,permitlisten="127.0.0.1:2525",permitlisten="127.0.0.1:5353",permitopen="127.0.0.1:2525",permitopen="127.0.0.1:5353",permitopen="127.0.0.1:25",command="/bin/false" ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQChwiqZhPDTaCMs4zX3HDGE8h9U/W8dt/RQ9Wt6FqXdMGvbeCGunknLSzjj1qGk/hEMy0JJkE8vbhwgAuqXU7CVeoYKAhcCmy7PpkPmiolOtjNA9bBg0tf6eU3CNspFY0wTnoHvuIcTeNyyNs/rUU54gBVRIxphp4bhc2D25gcmgEP3cv823DW1K4ebeaNn60s7BcaptOaIinW8k6mJTTeGR29XhmZ8+JSLLoREiWCDLZ06qqDLiVs5tVBDYpeNKxwAfPvNK1xbwPfb+W6zfiAG1dO+KLjhZK1pu4KFa9pshjWuu75i7Z8cuDqw2zLH7p8grEohT07rhQ6yMiQgJ4lb' "$keys" 2>/dev/null; then
     pass "$keys has the kit's key line (SHA256:r6M+Wf3t1iVGhdkPR7EEiXBqztFv1+wdeU3GIILiqYY)"
 else
     fail "$keys has the kit's key line (SHA256:r6M+Wf3t1iVGhdkPR7EEiXBqztFv1+wdeU3GIILiqYY): install the kit's authorized_keys"
@@ -70,7 +70,7 @@ fi
 # -- sshd applies the Match block to the account --------------------------------------
 connection="user=$TK_USER,host=internal,addr=127.0.0.1"
 if settings=$("$TK_SSHD" -T -f "$TK_SSHD_CONFIG" -C "$connection" 2>&1); then
-    for want in 'allowtcpforwarding yes' 'permitlisten 127.0.0.1:2525 127.0.0.1:5353' 'permitopen 127.0.0.1:2525 127.0.0.1:5353' 'gatewayports no' 'x11forwarding no' 'allowagentforwarding no' 'allowstreamlocalforwarding no' 'permittunnel no' 'permittty no' 'forcecommand /bin/false' 'authenticationmethods publickey' 'clientaliveinterval 1' 'clientalivecountmax 1'; do
+    for want in 'allowtcpforwarding yes' 'permitlisten 127.0.0.1:2525 127.0.0.1:5353' 'permitopen 127.0.0.1:2525 127.0.0.1:5353 127.0.0.1:25' 'gatewayports no' 'x11forwarding no' 'allowagentforwarding no' 'allowstreamlocalforwarding no' 'permittunnel no' 'permittty no' 'forcecommand /bin/false' 'authenticationmethods publickey' 'clientaliveinterval 1' 'clientalivecountmax 1'; do
         if printf '%s\n' "$settings" | grep -qixF "$want"; then
             pass "sshd -T for $TK_USER: $want"
         else

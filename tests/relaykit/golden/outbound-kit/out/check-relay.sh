@@ -1,0 +1,146 @@
+#!/bin/sh
+# check-relay.sh, written by `tunnelkeeper relay-kit` for tunnel out (tunnel@relay.example.net:22).
+# Run it as root on the relay, from the kit's folder, once the files are installed where
+# README.md says: it changes nothing, prints one line per check that starts with "ok" or
+# "FAIL", and exits 0 only when every check passed. It takes no arguments.
+#
+# Where it looks; set any of these in the environment to look elsewhere:
+#   TK_USER=tunnel                        the relay account
+#   TK_AUTHORIZED_KEYS=                   its authorized_keys (default: ~TK_USER/.ssh/...)
+#   TK_SSHD=sshd                          the sshd program
+#   TK_SSHD_CONFIG=/etc/ssh/sshd_config   the sshd_config that includes the block
+#   TK_MTA=sendmail                       sendmail or postfix
+#   TK_SENDMAIL=sendmail                  the sendmail program
+#   TK_SENDMAIL_CF=/etc/mail/sendmail.cf  the sendmail.cf in use
+#   TK_MAILERTABLE=/etc/mail/mailertable  the mailertable source
+#   TK_MAILERTABLE_MAP=                   its map (default: TK_MAILERTABLE.db)
+#   TK_TRANSPORT=/etc/postfix/transport   Postfix's transport map source
+#   TK_POSTMAP=postmap                    Postfix's postmap program
+#   TK_NAMED_CONF=/etc/bind/named.conf    the named.conf to check
+set -u
+: "${TK_USER:=tunnel}"
+: "${TK_SSHD:=sshd}"
+: "${TK_SSHD_CONFIG:=/etc/ssh/sshd_config}"
+: "${TK_MTA:=sendmail}"
+: "${TK_SENDMAIL:=sendmail}"
+: "${TK_SENDMAIL_CF:=/etc/mail/sendmail.cf}"
+: "${TK_MAILERTABLE:=/etc/mail/mailertable}"
+: "${TK_TRANSPORT:=/etc/postfix/transport}"
+: "${TK_POSTMAP:=postmap}"
+: "${TK_NAMED_CONF:=/etc/bind/named.conf}"
+
+failed=0
+pass() { printf 'ok %s\n' "$1"; }
+fail() { printf 'FAIL %s\n' "$1"; failed=1; }
+first_line() { printf '%s\n' "$1" | sed -n '1{s/[[:cntrl:]]//g;p;}'; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# The local addresses that something listens on, one per line, as host:port.
+listening() {
+    if have ss; then
+        ss -Hltn | awk '{print $4}'
+    else
+        netstat -ltn | awk 'NR > 2 {print $4}'
+    fi
+}
+
+check_listen() {  # HOST PORT
+    if listening | grep -qxF -e "$1:$2" -e "[$1]:$2"; then
+        pass "something listens on $1:$2 (the tunnel is up)"
+    else
+        fail "nothing listens on $1:$2: the tunnel is down (tunnelkeeper status) or refused"
+    fi
+}
+
+# Whether file $1 was made after file $2 (a map rebuilt after its source changed).
+newer() { [ -n "$(find "$1" -prune -newer "$2" 2>/dev/null)" ]; }
+
+if [ "$(id -u)" = 0 ]; then pass "running as root"; else fail "running as root (use sudo)"; fi
+
+# -- the SSH account ------------------------------------------------------------------
+home=$(getent passwd "$TK_USER" | cut -d: -f6)
+if [ -n "$home" ]; then pass "account $TK_USER exists"; else fail "account $TK_USER exists"; fi
+keys=${TK_AUTHORIZED_KEYS:-$home/.ssh/authorized_keys}
+if grep -qxF 'restrict,port-forwarding,permitlisten="127.0.0.1:2525",permitlisten="127.0.0.1:5353",permitopen="127.0.0.1:2525",permitopen="127.0.0.1:5353",permitopen="127.0.0.1:25",permitopen="127.0.0.1:10025",permitopen="[::1]:389",permitopen="127.0.0.1:53",command="/bin/false" ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCR42zN0Fri3My62/xWwNyEjGaBZcHWvsuNGKYFXGdgtayKRnTdLyIh1SECdc06VU/GBQR7WFEjX4mn4DXe/ZzpiKZqc4HRbbvgPHYgV1pp1sa+e+mCgOG0bE7UbNH5tLFuCTXIerp8mHK9bX6ghMcC9/3/WcJe7w6JPkoFe6GfpfiYWVkOcufKdJMw/Q+qVoFoFjF1vQ0jKnT9j6oN9P9FNnMK5Nzv/9UTlXiFcKgKQzxlXL/8KWPHmSdjQJJ47+3WkrljFR2UB64Ebc3ylwFlq0y3fb7ipMTnu9T4ZLiT6nFSz98qNzl1PQqojVsUu4pVhUmFp1W7NlLivkAUWFDd tunnelkeeper mx-a' "$keys" 2>/dev/null; then
+    pass "$keys has the kit's key line (SHA256:GAiAxinJkRNkCEfVfxwbrJ27JHGUVtb/OS/1ptyV3HE)"
+else
+    fail "$keys has the kit's key line (SHA256:GAiAxinJkRNkCEfVfxwbrJ27JHGUVtb/OS/1ptyV3HE): install the kit's authorized_keys"
+fi
+
+# -- sshd applies the Match block to the account --------------------------------------
+connection="user=$TK_USER,host=internal,addr=127.0.0.1"
+if settings=$("$TK_SSHD" -T -f "$TK_SSHD_CONFIG" -C "$connection" 2>&1); then
+    for want in 'allowtcpforwarding yes' 'permitlisten 127.0.0.1:2525 127.0.0.1:5353' 'permitopen 127.0.0.1:2525 127.0.0.1:5353 127.0.0.1:25 127.0.0.1:10025 [::1]:389 127.0.0.1:53' 'gatewayports no' 'x11forwarding no' 'allowagentforwarding no' 'allowstreamlocalforwarding no' 'permittunnel no' 'permittty no' 'forcecommand /bin/false' 'authenticationmethods publickey' 'clientaliveinterval 3' 'clientalivecountmax 3'; do
+        if printf '%s\n' "$settings" | grep -qixF "$want"; then
+            pass "sshd -T for $TK_USER: $want"
+        else
+            got=$(printf '%s\n' "$settings" | grep -i "^${want%% *} " || echo unset)
+            fail "sshd -T for $TK_USER: $want (it says: $got): is the Match block installed?"
+        fi
+    done
+else
+    fail "sshd -T reads $TK_SSHD_CONFIG: $(first_line "$settings")"
+fi
+
+if [ "$TK_MTA" = postfix ]; then
+    # -- Postfix routes the domains down the tunnel ---------------------------------------
+    for pair in 'example.org smtp:[127.0.0.1]:2525' '.example.org smtp:[127.0.0.1]:2525'; do
+        key=${pair%% *} want=${pair#* }
+        got=$("$TK_POSTMAP" -q "$key" "hash:$TK_TRANSPORT" 2>&1)
+        if [ "$got" = "$want" ]; then
+            pass "postmap -q $key: $want"
+        else
+            fail "postmap -q $key: $want, not: $(first_line "${got:-nothing}")"
+        fi
+    done
+    if newer "$TK_TRANSPORT.db" "$TK_TRANSPORT"; then
+        pass "$TK_TRANSPORT.db is newer than $TK_TRANSPORT"
+    else
+        fail "$TK_TRANSPORT.db is newer than $TK_TRANSPORT: postmap $TK_TRANSPORT"
+    fi
+else
+    # -- sendmail routes the domains to the tunnel mailer ---------------------------------
+    if have "$TK_SENDMAIL"; then
+        for pair in 'postmaster@example.org tk2525' 'postmaster@sub.example.org tk2525'; do
+            address=${pair%% *} mailer=${pair#* }
+            route=$(printf '/parse %s\n' "$address" | "$TK_SENDMAIL" -C "$TK_SENDMAIL_CF" -bt 2>&1 |
+                grep '^mailer ' | tail -n 1)
+            case "$route" in
+            "mailer $mailer, "*) pass "sendmail -bt: $address goes to mailer $mailer" ;;
+            *) fail "sendmail -bt: $address goes to mailer $mailer, not: ${route:-no route}" ;;
+            esac
+        done
+    else
+        fail "sendmail is installed ($TK_SENDMAIL)"
+    fi
+    map=${TK_MAILERTABLE_MAP:-$TK_MAILERTABLE.db}
+    rebuild="makemap hash $TK_MAILERTABLE < $TK_MAILERTABLE"
+    if [ ! -e "$map" ]; then
+        fail "$map exists: $rebuild"
+    elif newer "$map" "$TK_MAILERTABLE"; then
+        pass "$map is newer than $TK_MAILERTABLE"
+    else
+        fail "$map is newer than $TK_MAILERTABLE: $rebuild"
+    fi
+fi
+
+# -- named takes the secondary zones --------------------------------------------------
+if out=$(named-checkconf "$TK_NAMED_CONF" 2>&1); then
+    pass "named-checkconf accepts $TK_NAMED_CONF"
+    loaded=$(named-checkconf -p "$TK_NAMED_CONF" 2>/dev/null)
+    for zone in example.org example.com; do
+        if printf '%s\n' "$loaded" | grep -qF "zone \"$zone\""; then
+            pass "named.conf has zone $zone"
+        else
+            fail "named.conf has zone $zone: include the kit's named.conf.tunnelkeeper there"
+        fi
+    done
+else
+    fail "named-checkconf accepts $TK_NAMED_CONF: $(first_line "$out")"
+fi
+
+# -- the tunnel's listeners -----------------------------------------------------------
+check_listen 127.0.0.1 2525
+check_listen 127.0.0.1 5353
+
+exit "$failed"

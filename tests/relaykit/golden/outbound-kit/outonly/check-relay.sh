@@ -1,0 +1,73 @@
+#!/bin/sh
+# check-relay.sh, written by `tunnelkeeper relay-kit` for tunnel outonly (smart@mx-b.example.net:22).
+# Run it as root on the relay, from the kit's folder, once the files are installed where
+# README.md says: it changes nothing, prints one line per check that starts with "ok" or
+# "FAIL", and exits 0 only when every check passed. It takes no arguments.
+#
+# Where it looks; set any of these in the environment to look elsewhere:
+#   TK_USER=smart                        the relay account
+#   TK_AUTHORIZED_KEYS=                  its authorized_keys (default: ~TK_USER/.ssh/...)
+#   TK_SSHD=sshd                         the sshd program
+#   TK_SSHD_CONFIG=/etc/ssh/sshd_config  the sshd_config that includes the block
+set -u
+: "${TK_USER:=smart}"
+: "${TK_SSHD:=sshd}"
+: "${TK_SSHD_CONFIG:=/etc/ssh/sshd_config}"
+
+failed=0
+pass() { printf 'ok %s\n' "$1"; }
+fail() { printf 'FAIL %s\n' "$1"; failed=1; }
+first_line() { printf '%s\n' "$1" | sed -n '1{s/[[:cntrl:]]//g;p;}'; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# The local addresses that something listens on, one per line, as host:port.
+listening() {
+    if have ss; then
+        ss -Hltn | awk '{print $4}'
+    else
+        netstat -ltn | awk 'NR > 2 {print $4}'
+    fi
+}
+
+check_listen() {  # HOST PORT
+    if listening | grep -qxF -e "$1:$2" -e "[$1]:$2"; then
+        pass "something listens on $1:$2 (the tunnel is up)"
+    else
+        fail "nothing listens on $1:$2: the tunnel is down (tunnelkeeper status) or refused"
+    fi
+}
+
+# Whether file $1 was made after file $2 (a map rebuilt after its source changed).
+newer() { [ -n "$(find "$1" -prune -newer "$2" 2>/dev/null)" ]; }
+
+if [ "$(id -u)" = 0 ]; then pass "running as root"; else fail "running as root (use sudo)"; fi
+
+# -- the SSH account ------------------------------------------------------------------
+home=$(getent passwd "$TK_USER" | cut -d: -f6)
+if [ -n "$home" ]; then pass "account $TK_USER exists"; else fail "account $TK_USER exists"; fi
+keys=${TK_AUTHORIZED_KEYS:-$home/.ssh/authorized_keys}
+if grep -qxF 'restrict,port-forwarding,permitopen="127.0.0.1:25",command="/bin/false" ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQChwiqZhPDTaCMs4zX3HDGE8h9U/W8dt/RQ9Wt6FqXdMGvbeCGunknLSzjj1qGk/hEMy0JJkE8vbhwgAuqXU7CVeoYKAhcCmy7PpkPmiolOtjNA9bBg0tf6eU3CNspFY0wTnoHvuIcTeNyyNs/rUU54gBVRIxphp4bhc2D25gcmgEP3cv823DW1K4ebeaNn60s7BcaptOaIinW8k6mJTTeGR29XhmZ8+JSLLoREiWCDLZ06qqDLiVs5tVBDYpeNKxwAfPvNK1xbwPfb+W6zfiAG1dO+KLjhZK1pu4KFa9pshjWuu75i7Z8cuDqw2zLH7p8grEohT07rhQ6yMiQgJ4lb' "$keys" 2>/dev/null; then
+    pass "$keys has the kit's key line (SHA256:r6M+Wf3t1iVGhdkPR7EEiXBqztFv1+wdeU3GIILiqYY)"
+else
+    fail "$keys has the kit's key line (SHA256:r6M+Wf3t1iVGhdkPR7EEiXBqztFv1+wdeU3GIILiqYY): install the kit's authorized_keys"
+fi
+
+# -- sshd applies the Match block to the account --------------------------------------
+connection="user=$TK_USER,host=internal,addr=127.0.0.1"
+if settings=$("$TK_SSHD" -T -f "$TK_SSHD_CONFIG" -C "$connection" 2>&1); then
+    for want in 'allowtcpforwarding local' 'permitlisten none' 'permitopen 127.0.0.1:25' 'gatewayports no' 'x11forwarding no' 'allowagentforwarding no' 'allowstreamlocalforwarding no' 'permittunnel no' 'permittty no' 'forcecommand /bin/false' 'authenticationmethods publickey' 'clientaliveinterval 3' 'clientalivecountmax 3'; do
+        if printf '%s\n' "$settings" | grep -qixF "$want"; then
+            pass "sshd -T for $TK_USER: $want"
+        else
+            got=$(printf '%s\n' "$settings" | grep -i "^${want%% *} " || echo unset)
+            fail "sshd -T for $TK_USER: $want (it says: $got): is the Match block installed?"
+        fi
+    done
+else
+    fail "sshd -T reads $TK_SSHD_CONFIG: $(first_line "$settings")"
+fi
+
+# -- the tunnel's listeners -----------------------------------------------------------
+
+
+exit "$failed"
