@@ -42,7 +42,8 @@ def describe(events: Iterable[Event]) -> list[EventLine]:
         who = e.tunnel or "supervisor"
         detail = _detail(e)
         if e.kind == "supervisor":
-            lines.append(EventLine(e.at, who, f"supervisor {e.state}", style="bold"))
+            said = {"start": "started", "stop": "stopped"}.get(e.state or "", e.state or "")
+            lines.append(EventLine(e.at, who, f"supervisor {said}", style="bold"))
         elif e.kind == "reload":
             lines.append(EventLine(e.at, who, "configuration reloaded", detail, "bold"))
         elif e.kind == "tunnel":

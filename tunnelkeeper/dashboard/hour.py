@@ -24,8 +24,9 @@ CELL_WORD: dict[Cell, str] = {
     "down": "down",
     "none": "not seen",
 }
-BARS = "▁▂▃▄▅▆▇█"
-ASCII_BARS = "_.-:=+*#"
+# No full block: that is the strip's "up", and the two sit side by side.
+BARS = "▁▂▃▄▅▆▇"
+ASCII_BARS = ".,:-=+*"
 FAILED, ASCII_FAILED = "×", "x"
 MIN_SPARK = 4  # narrower than this the sparkline says nothing: left out
 
@@ -80,9 +81,9 @@ class HourPanel:
         keys = [(t.name, f.name) for t in self.status.tunnels for f in t.forwards]
         names = [f"{t}/{f}" for t, f in keys]
         width = max(len(n) for n in names)
-        # Panel border and padding take 4 columns; the grid pads 1 between columns.
-        room = options.max_width - 4 - width - 1 - MINUTES - 1
-        grid = Table.grid(padding=(0, 1))
+        # Panel border and padding take 4 columns; the grid pads 2 between columns.
+        room = options.max_width - 4 - width - 2 - MINUTES - 2
+        grid = Table.grid(padding=(0, 2))
         grid.add_column(no_wrap=True)
         grid.add_column(no_wrap=True)
         grid.add_column(no_wrap=True, overflow="ellipsis")

@@ -62,14 +62,28 @@ class TrendBook:
         self._minutes: dict[Key, deque[tuple[int, Cell]]] = {}
         self._latencies: dict[Key, deque[float | None]] = {}
         self._probe_at: dict[Key, datetime] = {}
+        self._been_up: set[Key] = set()
+        self._connects: dict[str, int] = {}
 
     def observe(self, status: SupervisorStatus, now: float) -> None:
         """Count one snapshot, taken at `now` (Unix seconds), into the current minute."""
         minute = minute_of(now)
         for tunnel in status.tunnels:
+            # Reconnected since the last snapshot: it broke, though no snapshot showed it down.
+            broke = tunnel.connects > self._connects.get(tunnel.name, tunnel.connects)
+            self._connects[tunnel.name] = tunnel.connects
             for fwd in tunnel.forwards:
                 key = (tunnel.name, fwd.name)
-                self.merge(key, minute, cell_of(fwd, tunnel))
+                cell = cell_of(fwd, tunnel)
+                if broke and key in self._been_up:
+                    cell = "down"
+                if cell != "down":
+                    self._been_up.add(key)
+                elif key not in self._been_up and (
+                    fwd.state == "pending" or tunnel.state == "connecting"
+                ):
+                    cell = "none"  # still starting: no outage yet (as the history counts it)
+                self.merge(key, minute, cell)
                 probe = fwd.probe
                 if probe is not None and self._probe_at.get(key) != probe.at:
                     self._probe_at[key] = probe.at
@@ -113,6 +127,7 @@ class TrendBook:
         for book in (self._minutes, self._latencies, self._probe_at):
             for key in book.keys() - wanted:
                 del book[key]
+        self._been_up &= wanted
 
     def trends(self) -> dict[Key, ForwardTrend]:
         keys = self._minutes.keys() | self._latencies.keys()
