@@ -33,8 +33,8 @@ class EventLine:
 
 def describe(events: Iterable[Event]) -> list[EventLine]:
     """`events` (oldest first) as lines, oldest first. A tunnel's `connecting` is shown only
-    when it follows `up` (the connection broke); a forward only when refused or back up from
-    refused; a forward's other moves follow its tunnel's and would only repeat them."""
+    when the connection broke (it follows `up`); a forward only when refused or back up from
+    refused: a forward's other moves follow its tunnel's and would only repeat them."""
     lines: list[EventLine] = []
     tunnel_state: dict[str | None, str | None] = {}
     forward_state: dict[tuple[str | None, str | None], str | None] = {}
@@ -51,7 +51,7 @@ def describe(events: Iterable[Event]) -> list[EventLine]:
             tunnel_state[e.tunnel] = e.state
             if e.state == "up":
                 lines.append(EventLine(e.at, who, "tunnel up", style="green"))
-            elif e.state == "backoff" or (e.state == "connecting" and before == "up"):
+            elif e.state == "backoff" or (e.state == "connecting" and _broke(before, e)):
                 lines.append(EventLine(e.at, who, "tunnel down", detail, "red"))
             elif e.state == "stopped":
                 lines.append(EventLine(e.at, who, "tunnel stopped", style="dim"))
@@ -71,6 +71,11 @@ def describe(events: Iterable[Event]) -> list[EventLine]:
             else:
                 lines.append(EventLine(e.at, who, "probe recovered", style="green"))
     return lines
+
+
+def _broke(before: str | None, e: Event) -> bool:
+    # The first event read may follow an `up` that was not read: its error kind tells.
+    return before == "up" or (before is None and e.error_kind is not None)
 
 
 def _detail(e: Event) -> str:

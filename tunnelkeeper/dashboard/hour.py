@@ -20,7 +20,7 @@ ASCII_GLYPHS: dict[Cell, str] = {"up": "#", "degraded": "~", "down": "_", "none"
 CELL_STYLE: dict[Cell, str] = {"up": "green", "degraded": "yellow", "down": "red", "none": "dim"}
 CELL_WORD: dict[Cell, str] = {
     "up": "up",
-    "degraded": "degraded (probe failing)",
+    "degraded": "degraded (last probe failed)",
     "down": "down",
     "none": "not seen",
 }

@@ -8,7 +8,7 @@ from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.text import Text
 
 from ..state import SupervisorStatus
-from .events import EventsPanel
+from .events import SHOWN, EventsPanel
 from .feed import Pictures
 from .hour import HourPanel
 from .logpanel import LogBuffer, LogPanel
@@ -16,6 +16,7 @@ from .view import Header, Tables
 
 PICTURES_FROM = 100  # columns: narrower, the hour strip and sparkline are left out
 MIN_LOG_LINES = 3
+NARROW_EVENTS = 5  # events shown under PICTURES_FROM columns, where their lines wrap
 
 
 class Dashboard:
@@ -61,7 +62,8 @@ class Dashboard:
         if status is not None and status.forwards and pictures and width >= PICTURES_FROM:
             parts.append(HourPanel(status, pictures.trends, now=now.timestamp()))
         if pictures is not None and pictures.events_known:
-            parts.append(EventsPanel(pictures.events, now=now, tz=self.tz))
+            shown = SHOWN if width >= PICTURES_FROM else NARROW_EVENTS
+            parts.append(EventsPanel(pictures.events, now=now, tz=self.tz, shown=shown))
         return parts
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
