@@ -22,6 +22,7 @@ from .trend import MINUTES, ForwardTrend, Key, TrendBook
 log = logging.getLogger(__name__)
 
 REREAD = 5.0  # seconds between reads of the history database
+SLOWER = 20.0  # and at least this many times as long as the last read took
 # Read back further than shown: `describe` drops some and needs what came before.
 EVENTS_READ = 200
 
@@ -68,6 +69,7 @@ class Feed:
         if self.history is None or (not force and now - self._read_at < REREAD):
             return
         self._read_at = now
+        began = time.monotonic()
         try:
             timeline, events = await asyncio.to_thread(_read, self.history, now)
         except HistoryError as exc:
@@ -75,6 +77,8 @@ class Feed:
                 self._warned = True
                 log.info("dashboard: no history shown: %s", exc)
             return
+        # A database full of flapping takes long to read: read it less often, then.
+        self._read_at = now + SLOWER * (time.monotonic() - began)
         self._book.fill(timeline, now)
         self._stored = events
         self.observe(None, now)
