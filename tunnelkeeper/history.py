@@ -52,6 +52,7 @@ class Recorder:
     def __init__(self) -> None:
         self._forwards: dict[Key, _Forward] = {}
         self._tunnels: dict[str, tuple[str, str | None]] = {}
+        self._connects: dict[str, int] = {}
 
     def observe(
         self, status: SupervisorStatus, now: float, probes_on: Callable[[str], bool]
@@ -62,6 +63,11 @@ class Recorder:
         for tunnel in status.tunnels:
             tunnels_seen.add(tunnel.name)
             last = self._tunnels.get(tunnel.name)
+            connects = self._connects.get(tunnel.name, tunnel.connects)
+            self._connects[tunnel.name] = tunnel.connects
+            if last and last[0] == tunnel.state == "up" and tunnel.connects > connects:
+                events += self._missed_break(tunnel, now)
+                last = self._tunnels[tunnel.name] = ("connecting", tunnel.error_kind)
             if last != (tunnel.state, tunnel.error_kind):
                 self._tunnels[tunnel.name] = (tunnel.state, tunnel.error_kind)
                 events.append(
@@ -85,6 +91,25 @@ class Recorder:
             events.append(Event(now, "forward", *key, state="removed"))
         for name in self._tunnels.keys() - tunnels_seen:
             del self._tunnels[name]
+            self._connects.pop(name, None)
+        return events
+
+    def _missed_break(self, tunnel: TunnelStatus, now: float) -> list[Event]:
+        """The connection broke and came back between two snapshots (an immediate reconnect
+        after a stable one): a moment's outage of every forward, and the tunnel's reason; the
+        snapshot's own `up` is then recorded as the tunnel's next state."""
+        name, reason = tunnel.name, tunnel.last_error
+        kind = tunnel.error_kind or "disconnected"
+        events = [Event(now, "tunnel", name, state="connecting", error_kind=kind, reason=reason)]
+        for fwd in tunnel.forwards:
+            mem = self._forwards.get((name, fwd.name))
+            if mem is not None and not mem.outage and mem.been_up:
+                events.append(
+                    Event(
+                        now, "outage", name, fwd.name, state="start", error_kind=kind, reason=reason
+                    )
+                )
+                events.append(Event(now, "outage", name, fwd.name, state="end"))
         return events
 
     def _forward(

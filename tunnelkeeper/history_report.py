@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .history_store import pid_alive
+from .history_store import Event, pid_alive
 
 WINDOWS = {"24h": 86_400.0, "7d": 7 * 86_400.0, "30d": 30 * 86_400.0}
 # A session without a stop whose heartbeat is this recent is still recording (30 s beats).
@@ -183,3 +184,14 @@ def availability_24h(conn: sqlite3.Connection, until: float) -> dict[Key, float 
     """Each recorded forward's availability over the last 24 hours."""
     timeline = load(conn, until - WINDOWS["24h"], until)
     return {key: availability(timeline, key, until, WINDOWS["24h"]) for key in timeline.recorded}
+
+
+def recent_events(conn: sqlite3.Connection, limit: int, kinds: Collection[str]) -> list[Event]:
+    """The newest `limit` events of the given kinds, over every session, newest first."""
+    marks = ", ".join("?" for _ in kinds)
+    rows = conn.execute(
+        "SELECT at, kind, tunnel, forward, state, error_kind, reason FROM events "
+        f"WHERE kind IN ({marks}) ORDER BY at DESC, id DESC LIMIT ?",
+        (*kinds, limit),
+    ).fetchall()
+    return [Event(float(row[0]), *row[1:]) for row in rows]

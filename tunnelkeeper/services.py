@@ -63,4 +63,6 @@ async def _alerts(supervisor: Supervisor) -> None:
 async def _dashboard(supervisor: Supervisor) -> None:
     from .dashboard import LogBuffer, show
 
-    await show(supervisor.status, logs=LogBuffer())
+    settings = supervisor.config.supervisor
+    history = settings.history_file if settings.history else None
+    await show(supervisor.status, logs=LogBuffer(), history=history)

@@ -153,3 +153,35 @@ SNAPSHOTS = {
     "smtp_failing": smtp_failing,
     "with_history": with_history,
 }
+
+
+def _run_at(t: datetime) -> SupervisorStatus:
+    """mixed()'s tunnels at `t` during the hour before NOW: relay1 down 19:20-19:24:30 and
+    broken for a moment at 19:55:10 (a reconnect between two snapshots), relay1/dns failing
+    its probe 19:40-19:47, relay1/submission refused from 19:50, relay2 in backoff from 19:30."""
+    if t >= NOW:
+        return mixed()
+    k = int((t - STARTED).total_seconds())
+    latency = 3.0 + (k * 7919 % 13)  # deterministic, uneven: something for the sparkline
+    smtp = replace(SMTP_OK, probe=replace(SMTP_OK.probe, latency_ms=latency, at=t))  # type: ignore[arg-type]
+    dns = replace(DNS_OK, probe=replace(DNS_OK.probe, latency_ms=latency / 2, at=t))  # type: ignore[arg-type]
+    if _at(19, 40, 0) <= t < _at(19, 47, 0):
+        dns = replace(DNS_FAILING, probe=replace(DNS_FAILING.probe, at=t))  # type: ignore[arg-type]
+    submission = SUBMISSION_REFUSED if t >= _at(19, 50, 0) else replace(smtp, name="submission")
+    relay1 = replace(RELAY1_UP, forwards=(smtp, dns, submission), connects=1)
+    if t >= _at(19, 24, 30):
+        relay1 = replace(relay1, connects=2 if t < _at(19, 55, 10) else 3)
+    if _at(19, 20, 0) <= t < _at(19, 24, 30):
+        down = tuple(replace(f, state="down", probe=None) for f in relay1.forwards)
+        relay1 = replace(RELAY2_BACKOFF, name="relay1", relay=RELAY1_UP.relay, forwards=down)
+    relay2 = RELAY2_BACKOFF
+    if t < _at(19, 30, 0):
+        relay2 = replace(
+            RELAY1_UP, name="relay2", relay=RELAY2_BACKOFF.relay, forwards=(smtp,), standby="off"
+        )
+    return SupervisorStatus(pid=4242, started=STARTED, config=CONFIG, tunnels=(relay1, relay2))
+
+
+def outage_run() -> list[tuple[datetime, SupervisorStatus]]:
+    """A snapshot every 30 s over the hour before NOW (ending with mixed()), with outages."""
+    return [(t, _run_at(t)) for t in (NOW - timedelta(seconds=3600 - 30 * k) for k in range(121))]

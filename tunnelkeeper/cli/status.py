@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tunnelkeeper: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if args.watch:
-        return _watch(path)
+        return _watch(path, _history(args.config))
     try:
         status = asyncio.run(fetch_status(path))
     except ControlError as exc:
@@ -99,8 +99,9 @@ def _print_table(status: SupervisorStatus) -> None:
 class _Watch:
     """The newest snapshot and what to say about it; rich's refresh thread reads these."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, history: Path | None = None) -> None:
         self.path = path
+        self.history = history
         self.status: SupervisorStatus | None = None
         self.notice: str | None = None
         self.code = EXIT_UNREACHABLE
@@ -119,12 +120,20 @@ class _Watch:
         self.status, self.notice, self.code = status, None, status.exit_code()
 
     async def live(self, console: Console) -> None:
-        from ..dashboard import LiveDashboard
+        from ..dashboard import Feed, LiveDashboard
 
-        view = LiveDashboard(lambda: self.status, console=console, get_notice=lambda: self.notice)
+        feed = Feed(self.history)  # the last hour and recent events, also from the history
+        view = LiveDashboard(
+            lambda: self.status,
+            console=console,
+            get_notice=lambda: self.notice,
+            get_pictures=lambda: feed.pictures,
+        )
         with view:
             while True:
                 await self.poll_once()
+                await feed.reread()
+                feed.observe(self.status if self.notice is None else None)
                 view.refresh()
                 await asyncio.sleep(WATCH_INTERVAL)
 
@@ -140,8 +149,18 @@ class _Watch:
             await asyncio.sleep(WATCH_INTERVAL)
 
 
-def _watch(path: Path) -> int:
-    watch = _Watch(path)
+def _history(explicit: str | None) -> Path | None:
+    """The history database the supervisor records in, when the configuration keeps one."""
+    from .history import database
+
+    try:
+        return database(explicit)
+    except ConfigError:
+        return None
+
+
+def _watch(path: Path, history: Path | None = None) -> int:
+    watch = _Watch(path, history)
     console = _console()
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the way to end --watch
         asyncio.run(watch.live(console) if console.is_terminal else watch.lines())

@@ -1,4 +1,4 @@
-"""The dashboard's renderables: the header, the tunnel/forward table, what is wrong."""
+"""The dashboard's header and its tunnel/forward table, with what is wrong."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from rich.table import Table
 from rich.text import Text
 
 from ..state import ForwardStatus, SupervisorStatus, TunnelStatus
-from .logpanel import LogBuffer, LogPanel
 
 # much room, else the errors are listed under the table at full width.
 ERROR_MIN = 30
@@ -101,46 +100,28 @@ COLUMNS = (
 )
 
 
-class Dashboard:
-    """The whole view of one snapshot: header with totals, a row per tunnel and per forward
-    under it, what is wrong, and optionally the log panel.
+class Tables:
+    """The tunnel/forward table of one snapshot, and what is wrong under it when the width
+    leaves no room for an error column.
 
     Columns are kept by importance while they fit the width: at 80 columns the table keeps
-    state, route and probe, and the errors go under it. `now` fixes the clock (tests);
-    `notice` is a line shown above the table, e.g. that the supervisor stopped answering.
+    state, route and probe, and the errors go under it.
     """
 
-    def __init__(
-        self,
-        status: SupervisorStatus | None,
-        *,
-        now: datetime | None = None,
-        logs: LogBuffer | None = None,
-        log_lines: int = 8,
-        notice: str | None = None,
-    ) -> None:
+    def __init__(self, status: SupervisorStatus, *, now: datetime | None = None) -> None:
         self.status = status
         self.now = now
-        self.logs = logs
-        self.log_lines = log_lines
-        self.notice = notice
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         now = self.now or datetime.now(UTC)
-        if self.status is not None:
-            yield Header(self.status, now=now)
-        if self.notice:
-            yield Text(self.notice, style="bold yellow")
-        if self.status is not None and not self.status.tunnels:
+        if not self.status.tunnels:
             yield Text("no tunnels configured", style="dim")
-        elif self.status is not None:
-            table, errors_inline = _table(self.status, now, options)
-            yield table
-            problems = None if errors_inline else _problems(self.status, now)
-            if problems is not None:
-                yield problems
-        if self.logs is not None:
-            yield LogPanel(self.logs, lines=self.log_lines)
+            return
+        table, errors_inline = _table(self.status, now, options)
+        yield table
+        problems = None if errors_inline else _problems(self.status, now)
+        if problems is not None:
+            yield problems
 
 
 def _table(status: SupervisorStatus, now: datetime, options: ConsoleOptions) -> tuple[Table, bool]:
