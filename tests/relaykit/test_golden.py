@@ -62,6 +62,18 @@ OUTBOUND_COMMANDS: dict[str, list[str]] = {
 }
 
 
+KIT_IS_GENERATOR = {
+    "mailertable": "mailertable",
+    "named.conf.tunnelkeeper": "named.conf",
+    "named.conf.tunnelkeeper-legacy": "named-legacy.conf",
+    "sendmail-mailer.cf": "sendmail-mailer.cf",
+    "sendmail-mailer.mc": "sendmail-mailer.mc",
+    "sshd_config-tunnelkeeper.conf": "sshd_config",
+    "transport": "transport",
+}
+AUTHORIZED = {"openssh": "", "dropbear": "-dropbear"}
+
+
 def check_golden(path: Path, text: str) -> None:
     if UPDATE:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,14 +126,18 @@ def test_example_kit(
         Path(line).relative_to(out).as_posix() for line in capsys.readouterr()[0].split()
     )
     assert printed == written
+    # A kit file that one generator also writes is checked against that generator's golden
+    # (the same bytes): only what the kit alone writes has goldens of its own.
+    same = {**KIT_IS_GENERATOR, "authorized_keys": f"authorized_keys{AUTHORIZED[sshd]}"}
     for name in written:
-        check_golden(GOLDEN / folder / name, (out / name).read_text(encoding="utf-8"))
-    golden = sorted(
+        golden_file = GOLDEN / "example" / same[name] if name in same else GOLDEN / folder / name
+        check_golden(golden_file, (out / name).read_text(encoding="utf-8"))
+    own = sorted(
         p.relative_to(GOLDEN / folder).as_posix()
         for p in (GOLDEN / folder).rglob("*")
         if p.is_file()
     )
-    assert written == golden
+    assert [name for name in written if name not in same] == own
 
 
 def test_two_relays_kit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
