@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..config import find_config, load
 from ..relaykit.kit import relay_kit, write_kit
-from . import EXIT_OK, add_config_option
+from . import EXIT_FAILURE, EXIT_OK, add_config_option
 from .authorized_keys import add_sshd_option
 
 
@@ -39,6 +40,12 @@ def run(args: argparse.Namespace) -> int:
         relay_host=args.relay_host,
         sshd=args.sshd,
     )
-    for path in write_kit(files, args.out):
+    try:
+        written = write_kit(files, args.out)
+    except OSError as exc:
+        where = exc.filename or args.out
+        print(f"tunnelkeeper: cannot write the kit at {where}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    for path in written:
         print(path)
     return EXIT_OK
