@@ -75,11 +75,15 @@ def test_the_live_screen_shows_the_pictures(demo_screen: Tmux) -> None:
 
 
 @pytest.mark.slow
-def test_the_live_screen_after_the_demo_broke_its_tunnel(demo_screen: Tmux) -> None:
-    """The demo cuts the relay connection every 20 s: the events and the strip say so."""
+def test_the_live_screen_after_the_demo_broke_things(demo_screen: Tmux) -> None:
+    """The demo cuts the relay connection every 20 s, and every third time makes its name
+    server fail instead: the events and the strip say so, each with its own glyph."""
     screen = demo_screen.wait_for("tunnel down", within=45)
-    screen = demo_screen.wait_for("ok ", within=15)
     rows = strip_rows(screen)
     assert rows and all(GLYPHS["down"] in row for row in rows), screen
+    screen = demo_screen.wait_for("demo-relay/dns probe failed", within=60)
+    screen = demo_screen.wait_for("probe recovered", within=45)
+    dns_row = re.search(r"demo-relay/dns\s+(\S{60})", screen)
+    assert dns_row is not None and GLYPHS["degraded"] in dns_row.group(1), screen
     if os.environ.get("TUNNELKEEPER_SCREEN_DUMP"):
         Path(os.environ["TUNNELKEEPER_SCREEN_DUMP"]).write_text(screen)
