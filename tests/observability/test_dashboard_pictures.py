@@ -209,3 +209,17 @@ def test_the_log_panel_fills_the_height(height: int) -> None:
             assert len(shown) == MIN_LOG_LINES  # no room: the log keeps a few lines anyway
     finally:
         logger.removeHandler(buffer)
+
+
+def test_a_long_name_is_cut_short_not_the_strip() -> None:
+    long = "a-tunnel-with-a-very-long-name-indeed"
+    tunnel = replace(RELAY1_UP, name=long)
+    status = replace(healthy(), tunnels=(tunnel,))
+    book = TrendBook()
+    book.observe(status, T0)
+    pictures = Pictures(book.trends())
+    text = render(Dashboard(status, now=NOW, pictures=pictures), 100)
+    rows = [line for line in text.splitlines() if line.startswith("| a-tunnel")]
+    assert len(rows) == 2 and all(len(row) <= 100 for row in rows)
+    assert all("·" * 59 + "█" in row for row in rows)
+    assert all("…" in row for row in rows)

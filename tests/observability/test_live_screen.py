@@ -92,6 +92,7 @@ def dns_degraded(screen: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(360)
 def test_the_live_screen_after_the_demo_broke_things(demo_screen: Tmux) -> None:
     """The demo cuts the relay connection every 20 s, three times, then makes its name server
     fail for two minutes: the events and the strip say so, each with its own glyph."""
