@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 ZONE = "example.org"
 MAIL_EVERY = 3.0
 CHAOS_EVERY = 20.0
+# After this many cuts, the internal name server answers SERVFAIL for DNS_FAILS seconds with
+# no cut meanwhile: the tunnel stays up, the dns probe fails, and (being over two minutes) at
+# least one whole minute of the dashboard's last-hour strip shows it degraded, not down.
+CUTS_PER_ROUND = 3
+DNS_FAILS = 125.0
 
 
 @dataclass
@@ -82,6 +87,7 @@ class DnsService:
         self.zone = zone
         self.serial = serial
         self.port = 0
+        self.failing_until = 0.0  # time.monotonic(): until then, every answer is SERVFAIL
         self._server: asyncio.base_events.Server | None = None
 
     async def __aenter__(self) -> DnsService:
@@ -100,7 +106,9 @@ class DnsService:
         reply.flags |= 0x0400  # AA: this is the zone's primary
         question = query.question[0]
         name = question.name.to_text().rstrip(".").lower()
-        if name != self.zone:
+        if time.monotonic() < self.failing_until:
+            reply.set_rcode(dns.rcode.SERVFAIL)
+        elif name != self.zone:
             reply.set_rcode(dns.rcode.REFUSED)
         elif question.rdtype == dns.rdatatype.SOA:
             reply.answer.append(
@@ -194,7 +202,7 @@ async def running_demo(
                     f"[127.0.0.1]:{relay.port} {relay.host_public_line}\n"
                 )
                 cfg = demo_config(folder, relay.port, smtp.port, dns_service.port)
-                extras = [_sender(stats), _chaos(relay)]
+                extras = [_sender(stats), _chaos(relay, dns_service)]
                 companions = services.standard(cfg, dashboard=dashboard)
                 yield Supervisor(cfg, services=extras + companions), relay, stats
 
@@ -253,13 +261,19 @@ def _send_one(port: int, number: int) -> None:
         )
 
 
-def _chaos(relay: ssh.EmbeddedRelay) -> Service:
-    """Cuts every relay connection now and then, so the dashboard shows recovery."""
+def _chaos(relay: ssh.EmbeddedRelay, dns_service: DnsService) -> Service:
+    """Cuts every relay connection now and then, so the dashboard shows recovery; now and
+    then the name server fails instead, so it shows a failing probe on a tunnel that is up."""
 
     async def cut(supervisor: Supervisor) -> None:
         while True:
+            for _ in range(CUTS_PER_ROUND):
+                await asyncio.sleep(CHAOS_EVERY)
+                dropped = relay.drop_all()
+                log.warning("demo: relay dropped %d connection(s) to show recovery", dropped)
             await asyncio.sleep(CHAOS_EVERY)
-            dropped = relay.drop_all()
-            log.warning("demo: relay dropped %d connection(s) to show recovery", dropped)
+            dns_service.failing_until = time.monotonic() + DNS_FAILS
+            log.warning("demo: the internal name server fails for %.0f s", DNS_FAILS)
+            await asyncio.sleep(DNS_FAILS)
 
     return cut

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tunnelkeeper.dashboard import Dashboard, Feed, LogBuffer, TrendBook
+from tunnelkeeper.dashboard import Dashboard, Feed, LogBuffer, Pictures, TrendBook
 from tunnelkeeper.dashboard.events import describe
 from tunnelkeeper.dashboard.hour import GLYPHS, sparkline, strip
 from tunnelkeeper.dashboard.screen import MIN_LOG_LINES
@@ -132,23 +132,20 @@ def test_events_escape_peer_text_and_never_read_markup() -> None:
         Event(T0 - 10, "tunnel", "relay1", state="up"),
         Event(T0, "tunnel", "relay1", state="backoff", error_kind="disconnected", reason=hostile),
     ]
-    feed = Feed(None)
-    feed._stored = events  # as if read from a database someone else wrote
-    feed.observe(None, T0)
-    text = render(Dashboard(None, now=NOW, pictures=feed.pictures, tz=UTC), 120)
+    pictures = Pictures(events=tuple(describe(events)), events_known=True)
+    text = render(Dashboard(None, now=NOW, pictures=pictures, tz=UTC), 120)
     assert "\x1b" not in text and "\u202e" not in text
     assert "bye\\x1b[2J\\u202e[bold red]forged[/bold red]" in text
     assert text.index("tunnel down") < text.index("tunnel up")  # newest first
 
 
 def test_event_times_are_in_the_time_zone_asked() -> None:
-    feed = Feed(None)
-    feed._stored = [Event(T0, "supervisor", state="start")]
-    feed.observe(None, T0)
-    text = render(Dashboard(None, now=NOW, pictures=feed.pictures, tz=UTC), 100)
+    lines = describe([Event(T0, "supervisor", state="start")])
+    pictures = Pictures(events=tuple(lines), events_known=True)
+    text = render(Dashboard(None, now=NOW, pictures=pictures, tz=UTC), 100)
     assert "20:03:07 supervisor supervisor started" in " ".join(text.split())
     east = timezone(timedelta(hours=2))
-    text = render(Dashboard(None, now=NOW, pictures=feed.pictures, tz=east), 100)
+    text = render(Dashboard(None, now=NOW, pictures=pictures, tz=east), 100)
     assert "22:03:07 supervisor" in text
 
 
@@ -212,3 +209,17 @@ def test_the_log_panel_fills_the_height(height: int) -> None:
             assert len(shown) == MIN_LOG_LINES  # no room: the log keeps a few lines anyway
     finally:
         logger.removeHandler(buffer)
+
+
+def test_a_long_name_is_cut_short_not_the_strip() -> None:
+    long = "a-tunnel-with-a-very-long-name-indeed"
+    tunnel = replace(RELAY1_UP, name=long)
+    status = replace(healthy(), tunnels=(tunnel,))
+    book = TrendBook()
+    book.observe(status, T0)
+    pictures = Pictures(book.trends())
+    text = render(Dashboard(status, now=NOW, pictures=pictures), 100)
+    rows = [line for line in text.splitlines() if line.startswith("| a-tunnel")]
+    assert len(rows) == 2 and all(len(row) <= 100 for row in rows)
+    assert all("·" * 59 + "█" in row for row in rows)
+    assert all("…" in row for row in rows)

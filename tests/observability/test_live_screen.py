@@ -8,7 +8,8 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -74,12 +75,33 @@ def test_the_live_screen_shows_the_pictures(demo_screen: Tmux) -> None:
     assert "probe ok via relay" in screen or "INFO" in screen
 
 
+def wait_until(server: Tmux, good: Callable[[str], bool], within: float) -> str:
+    deadline = time.monotonic() + within
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = server.screen()
+        if good(screen):
+            return screen
+        time.sleep(0.5)
+    raise AssertionError(f"not on screen within {within} s:\n{screen}")
+
+
+def dns_degraded(screen: str) -> bool:
+    row = re.search(r"demo-relay/dns\s+(\S{60})", screen)
+    return row is not None and GLYPHS["degraded"] in row.group(1)
+
+
 @pytest.mark.slow
-def test_the_live_screen_after_the_demo_broke_its_tunnel(demo_screen: Tmux) -> None:
-    """The demo cuts the relay connection every 20 s: the events and the strip say so."""
+@pytest.mark.timeout(360)
+def test_the_live_screen_after_the_demo_broke_things(demo_screen: Tmux) -> None:
+    """The demo cuts the relay connection every 20 s, three times, then makes its name server
+    fail for two minutes: the events and the strip say so, each with its own glyph."""
     screen = demo_screen.wait_for("tunnel down", within=45)
-    screen = demo_screen.wait_for("ok ", within=15)
     rows = strip_rows(screen)
     assert rows and all(GLYPHS["down"] in row for row in rows), screen
+    demo_screen.wait_for("demo-relay/dns probe failed", within=90)
+    screen = wait_until(demo_screen, dns_degraded, within=150)
+    smtp = re.search(r"demo-relay/smtp\s+(\S{60})", screen)
+    assert smtp is not None and GLYPHS["degraded"] not in smtp.group(1)  # its probe passed
     if os.environ.get("TUNNELKEEPER_SCREEN_DUMP"):
         Path(os.environ["TUNNELKEEPER_SCREEN_DUMP"]).write_text(screen)

@@ -80,13 +80,16 @@ class HourPanel:
         ascii_only = options.ascii_only
         keys = [(t.name, f.name) for t in self.status.tunnels for f in t.forwards]
         names = [f"{t}/{f}" for t, f in keys]
-        width = max(len(n) for n in names)
-        # Panel border and padding take 4 columns; the grid pads 2 between columns.
+        # Panel border and padding take 4 columns; the grid pads 2 between columns. A long
+        # name is cut short rather than the strip.
+        name_room = max(8, options.max_width - 4 - 2 - MINUTES)
+        width = min(name_room, max(len(n) for n in names))
         room = options.max_width - 4 - width - 2 - MINUTES - 2
         grid = Table.grid(padding=(0, 2))
-        grid.add_column(no_wrap=True)
-        grid.add_column(no_wrap=True)
-        grid.add_column(no_wrap=True, overflow="ellipsis")
+        grid.add_column(no_wrap=True, overflow="ellipsis", max_width=name_room)
+        grid.add_column(no_wrap=True, min_width=MINUTES)
+        if room >= MIN_SPARK:
+            grid.add_column(no_wrap=True, overflow="ellipsis")
         for key, name in zip(keys, names, strict=True):
             trend = self.trends.get(key, ForwardTrend(key))
             row = [Text(name), strip(trend.cells(self.now), ascii_only=ascii_only)]
