@@ -2,12 +2,12 @@
 SIGHUP, and a graceful stop (close the relay listeners, drain, exit) on SIGTERM/SIGINT.
 
     Supervisor.run(shutdown, reload)
-      ├── ControlServer             answers `tunnelkeeper status` with snapshots
+      ├── ControlServer             `status` (the published snapshot), `check --mail` watches
       └── TaskGroup
           ├── _keep(tunnel) x N     tenacity.AsyncRetrying over run_once(), wait_tunnel pauses
           ├── _publish()            a fresh frozen SupervisorStatus every PUBLISH_PERIOD
-          ├── _reloads(reload)      SIGHUP: re-read the file, restart only changed tunnels
-          ├── services x M          sd_notify, metrics, alert hooks: readers of snapshots
+          ├── _reloads(reload)      SIGHUP: re-read the file, apply one change at a time
+          ├── _service(s) x M       sd_notify, metrics, alerts, history, dashboard: readers
           └── (body)                waits for shutdown, drains, cancels the rest
 
 Nothing a relay, a target or a bug in one task does ends the process: a keep-loop turns any
