@@ -237,6 +237,31 @@ async def test_reloads_in_a_burst_leave_one_keep_loop_per_tunnel(tmp_path: Path)
     await asyncio.wait_for(task, 5)
 
 
+async def test_stop_during_a_reload_drain_ends_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while a reload is still draining the tunnel it restarts: run ends, and the
+    restart it was going to do never starts a keep-loop in a TaskGroup that is closing."""
+    from tunnelkeeper.tunnel import TunnelRuntime
+
+    async def slow_drain(self: TunnelRuntime, grace: float) -> None:
+        await asyncio.sleep(grace)
+
+    monkeypatch.setattr(TunnelRuntime, "drain", slow_drain)
+    cfg = make_config(tmp_path)
+    relay = FakeRelay([])
+    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    shutdown = Shutdown()
+    task = asyncio.create_task(sup.run(shutdown))
+    await until(lambda: len(relay.live) == 2)
+    changed = cfg.tunnel[1].model_copy(update={"keepalive_interval": 9.0})
+    sup.reload(cfg.model_copy(update={"tunnel": (cfg.tunnel[0], changed)}))
+    await asyncio.sleep(0.1)  # the reload is draining tunnel two (0.5 s)
+    shutdown.request()
+    await asyncio.wait_for(task, 5)
+    assert len(relay.attempts) == 2  # tunnel two was not started again
+
+
 async def test_second_shutdown_request_forces(tmp_path: Path) -> None:
     shutdown = Shutdown()
     shutdown.request()

@@ -11,6 +11,7 @@ TunnelkeeperError
 │   └── ForwardFull           max_connections (or the descriptor budget) reached
 ├── ChannelDenied             the relay forbids a channel we asked for (probe fallback)
 ├── StreamLost                a channel or local connection broke while in use
+├── ServiceCannotStart        a companion service cannot start (a metrics port in use)
 ├── InternalError             internal: a bug ended one of a tunnel's tasks
 └── TunnelError               one connection to the relay failed or ended
     ├── HostKeyMismatch       host-key-mismatch: the relay's key is not the pinned one
@@ -132,6 +133,11 @@ class ForwardFull(TargetUnavailable):
 
 class StreamLost(TunnelkeeperError):
     """A relay channel or local connection broke while a probe or splice was using it."""
+
+
+class ServiceCannotStart(TunnelkeeperError):
+    """A service of the supervisor cannot start at all: `run` ends (exit 1) rather than go on
+    without what the configuration asked for."""
 
 
 class InternalError(TunnelkeeperError):

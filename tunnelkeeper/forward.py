@@ -62,7 +62,9 @@ class ForwardTraffic:
         """A future set to the loop time at which `token` passes relay -> target."""
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.watches[token] = future
-        future.add_done_callback(lambda _: self.watches.pop(token, None))
+        future.add_done_callback(
+            lambda done: self.watches.pop(token) if self.watches.get(token) is done else None
+        )
         return future
 
     def scan(self, tail: bytes, data: bytes) -> bytes:
@@ -230,20 +232,30 @@ class Splice:
     # -- target side (called by _LocalSide) -------------------------------------------------
 
     def from_target(self, data: bytes) -> None:
-        self._counters.bytes_out += len(data)
-        if self._chan is None:
-            self._pending.append(data)
-        else:
-            self._chan.write(data)
+        try:
+            self._counters.bytes_out += len(data)
+            if self._chan is None:
+                self._pending.append(data)
+            else:
+                self._chan.write(data)
+        except OSError:  # the channel closed under us (BrokenPipeError): this splice is over
+            self.abort()
+        except Exception as exc:
+            self._failed(exc)
 
     def target_eof(self) -> None:
-        self._target_eof = True
-        if self._chan is None:
-            self._pending_eof = True
-        elif self._relay_eof:
-            self.close()  # both directions are done
-        else:
-            self._chan.write_eof()
+        try:
+            self._target_eof = True
+            if self._chan is None:
+                self._pending_eof = True
+            elif self._relay_eof:
+                self.close()  # both directions are done
+            else:
+                self._chan.write_eof()
+        except OSError:
+            self.abort()
+        except Exception as exc:
+            self._failed(exc)
 
     def pause_channel(self) -> None:
         self._target_full = True

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from .config import Endpoint
-from .errors import ConfigError, TunnelkeeperError
+from .errors import ConfigError, ServiceCannotStart
 from .state import SupervisorStatus, TunnelState
 
 if TYPE_CHECKING:  # prometheus-client is an optional dependency, imported when serving
@@ -177,7 +177,7 @@ async def serve(listen: Endpoint, get_status: Callable[[], SupervisorStatus]) ->
     try:
         server, thread = start_http_server(listen.port, addr=listen.host, registry=registry)
     except OSError as exc:
-        raise TunnelkeeperError(f"metrics: cannot listen on {listen}: {exc.strerror}") from exc
+        raise ServiceCannotStart(f"metrics: cannot listen on {listen}: {exc.strerror}") from exc
     log.info("metrics on http://%s/metrics", listen)
     try:
         await asyncio.Event().wait()
@@ -211,7 +211,7 @@ async def write_textfile(
                 await asyncio.to_thread(_replace_file, path, status)
             except OSError as exc:
                 if first:
-                    raise TunnelkeeperError(f"metrics: cannot write {path}: {exc}") from exc
+                    raise ServiceCannotStart(f"metrics: cannot write {path}: {exc}") from exc
                 if str(exc) != last_error:
                     log.warning("metrics: cannot write %s: %s", path, exc)
                 last_error = str(exc)

@@ -112,23 +112,32 @@ class LocalRuntime(EndpointRuntime):
             return
         self._burst = 0
         self.counters.opened(pipe)
-        try:
-            channel = await conn.open_stream(self.cfg.target, CHANNEL_TIMEOUT)
-        except TunnelkeeperError as exc:
-            log.warning("local %s: %s", self.cfg.name, exc)
-            self.counters.closed(pipe)
-            writer.transport.abort()
-            return
-        local = ssh.StreamPair(reader, writer, f"local connection on {self.cfg.listen}")
-        try:
-            await asyncio.gather(
-                self._pump(local, channel, outward=True), self._pump(channel, local, outward=False)
-            )
-        except StreamLost as exc:
-            log.debug("local %s: %s", self.cfg.name, exc)
+        try:  # whatever happens from here on, even a cancellation, the count goes back down
+            try:
+                channel = await conn.open_stream(self.cfg.target, CHANNEL_TIMEOUT)
+            except TunnelkeeperError as exc:
+                log.warning("local %s: %s", self.cfg.name, exc)
+                writer.transport.abort()
+                return
+            local = ssh.StreamPair(reader, writer, f"local connection on {self.cfg.listen}")
+            pumps = [
+                asyncio.ensure_future(self._pump(local, channel, outward=True)),
+                asyncio.ensure_future(self._pump(channel, local, outward=False)),
+            ]
+            try:
+                # Both directions end normally (EOF each way), or one breaks and ends both.
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_EXCEPTION)
+            finally:
+                for pump in pumps:
+                    pump.cancel()
+                for result in await asyncio.gather(*pumps, return_exceptions=True):
+                    if isinstance(result, StreamLost):
+                        log.debug("local %s: %s", self.cfg.name, result)
+                    elif isinstance(result, Exception):
+                        self.counters.bug(result)  # a bug: reported, the tunnel restarts
+                channel.close()
+                local.close()
         finally:
-            channel.close()
-            local.close()
             self.counters.closed(pipe)
 
     async def _pump(self, src: ssh.Stream, dst: ssh.Stream, *, outward: bool) -> None:

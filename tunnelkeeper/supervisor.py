@@ -30,7 +30,7 @@ import tenacity
 from .backoff import wait_tunnel
 from .config import Config, Tunnel, load
 from .control import ControlServer
-from .errors import ConfigError, TunnelkeeperError
+from .errors import ConfigError, ServiceCannotStart, TunnelkeeperError
 from .state import SupervisorStatus, utcnow
 from .tunnel import Connector, TunnelRuntime
 
@@ -73,6 +73,7 @@ class Supervisor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._changing: asyncio.Task[None] | None = None  # the reload being applied
+        self._stopping = False
         self.internal_errors = 0  # bugs in services and helpers (tunnels count their own)
         # Services that add what only they know to every snapshot (history: availability_24h).
         self.amend: list[Callable[[SupervisorStatus], SupervisorStatus]] = []
@@ -141,6 +142,9 @@ class Supervisor:
                     self.config.path,
                 )
                 await shutdown.requested.wait()
+                self._stopping = True  # a reload still being applied starts nothing now
+                if self._changing is not None:
+                    self._changing.cancel()
                 log.info(
                     "stopping: closing relay listeners, draining up to %gs",
                     self.config.supervisor.shutdown_grace,
@@ -220,6 +224,8 @@ class Supervisor:
 
     def _start(self, cfg: Tunnel) -> None:
         assert self._tg is not None
+        if self._stopping:
+            return
         old = self._tasks.get(cfg.name)
         if old is not None and not old.done():  # cannot happen: say so, and keep just one
             self._bug(f"starting tunnel {cfg.name}", RuntimeError("a second keep-loop"))
@@ -301,13 +307,13 @@ class Supervisor:
             await asyncio.sleep(PUBLISH_PERIOD)
 
     async def _service(self, service: Service) -> None:
-        """Run a service; one that fails on a bug is logged, counted and started again. A
-        TunnelkeeperError means it cannot run at all (a metrics port in use): that ends run."""
+        """Run a service; one that fails is logged, counted and started again. One that cannot
+        start at all (a metrics port in use, its package missing) ends run."""
         while True:
             try:
                 await service(self)
                 return
-            except TunnelkeeperError:
+            except (ServiceCannotStart, ConfigError):
                 raise
             except Exception as exc:
                 self._bug(f"service {getattr(service, '__name__', service)}", exc)

@@ -248,6 +248,7 @@ class TunnelRuntime:
             self._spare.close()
             self._spare = None
         self.state, self.next_retry_at = "stopped", None
+        self.attempted.set()  # stopped before a first attempt: READY=1 must not wait for it
         for fwd in self.forwards:
             fwd.set_state("down", fwd.error)
 
