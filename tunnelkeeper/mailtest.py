@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 
 from .errors import ProbeError
-from .peertext import peer_text
+from .probes import read_smtp_reply
 from .ssh import Stream
 
 HEADER = "X-Tunnelkeeper-Test"
@@ -66,25 +66,10 @@ def message(domain: str, token: str, sender: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
-async def _reply(stream: Stream, step: str) -> tuple[int, str]:
-    first = ""
-    for _ in range(100):
-        raw = await stream.readline()
-        if not raw:
-            raise ProbeError(f"the relay's MTA closed the connection at {step}")
-        line = peer_text(raw.rstrip(b"\r\n"))
-        first = first or line
-        if len(line) < 3 or not line[:3].isdigit():
-            raise ProbeError(f'not an SMTP reply at {step}: "{line[:80]}"')
-        if len(line) == 3 or line[3] == " ":
-            return int(line[:3]), first
-    raise ProbeError(f"an SMTP reply longer than 100 lines at {step}")
-
-
 async def _say(stream: Stream, line: str, step: str, want: int) -> str:
     stream.write(line.encode("ascii") + b"\r\n")
     await stream.drain()
-    code, text = await _reply(stream, step)
+    code, text = await read_smtp_reply(stream, step)
     if code // 100 != want // 100:
         raise MailRefused(f'{step} answered "{text}"')
     return text
@@ -94,7 +79,7 @@ async def submit(stream: Stream, domain: str, token: str, relay_host: str) -> st
     """Hand the test message to the relay's MTA; return its answer to the data. Raises
     MailRefused when it turns the message away (which step, and what it said)."""
     sender = f"tunnelkeeper-test+{token}@{relay_host}"
-    code, greeting = await _reply(stream, "the greeting")
+    code, greeting = await read_smtp_reply(stream, "greeting")
     if code != 220:
         raise MailRefused(f'the greeting was "{greeting}"')
     await _say(stream, "EHLO tunnelkeeper.check", "EHLO", 250)

@@ -83,8 +83,9 @@ async def _check_tcp(stream: Stream, forward: Forward | Local) -> str:
     return "connected, target spoke first"
 
 
-async def _read_reply(stream: Stream, what: str) -> tuple[int, str]:
-    """One SMTP reply, possibly multi-line; returns (code, first line)."""
+async def read_smtp_reply(stream: Stream, what: str) -> tuple[int, str]:
+    """One SMTP reply, possibly multi-line, escaped; returns (code, first line). Raises
+    ProbeError for a closed connection or what is not SMTP (naming `what` was answered)."""
     first = ""
     for _ in range(100):
         raw = await stream.readline()
@@ -107,17 +108,17 @@ async def _read_reply(stream: Stream, what: str) -> tuple[int, str]:
 
 
 async def _check_smtp(stream: Stream, forward: Forward | Local) -> str:
-    code, greeting = await _read_reply(stream, "greeting")
+    code, greeting = await read_smtp_reply(stream, "greeting")
     if code != 220:
         raise ProbeError(f'greeting was "{greeting}", not 220')
     stream.write(b"EHLO tunnelkeeper.probe\r\n")
     await stream.drain()
-    code, line = await _read_reply(stream, "EHLO")
+    code, line = await read_smtp_reply(stream, "EHLO")
     if code != 250:
         raise ProbeError(f'EHLO answered "{line}"')
     stream.write(b"QUIT\r\n")
     await stream.drain()
-    await _read_reply(stream, "QUIT")
+    await read_smtp_reply(stream, "QUIT")
     return greeting
 
 
