@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 TunnelState = Literal["connecting", "up", "backoff", "stopped"]
 ForwardState = Literal["up", "pending", "refused", "down"]
+StandbyState = Literal["ready", "connecting", "off"]
 
 
 def refused_summary(forwards: Iterable[ForwardStatus]) -> str | None:
@@ -147,7 +148,7 @@ class TunnelStatus:
     error_kind: str | None = None
     last_error: str | None = None
     cipher: str | None = None
-    standby: Literal["ready", "connecting", "off"] = "off"
+    standby: StandbyState = "off"
     forwards: tuple[ForwardStatus, ...] = ()  # the forwards, then the locals (see direction)
     relay_version: str | None = None  # the relay's SSH identification string, escaped
     internal_errors: int = 0  # bugs that ended one of this tunnel's tasks

@@ -365,9 +365,8 @@ def _only_our_errors(group: BaseExceptionGroup[BaseException]) -> TunnelkeeperEr
             todo.extend(exc.exceptions)
         else:
             leaves.append(exc)
-    if leaves and all(isinstance(e, TunnelkeeperError) for e in leaves):
-        return leaves[-1]  # type: ignore[return-value]
-    return None
+    ours = [e for e in leaves if isinstance(e, TunnelkeeperError)]
+    return ours[-1] if leaves and len(ours) == len(leaves) else None
 
 
 def _set_log_level(level: str) -> None:

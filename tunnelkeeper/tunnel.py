@@ -20,7 +20,7 @@ from .errors import (
 )
 from .inbound import ForwardRuntime
 from .outbound import LocalRuntime
-from .state import TunnelState, TunnelStatus, refused_summary, utcnow
+from .state import StandbyState, TunnelState, TunnelStatus, refused_summary, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class TunnelRuntime:
         self.internal_errors = 0
         self.attempted = asyncio.Event()  # set after the first attempt, whatever its outcome
         self._spare: ssh.RelayConnection | None = None
-        self._spare_state: str = "off"
+        self._spare_state: StandbyState = "off"
         self._draining = False
         self._ended: asyncio.Future[TunnelkeeperError] | None = None  # a task ended the connection
 
@@ -79,7 +79,7 @@ class TunnelRuntime:
             error_kind=self.error_kind,
             last_error=self.last_error,
             cipher=self.cipher,
-            standby="ready" if self.spare_ready else self._spare_state,  # type: ignore[arg-type]  # a Literal
+            standby="ready" if self.spare_ready else self._spare_state,
             forwards=tuple(f.snapshot() for f in self.endpoints),
             relay_version=self.relay_version,
             internal_errors=self.internal_errors,

@@ -170,7 +170,7 @@ def parse_hops(value: object) -> tuple[Hop, ...]:
 
 
 ProxyScheme = Literal["http", "socks5"]
-_PROXY_PORTS = {"http": 3128, "socks5": 1080}
+_PROXY_PORTS: dict[ProxyScheme, int] = {"http": 3128, "socks5": 1080}
 
 
 class Proxy(_Model):
@@ -190,16 +190,17 @@ def parse_proxy(value: object) -> Proxy | None:
         return value
     if not isinstance(value, str):
         raise ValueError('must be a string like "http://proxy:3128" or "socks5://proxy:1080"')
-    scheme, sep, rest = value.strip().partition("://")
-    scheme = {"socks5h": "socks5"}.get(scheme.lower(), scheme.lower())
-    if not sep or scheme not in _PROXY_PORTS:
+    given, sep, rest = value.strip().partition("://")
+    named = {"socks5h": "socks5"}.get(given.lower(), given.lower())
+    scheme = next((known for known in _PROXY_PORTS if known == named), None)
+    if not sep or scheme is None:
         raise ValueError(f"{value!r}: give http://host:port or socks5://host:port")
     rest = rest.rstrip("/")
     if "@" in rest or "/" in rest:
         raise ValueError(f"{value!r}: credentials belong in proxy_auth_file, and no path is used")
     has_port = _HAS_PORT.fullmatch(rest)
     endpoint = parse_endpoint(rest if has_port else f"{rest}:{_PROXY_PORTS[scheme]}")
-    return Proxy(scheme=scheme, host=endpoint.host, port=endpoint.port)  # type: ignore[arg-type]  # checked above
+    return Proxy(scheme=scheme, host=endpoint.host, port=endpoint.port)
 
 
 def _domain(value: str, what: str) -> str:

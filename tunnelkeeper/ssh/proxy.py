@@ -8,6 +8,8 @@ import base64
 import ipaddress
 import socket
 import struct
+from collections.abc import Sequence
+from typing import Any
 
 from ..config import Proxy
 from ..errors import ProxyFailed
@@ -56,7 +58,12 @@ async def open_through(
     return sock, extra
 
 
-async def _connect_any(loop: asyncio.AbstractEventLoop, infos: list) -> socket.socket:  # type: ignore[type-arg]  # getaddrinfo's tuples
+_AddressInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
+
+
+async def _connect_any(
+    loop: asyncio.AbstractEventLoop, infos: Sequence[_AddressInfo]
+) -> socket.socket:
     error: OSError | None = None
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
