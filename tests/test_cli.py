@@ -139,7 +139,7 @@ def test_keygen_default_path_prints_authorized_keys_line(
 def test_check_against_real_sshd(
     make_sshd,
     smtp_sink,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     listen = free_port()
@@ -168,7 +168,7 @@ def test_check_against_real_sshd(
     smtp_sink.start()
 
 
-def test_sighup_reloads_changed_tunnel_only(make_sshd, smtp_sink, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sighup_reloads_changed_tunnel_only(make_sshd, smtp_sink, tmp_path: Path) -> None:
     a, b = free_port(), free_port()
     sshd = make_sshd(permitlisten=[f"127.0.0.1:{a}", f"127.0.0.1:{b}"])
     fwd = {
@@ -185,7 +185,7 @@ def test_sighup_reloads_changed_tunnel_only(make_sshd, smtp_sink, tmp_path: Path
         cfg.write_text(text.replace("[[tunnel.forward]]", "[[tunnel.forward]]\ncolour = 1"))
         sup.signal(signal.SIGHUP)
         wait_until(lambda: "reload refused" in sup.log(), 10, what="invalid reload refused")
-        assert sup.status() is not None and sup.status().forwards[0].state == "up"  # type: ignore[union-attr]
+        assert sup.status_now().forwards[0].state == "up"
         cfg.write_text(text.replace(f"127.0.0.1:{a}", f"127.0.0.1:{b}"))
         sup.signal(signal.SIGHUP)
         st = sup.wait_status(

@@ -27,7 +27,7 @@ def send_mail(port: int, subject: str, timeout: float = 10) -> None:
 
 
 @pytest.fixture
-def relay(make_sshd, tmp_path):  # type: ignore[no-untyped-def]
+def relay(make_sshd, tmp_path):
     """An sshd whose authorized_keys permits one listen port, and a config using it."""
     listen = free_port()
     sshd = make_sshd(permitlisten=[f"127.0.0.1:{listen}"])
@@ -44,7 +44,7 @@ def smtp_forward(listen: int, target: int) -> dict[str, object]:
     }
 
 
-def test_mail_goes_through_the_tunnel(relay, smtp_sink, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_mail_goes_through_the_tunnel(relay, smtp_sink, tmp_path: Path) -> None:
     sshd, listen = relay
     cfg = write_config(
         tmp_path / "tk.toml", sshd, [smtp_forward(listen, smtp_sink.port)], probe_interval=1
@@ -76,7 +76,7 @@ def test_mail_goes_through_the_tunnel(relay, smtp_sink, tmp_path: Path) -> None:
         assert sup.stop() == 0
 
 
-def test_killed_session_comes_back(relay, smtp_sink, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_killed_session_comes_back(relay, smtp_sink, tmp_path: Path) -> None:
     sshd, listen = relay
     cfg = write_config(tmp_path / "tk.toml", sshd, [smtp_forward(listen, smtp_sink.port)])
     sup = SupervisorProcess(cfg)
@@ -96,7 +96,7 @@ def test_killed_session_comes_back(relay, smtp_sink, tmp_path: Path) -> None:  #
         assert sup.stop() == 0
 
 
-def test_sshd_restart_comes_back_within_backoff(relay, smtp_sink, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sshd_restart_comes_back_within_backoff(relay, smtp_sink, tmp_path: Path) -> None:
     sshd, listen = relay
     cfg = write_config(
         tmp_path / "tk.toml",
@@ -124,7 +124,7 @@ def test_sshd_restart_comes_back_within_backoff(relay, smtp_sink, tmp_path: Path
         assert sup.stop() == 0
 
 
-def test_frozen_session_is_noticed_and_port_freed(relay, smtp_sink, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_frozen_session_is_noticed_and_port_freed(relay, smtp_sink, tmp_path: Path) -> None:
     sshd, listen = relay
     cfg = write_config(
         tmp_path / "tk.toml",
@@ -175,7 +175,7 @@ def sshd_cont(pid: int) -> None:
         os.kill(pid, signal.SIGCONT)
 
 
-def test_changed_host_key_fails_closed_without_offering_a_key(relay, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_changed_host_key_fails_closed_without_offering_a_key(relay, tmp_path: Path) -> None:
     sshd, listen = relay
     sshd.stop()
     sshd.rotate_host_key()
@@ -198,7 +198,7 @@ def test_changed_host_key_fails_closed_without_offering_a_key(relay, tmp_path: P
         assert sup.stop() == 0
 
 
-def test_key_removed_from_authorized_keys_is_auth_failed(relay, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_key_removed_from_authorized_keys_is_auth_failed(relay, tmp_path: Path) -> None:
     sshd, listen = relay
     sshd.authorized_keys.write_text("")
     cfg = write_config(
@@ -218,7 +218,7 @@ def test_key_removed_from_authorized_keys_is_auth_failed(relay, tmp_path: Path) 
         assert sup.stop() == 0
 
 
-def test_sigterm_exits_zero_and_frees_the_relay_port(relay, smtp_sink, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_exits_zero_and_frees_the_relay_port(relay, smtp_sink, tmp_path: Path) -> None:
     sshd, listen = relay
     cfg = write_config(tmp_path / "tk.toml", sshd, [smtp_forward(listen, smtp_sink.port)])
     sup = SupervisorProcess(cfg)
@@ -230,7 +230,7 @@ def test_sigterm_exits_zero_and_frees_the_relay_port(relay, smtp_sink, tmp_path:
     assert not (tmp_path / "control.sock").exists()
 
 
-def test_second_instance_is_refused(relay, smtp_sink, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_second_instance_is_refused(relay, smtp_sink, tmp_path: Path) -> None:
     sshd, listen = relay
     cfg = write_config(tmp_path / "tk.toml", sshd, [smtp_forward(listen, smtp_sink.port)])
     first = SupervisorProcess(cfg)

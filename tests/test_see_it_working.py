@@ -28,7 +28,7 @@ def status(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_stopped_smtp_server_turns_the_forward_red_within_one_probe(
     make_sshd, smtp_sink, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     smtp, web = free_port(), free_port()
     sshd = make_sshd(permitlisten=[f"127.0.0.1:{smtp}", f"127.0.0.1:{web}"])
     sink2 = smtp_sink.__class__().start()  # a second internal service for the tcp forward
@@ -100,7 +100,7 @@ def test_stopped_smtp_server_turns_the_forward_red_within_one_probe(
 
 def test_relay_forbidding_probe_channels_falls_back_to_local_probes(
     make_sshd, smtp_sink, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     listen = free_port()
     sshd = make_sshd(start=False, permitlisten=[f"127.0.0.1:{listen}"])
     sshd.override_config = "AllowTcpForwarding remote\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import tenacity
@@ -21,6 +21,7 @@ from tunnelkeeper.errors import (
     TunnelError,
 )
 from tunnelkeeper.supervisor import Shutdown, Supervisor
+from tunnelkeeper.tunnel import Connector
 
 
 def make_config(tmp_path: Path, **settings: Any) -> config.Config:
@@ -138,6 +139,12 @@ class FakeRelay:
         return conn
 
 
+def supervised(cfg: config.Config, relay: FakeRelay, **more: Any) -> Supervisor:
+    """A Supervisor whose tunnels connect through `relay`. The cast is the one lie: a
+    FakeConnection has only the RelayConnection methods a tunnel's run uses."""
+    return Supervisor(cfg, connector=cast(Connector, relay), **more)
+
+
 async def until(predicate: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
@@ -148,7 +155,7 @@ async def test_keep_loop_backs_off_then_holds_the_forwards(tmp_path: Path) -> No
     cfg = make_config(tmp_path, backoff_initial=0.05, backoff_max=0.2)
     cfg = cfg.model_copy(update={"tunnel": cfg.tunnel[:1]})
     relay = FakeRelay([ConnectRefused("no"), AuthFailed("no"), "ok"])
-    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    sup = supervised(cfg, relay)
     shutdown = Shutdown()
     task = asyncio.create_task(sup.run(shutdown))
     await until(
@@ -171,7 +178,7 @@ async def test_refused_listen_keeps_connection_and_retries(tmp_path: Path) -> No
     cfg = make_config(tmp_path, forward_retry=0.05)
     cfg = cfg.model_copy(update={"tunnel": cfg.tunnel[:1]})
     relay = FakeRelay([3])  # the relay refuses the listen three times
-    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    sup = supervised(cfg, relay)
     shutdown = Shutdown()
     task = asyncio.create_task(sup.run(shutdown))
     await until(lambda: sup.snapshot().tunnels and sup.snapshot().forwards[0].state == "refused")
@@ -188,7 +195,7 @@ async def test_stable_connection_reconnects_immediately(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, stable_after=0.1, backoff_initial=5.0, backoff_max=10.0)
     cfg = cfg.model_copy(update={"tunnel": cfg.tunnel[:1]})
     relay = FakeRelay(["ok", "ok"])
-    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    sup = supervised(cfg, relay)
     shutdown = Shutdown()
     task = asyncio.create_task(sup.run(shutdown))
     await until(lambda: relay.live)
@@ -202,7 +209,7 @@ async def test_stable_connection_reconnects_immediately(tmp_path: Path) -> None:
 async def test_reload_restarts_only_changed_tunnels(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
     relay = FakeRelay([])
-    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    sup = supervised(cfg, relay)
     shutdown = Shutdown()
     task = asyncio.create_task(sup.run(shutdown))
     await until(lambda: len(relay.live) == 2)
@@ -220,7 +227,7 @@ async def test_reloads_in_a_burst_leave_one_keep_loop_per_tunnel(tmp_path: Path)
     no tunnel is stopped twice or started twice."""
     cfg = make_config(tmp_path)
     relay = FakeRelay([])
-    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    sup = supervised(cfg, relay)
     shutdown = Shutdown()
     task = asyncio.create_task(sup.run(shutdown))
     await until(lambda: len(relay.live) == 2)
@@ -250,7 +257,7 @@ async def test_stop_during_a_reload_drain_ends_run(
     monkeypatch.setattr(TunnelRuntime, "drain", slow_drain)
     cfg = make_config(tmp_path)
     relay = FakeRelay([])
-    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    sup = supervised(cfg, relay)
     shutdown = Shutdown()
     task = asyncio.create_task(sup.run(shutdown))
     await until(lambda: len(relay.live) == 2)
@@ -276,7 +283,7 @@ async def test_failed_state_reports_kind_and_countdown(tmp_path: Path, kind: str
     cfg = cfg.model_copy(update={"tunnel": cfg.tunnel[:1]})
     error = HostKeyMismatch("mismatch") if kind == "host-key-mismatch" else AuthFailed("no")
     relay = FakeRelay([error])
-    sup = Supervisor(cfg, connector=relay)  # type: ignore[arg-type]
+    sup = supervised(cfg, relay)
     shutdown = Shutdown()
     task = asyncio.create_task(sup.run(shutdown))
     await until(lambda: sup.snapshot().tunnels and sup.snapshot().tunnels[0].state == "backoff")

@@ -63,7 +63,7 @@ async def world(fdir: Path) -> AsyncIterator[World]:
 
 
 def forward(name: str, target_port: int, service: str = "tcp", **more: Any) -> dict[str, Any]:
-    fwd = {
+    fwd: dict[str, Any] = {
         "name": name,
         "service": service,
         "listen": f"127.0.0.1:{free_port()}",

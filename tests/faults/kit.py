@@ -153,7 +153,7 @@ class Netns:
             raise TimeoutError(f"no result from namespace {self.name} within {timeout}s")
         if "error" in box:
             raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
+        return box["value"]
 
 
 def enter_netns(name: str) -> None:

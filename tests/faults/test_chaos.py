@@ -67,7 +67,7 @@ class _Config:
 
     def write(self) -> None:
         tmp = self.path.with_suffix(".new")
-        common = {
+        common: dict[str, Any] = {
             "probe_interval": PROBE_INTERVAL,
             "backoff_max": BACKOFF_MAX,
             "forward_retry": FORWARD_RETRY,

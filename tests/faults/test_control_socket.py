@@ -44,7 +44,7 @@ def _client(path: Path, payload: bytes, *, close_early: bool = False) -> bytes:
 
 
 @pytest.fixture
-def running(make_relay, fdir: Path):  # type: ignore[no-untyped-def]
+def running(make_relay, fdir: Path):
     """A supervisor whose relay is down (it sits in backoff), with its control socket in a
     folder another user may walk through but not list."""
     fdir.chmod(0o711)
@@ -79,9 +79,7 @@ HOSTILE: list[tuple[str, bytes]] = [
 ]
 
 
-def test_hostile_clients_do_not_hurt_the_supervisor(  # type: ignore[no-untyped-def]
-    running, outcome: dict[str, Any]
-) -> None:
+def test_hostile_clients_do_not_hurt_the_supervisor(running, outcome: dict[str, Any]) -> None:
     sup = running
     path = sup.socket
     fds_before = fd_count(sup.proc.pid)
@@ -159,9 +157,7 @@ def _as_nobody(fn: Callable[[], Any], timeout: float = 15.0) -> Any:
     return json.loads(data)
 
 
-def test_socket_modes_and_another_user(  # type: ignore[no-untyped-def]
-    running, outcome: dict[str, Any]
-) -> None:
+def test_socket_modes_and_another_user(running, outcome: dict[str, Any]) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to act as a second user (CI runs the suite as root)")
     sup = running

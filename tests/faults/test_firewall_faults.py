@@ -84,7 +84,7 @@ def test_proxy_wants_credentials_407(
         before = proxy.connects()
         time.sleep(2.5)  # longer than backoff_max: at least one more attempt
         assert proxy.connects() > before, "no retry reached the proxy"
-        assert "407" in (sup.status().tunnels[0].last_error or "")  # type: ignore[union-attr]
+        assert "407" in (sup.status_now().tunnels[0].last_error or "")
         fixed = f'proxy_auth_file = "{auth}"\n\n[[tunnel.forward]]'
         route.cfg.write_text(text.replace("[[tunnel.forward]]", fixed, 1))
         sup.signal(signal.SIGHUP)

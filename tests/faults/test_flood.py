@@ -164,7 +164,7 @@ def _refusal_lines(log: str) -> int:
 
 
 @pytest.mark.timeout(90)
-def test_flood_of_relay_connections(  # type: ignore[no-untyped-def]
+def test_flood_of_relay_connections(
     make_relay, smtp_sink: SmtpSink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     sink_port, idle_port, mail_port = free_port(), free_port(), free_port()
@@ -242,7 +242,7 @@ def test_flood_of_relay_connections(  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.timeout(90)
-def test_flood_past_the_descriptor_limit(  # type: ignore[no-untyped-def]
+def test_flood_past_the_descriptor_limit(
     make_relay, smtp_sink: SmtpSink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     """max_connections above what 256 descriptors allow: the descriptor reserve is then the
@@ -269,7 +269,7 @@ def test_flood_past_the_descriptor_limit(  # type: ignore[no-untyped-def]
         flood.close()
         idle.close()  # a half-closed splice ends when the target closes too
         wait_until(
-            lambda: sup.status().forwards[0].connections_active == 0,  # type: ignore[union-attr]
+            lambda: sup.status_now().forwards[0].connections_active == 0,
             10,
             0.1,
             "the flood's connections closed",

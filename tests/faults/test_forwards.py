@@ -31,7 +31,7 @@ def _status_exit(cfg: Path) -> int:
     return result.returncode
 
 
-def test_listen_port_held_by_another_process(  # type: ignore[no-untyped-def]
+def test_listen_port_held_by_another_process(
     make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     listen = free_port()
@@ -51,11 +51,11 @@ def test_listen_port_held_by_another_process(  # type: ignore[no-untyped-def]
         assert "smtp" in (tunnel.last_error or "")
 
         def retries() -> int:  # "… (retry #N)"; a published status may skip some N
-            error = sup.status().forwards[0].error or ""  # type: ignore[union-attr]
+            error = sup.status_now().forwards[0].error or ""
             return int(error.rsplit("#", 1)[1].rstrip(")")) if "retry #" in error else 0
 
         wait_until(lambda: retries() >= 3, 10, what="the refused listen retried")
-        assert sup.status().tunnels[0].connects == 1  # type: ignore[union-attr]
+        assert sup.status_now().tunnels[0].connects == 1
         squatter.close()
         t0 = time.monotonic()
         st = sup.wait_forward("up", 10)
@@ -70,7 +70,7 @@ def test_listen_port_held_by_another_process(  # type: ignore[no-untyped-def]
     assert back <= 0.5 + 1.0
 
 
-def test_permitlisten_denies_one_of_two_forwards(  # type: ignore[no-untyped-def]
+def test_permitlisten_denies_one_of_two_forwards(
     make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     allowed, denied = free_port(), free_port()
@@ -95,7 +95,7 @@ def test_permitlisten_denies_one_of_two_forwards(  # type: ignore[no-untyped-def
         assert _status_exit(cfg) == 1  # some forwards down
         wait_until(lambda: "denied" in sshd.log_text().lower(), 5, what="sshd's denial")
         time.sleep(1.5)
-        st = sup.status()  # type: ignore[assignment]
+        st = sup.status_now()
         assert st is not None and st.tunnels[0].connects == 1  # the connection was kept
         assert sup.log().count("forward extra refused") == 1  # said once, not every retry
     finally:
@@ -103,9 +103,7 @@ def test_permitlisten_denies_one_of_two_forwards(  # type: ignore[no-untyped-def
     outcome.update(allowed="up, mail delivered", denied=extra.error, status_exit=1)
 
 
-def test_internal_service_down_and_back(  # type: ignore[no-untyped-def]
-    make_relay, fdir: Path, outcome: dict[str, Any]
-) -> None:
+def test_internal_service_down_and_back(make_relay, fdir: Path, outcome: dict[str, Any]) -> None:
     listen, target = free_port(), free_port()
     sshd = make_relay(permitlisten=[f"127.0.0.1:{listen}"])
     sink = SmtpSink(target).start()
@@ -126,14 +124,16 @@ def test_internal_service_down_and_back(  # type: ignore[no-untyped-def]
             lambda s: bool(s.forwards[0].probe and not s.forwards[0].probe.ok), 10, "probe fails"
         )
         noticed = time.monotonic() - t0
-        probe_detail = st.forwards[0].probe.detail  # type: ignore[union-attr]
+        probe = st.forwards[0].probe
+        assert probe is not None
+        probe_detail = probe.detail
         for _ in range(3):
             try:
                 send(listen, b"Subject: x\r\n\r\nwhile down\r\n", timeout=5)
             except (OSError, Exception):  # the relay end closes: SMTPServerDisconnected
                 refused += 1
         assert refused == 3
-        st = sup.status()  # type: ignore[assignment]
+        st = sup.status_now()
         assert st is not None and st.tunnels[0].state == "up" and st.tunnels[0].connects == 1
         assert _status_exit(cfg) == 2  # the only forward is failing
         sink = SmtpSink(target).start()
@@ -154,7 +154,7 @@ def test_internal_service_down_and_back(  # type: ignore[no-untyped-def]
     )
 
 
-def test_internal_service_accepts_and_hangs(  # type: ignore[no-untyped-def]
+def test_internal_service_accepts_and_hangs(
     make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     """A target that accepts and never answers: its probe fails, the other forward carries mail,
@@ -182,7 +182,9 @@ def test_internal_service_accepts_and_hangs(  # type: ignore[no-untyped-def]
         st = sup.wait_status(
             lambda s: bool(s.forwards[1].probe and not s.forwards[1].probe.ok), 15, "hung probe"
         )
-        detail = st.forwards[1].probe.detail  # type: ignore[union-attr]
+        probe = st.forwards[1].probe
+        assert probe is not None
+        detail = probe.detail
         assert "no answer within 1s" in detail, detail
         for _ in range(20):
             clients.append(socket.create_connection(("127.0.0.1", hung), timeout=5))
@@ -190,7 +192,7 @@ def test_internal_service_accepts_and_hangs(  # type: ignore[no-untyped-def]
         for n in range(3):
             send(good, f"Subject: {n}\r\n\r\nbeside a hung forward\r\n".encode())
         wait_until(lambda: len(smtp_sink.raw) == 3, 10, what="mail beside the hung forward")
-        st = sup.status()  # type: ignore[assignment]
+        st = sup.status_now()
         assert st is not None and st.forwards[0].healthy and st.tunnels[0].connects == 1
         t0 = time.monotonic()
         sup.signal(signal.SIGTERM)
@@ -231,7 +233,7 @@ class _SlowReader:
                 time.sleep(len(data) / self._rate)
 
 
-def test_slow_target_memory_stays_bounded(  # type: ignore[no-untyped-def]
+def test_slow_target_memory_stays_bounded(
     make_relay, fdir: Path, outcome: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A fast sender and a slow internal server: the supervisor holds about one SSH window

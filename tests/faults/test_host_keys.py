@@ -31,7 +31,7 @@ def _rotate(sshd: FaultSshd) -> int:
     return offset
 
 
-def test_host_key_rotated_under_a_running_supervisor(  # type: ignore[no-untyped-def]
+def test_host_key_rotated_under_a_running_supervisor(
     make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     listen = free_port()
@@ -82,9 +82,7 @@ def test_host_key_rotated_under_a_running_supervisor(  # type: ignore[no-untyped
     assert back <= backoff_max + 1.5
 
 
-def test_unknown_host_under_strict_policy(  # type: ignore[no-untyped-def]
-    make_relay, fdir: Path, outcome: dict[str, Any]
-) -> None:
+def test_unknown_host_under_strict_policy(make_relay, fdir: Path, outcome: dict[str, Any]) -> None:
     """known_hosts exists but pins only another host: host-key-unknown, no key offered."""
     sshd = make_relay()
     offset = len(sshd.log_text())
@@ -104,7 +102,7 @@ def test_unknown_host_under_strict_policy(  # type: ignore[no-untyped-def]
     outcome.update(error=error)
 
 
-def test_accept_new_pins_first_contact_then_is_strict(  # type: ignore[no-untyped-def]
+def test_accept_new_pins_first_contact_then_is_strict(
     make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     listen = free_port()

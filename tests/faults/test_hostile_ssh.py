@@ -50,7 +50,7 @@ async def _smtp_target(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 class _Session(asyncssh.SSHTCPSession[bytes]):
     """A probe channel the relay answers itself, by `script(chan)`."""
 
-    def __init__(self, script: Callable[[Any], None]) -> None:
+    def __init__(self, script: Callable[[Any], object]) -> None:
         self._script = script
 
     def connection_made(self, chan: Any) -> None:

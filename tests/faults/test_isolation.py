@@ -51,7 +51,7 @@ def _inject(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
                 raise RuntimeError("injected: probe")
             return await real_probe(fwd, *args, **kwargs)
 
-        monkeypatch.setattr(tunnel_mod.probes, "run_probe", probe)
+        monkeypatch.setattr(probes, "run_probe", probe)
     elif where == "accept":
         real_accept = inbound_mod.ForwardRuntime.accept
 

@@ -100,7 +100,7 @@ IDENTITY_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
 
 @pytest.mark.parametrize("verb", ["check", "run"])
 @pytest.mark.parametrize("case", sorted(IDENTITY_CASES))
-def test_bad_identity_is_refused_at_start(  # type: ignore[no-untyped-def]
+def test_bad_identity_is_refused_at_start(
     case: str, verb: str, make_relay, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     make, words = IDENTITY_CASES[case]
@@ -119,7 +119,7 @@ def test_bad_identity_is_refused_at_start(  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("verb", ["check", "run"])
 @pytest.mark.parametrize("case", ["missing", "directory"])
-def test_bad_known_hosts_is_refused_at_start(  # type: ignore[no-untyped-def]
+def test_bad_known_hosts_is_refused_at_start(
     case: str, verb: str, make_relay, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     sshd = make_relay(start=False)
@@ -136,7 +136,7 @@ def test_bad_known_hosts_is_refused_at_start(  # type: ignore[no-untyped-def]
         outcome.update(case=case, exit=result.returncode, message=message[:160])
 
 
-def test_files_unreadable_by_the_running_user(  # type: ignore[no-untyped-def]
+def test_files_unreadable_by_the_running_user(
     make_relay, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     """The files belong to root; `check` runs as nobody (forked, in-process CLI)."""
@@ -172,9 +172,7 @@ def test_files_unreadable_by_the_running_user(  # type: ignore[no-untyped-def]
         assert "Traceback" not in value["stderr"]
 
 
-def test_ed25519_identity_works(  # type: ignore[no-untyped-def]
-    make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
-) -> None:
+def test_ed25519_identity_works(make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]) -> None:
     """RSA is what keygen makes; an ed25519 key the relay accepts works as well."""
     listen = free_port()
     ed = keygen(fdir / "id_ed25519", "ed25519")
@@ -201,7 +199,7 @@ def test_ed25519_identity_works(  # type: ignore[no-untyped-def]
         ("inf-keepalive", "keepalive_interval = 1", "keepalive_interval = inf", "keepalive"),
     ],
 )
-def test_refused_at_load_time(  # type: ignore[no-untyped-def]
+def test_refused_at_load_time(
     case: str, old: str, new: str, key: str, verb: str, make_relay, fdir: Path
 ) -> None:
     """Nothing starts: exit 2 naming the file and the key, no control socket, no traceback."""

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 RELAY_ALIVE = {"ClientAliveInterval": "1", "ClientAliveCountMax": "2"}
 
 
-def test_silent_drop_noticed_within_keepalive_budget(  # type: ignore[no-untyped-def]
+def test_silent_drop_noticed_within_keepalive_budget(
     netns: Netns, make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     """Every packet on the link vanishes (no RST, no ICMP): keepalives notice, then recovery."""
@@ -55,11 +55,11 @@ def test_silent_drop_noticed_within_keepalive_budget(  # type: ignore[no-untyped
         wait_until(lambda: len(loop.accepted) >= 3, 20, what="mail before the drop")
         netns.drop()
         t0 = time.monotonic()
-        st = sup.wait_status(lambda s: s.tunnels[0].state != "up", 10, "the drop noticed")
+        sup.wait_status(lambda s: s.tunnels[0].state != "up", 10, "the drop noticed")
         noticed = time.monotonic() - t0
         time.sleep(3.0)  # stay dark: attempts now time out
-        st = sup.status()
-        assert st is not None and st.tunnels[0].state != "up"
+        dark = sup.status()
+        assert dark is not None and dark.tunnels[0].state != "up"
         kinds = {
             line.rsplit("[", 1)[-1].split("]")[0]
             for line in sup.log().splitlines()
@@ -96,7 +96,7 @@ def test_silent_drop_noticed_within_keepalive_budget(  # type: ignore[no-untyped
     assert back < 1.0 * 1.25 + 2.0 + 3.0  # a backoff, a connect, the relay freeing the port
 
 
-def test_delay_and_loss_mail_still_delivered(  # type: ignore[no-untyped-def]
+def test_delay_and_loss_mail_still_delivered(
     netns: Netns, make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     """150 ms each way and 5 % packet loss: mail and probes still get through."""
@@ -164,7 +164,7 @@ def test_delay_and_loss_mail_still_delivered(  # type: ignore[no-untyped-def]
     assert ledger.refused <= 2, loop.refused
 
 
-def test_syn_dropped_is_a_connect_timeout(  # type: ignore[no-untyped-def]
+def test_syn_dropped_is_a_connect_timeout(
     netns: Netns, make_relay, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     sshd = make_relay(netns=netns)
@@ -197,7 +197,7 @@ def test_syn_dropped_is_a_connect_timeout(  # type: ignore[no-untyped-def]
     assert back < 1.5 + 0.5 * 1.25 + 1.5
 
 
-def test_name_that_does_not_resolve(  # type: ignore[no-untyped-def]
+def test_name_that_does_not_resolve(
     netns: Netns, make_relay, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     """`relay.invalid` gets NXDOMAIN from a resolver inside the namespace (no query leaves)."""

@@ -58,13 +58,15 @@ async def test_a_local_forward_carries_mail_out_through_the_relay(
             def status() -> SupervisorStatus:
                 return sup.snapshot()
 
+            def probed() -> bool:
+                forwards = status().forwards
+                if not forwards or forwards[0].state != "up":
+                    return False
+                probe = forwards[0].probe
+                return probe is not None and probe.ok
+
             await wait_for(
-                lambda: (
-                    status().forwards
-                    and status().forwards[0].state == "up"
-                    and status().forwards[0].probe is not None
-                    and status().forwards[0].probe.ok
-                ),  # type: ignore[union-attr]
+                probed,
                 10,
                 "the local forward up and probed",
             )

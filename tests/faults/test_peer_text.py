@@ -175,7 +175,9 @@ async def test_smtp_greeting_is_escaped_in_probe_and_status(world: World) -> Non
                 10,
                 "a probe",
             )
-            detail = sup.snapshot().forwards[0].probe.detail  # type: ignore[union-attr]
+            probe = sup.snapshot().forwards[0].probe
+            assert probe is not None
+            detail = probe.detail
             text = json.dumps(sup.snapshot().to_json(), ensure_ascii=False)
         finally:
             shutdown.request()

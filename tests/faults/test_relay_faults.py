@@ -31,7 +31,7 @@ def _mail_through(loop: MailLoop, at_least: int, timeout: float) -> None:
         pytest.param("kill-sessions", 60, marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
     ],
 )
-def test_relay_breaks_while_mail_flows(  # type: ignore[no-untyped-def]
+def test_relay_breaks_while_mail_flows(
     fault: str, rounds: int, make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     """Every message the sender saw accepted (250 after DATA) arrives byte for byte."""
@@ -90,7 +90,7 @@ def test_relay_breaks_while_mail_flows(  # type: ignore[no-untyped-def]
     assert max(recover) < 5.0
 
 
-def test_connection_refused_then_relay_appears(  # type: ignore[no-untyped-def]
+def test_connection_refused_then_relay_appears(
     make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     listen = free_port()
@@ -120,9 +120,7 @@ def test_connection_refused_then_relay_appears(  # type: ignore[no-untyped-def]
     assert back <= 1.0 * 1.25 + 1.5  # backoff_max with jitter, plus a connect
 
 
-def test_relay_that_never_speaks_times_out(  # type: ignore[no-untyped-def]
-    fdir: Path, make_relay, outcome: dict[str, Any]
-) -> None:
+def test_relay_that_never_speaks_times_out(fdir: Path, make_relay, outcome: dict[str, Any]) -> None:
     """A port that accepts TCP and never sends an SSH banner: `timeout`, retried, no hang."""
     sshd = make_relay(start=False)  # only for its keys and known_hosts
     with socket.socket() as mute:
@@ -152,7 +150,7 @@ def test_relay_that_never_speaks_times_out(  # type: ignore[no-untyped-def]
     assert first < 1.0 + 2.5  # the timeout plus process start-up
 
 
-def test_relay_maxstartups_exhausted(  # type: ignore[no-untyped-def]
+def test_relay_maxstartups_exhausted(
     make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     """sshd drops connections past MaxStartups; the tunnel retries and gets in once freed."""
@@ -182,7 +180,7 @@ def test_relay_maxstartups_exhausted(  # type: ignore[no-untyped-def]
             )
             kind, error = st.tunnels[0].error_kind, st.tunnels[0].last_error
             time.sleep(1.5)
-            assert sup.status().tunnels[0].state != "up"  # type: ignore[union-attr]
+            assert sup.status_now().tunnels[0].state != "up"
             wait_until(lambda: "MaxStartups" in sshd.log_text(), 5, what="sshd's MaxStartups log")
             for hog in hogs:
                 hog.close()

@@ -32,14 +32,14 @@ def _all_up(st: Any) -> bool:
     return all(t.state == "up" for t in st.tunnels) and all(f.state == "up" for f in st.forwards)
 
 
-def test_sighup_storm_while_tunnels_flap(  # type: ignore[no-untyped-def]
+def test_sighup_storm_while_tunnels_flap(
     make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     """60 SIGHUPs (changed, unchanged and broken files) while sessions are killed: it stays up,
     ends with exactly one connection per tunnel, and leaks no descriptors."""
     l1, l2 = free_port(), free_port()
     sshd = make_relay(permitlisten=[f"127.0.0.1:{l1}", f"127.0.0.1:{l2}"])
-    fast = {"backoff_initial": 0.1, "backoff_max": 0.5}
+    fast: dict[str, Any] = {"backoff_initial": 0.1, "backoff_max": 0.5}
     cfg = relay_config(fdir / "tk.toml", sshd, [smtp_forward(l1, smtp_sink.port)], **fast)
     add_tunnel(cfg, sshd, "relay2", [tcp_forward(l2, smtp_sink.port)], **fast)
     original = cfg.read_text()
@@ -100,7 +100,7 @@ def test_sighup_storm_while_tunnels_flap(  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("moment", ["backoff", "connecting"])
-def test_sigterm_while_reconnecting(  # type: ignore[no-untyped-def]
+def test_sigterm_while_reconnecting(
     moment: str, make_relay, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     """A long backoff sleep, or a connect to a relay that never answers, does not hold up a
@@ -139,9 +139,7 @@ def test_sigterm_while_reconnecting(  # type: ignore[no-untyped-def]
     assert not (fdir / "control.sock").exists()
 
 
-def test_second_sigterm_forces(  # type: ignore[no-untyped-def]
-    make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
-) -> None:
+def test_second_sigterm_forces(make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]) -> None:
     """A long shutdown_grace with a connection open: the second SIGTERM ends the drain."""
     listen = free_port()
     sshd = make_relay(permitlisten=[f"127.0.0.1:{listen}"])
@@ -175,7 +173,7 @@ def test_second_sigterm_forces(  # type: ignore[no-untyped-def]
     assert "stop forced" in sup.log()
 
 
-def test_sigterm_with_connections_open(  # type: ignore[no-untyped-def]
+def test_sigterm_with_connections_open(
     make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     """SIGTERM mid-transaction: the listener closes at once, the open transaction may finish

@@ -27,7 +27,7 @@ BOUND = BACKOFF_MAX + FORWARD_RETRY + 1.0
 
 
 @pytest.mark.timeout(120)
-def test_standby_through_sshd_restarts(  # type: ignore[no-untyped-def]
+def test_standby_through_sshd_restarts(
     make_relay, smtp_sink: SmtpSink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     listen = free_port()
@@ -47,7 +47,7 @@ def test_standby_through_sshd_restarts(  # type: ignore[no-untyped-def]
     try:
         sup.wait_status(lambda s: s.tunnels[0].standby == "ready", 15, "standby ready")
         for n in range(RESTARTS):
-            connects = sup.status().tunnels[0].connects  # type: ignore[union-attr]
+            connects = sup.status_now().tunnels[0].connects
             sshd.restart()
             t0 = time.monotonic()
             sup.wait_status(

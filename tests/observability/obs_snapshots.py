@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from tunnelkeeper.state import ForwardStatus, ProbeResult, SupervisorStatus, TunnelStatus
 
@@ -155,6 +156,12 @@ SNAPSHOTS = {
 }
 
 
+def with_probe(fwd: ForwardStatus, **changes: Any) -> ForwardStatus:
+    """`fwd` with these fields of its probe changed."""
+    assert fwd.probe is not None
+    return replace(fwd, probe=replace(fwd.probe, **changes))
+
+
 def _run_at(t: datetime) -> SupervisorStatus:
     """mixed()'s tunnels at `t` during the hour before NOW: relay1 down 19:20-19:24:30 and
     broken for a moment at 19:55:10 (a reconnect between two snapshots), relay1/dns failing
@@ -163,10 +170,10 @@ def _run_at(t: datetime) -> SupervisorStatus:
         return mixed()
     k = int((t - STARTED).total_seconds())
     latency = 3.0 + (k * 7919 % 13)  # deterministic, uneven: something for the sparkline
-    smtp = replace(SMTP_OK, probe=replace(SMTP_OK.probe, latency_ms=latency, at=t))  # type: ignore[arg-type]
-    dns = replace(DNS_OK, probe=replace(DNS_OK.probe, latency_ms=latency / 2, at=t))  # type: ignore[arg-type]
+    smtp = with_probe(SMTP_OK, latency_ms=latency, at=t)
+    dns = with_probe(DNS_OK, latency_ms=latency / 2, at=t)
     if _at(19, 40, 0) <= t < _at(19, 47, 0):
-        dns = replace(DNS_FAILING, probe=replace(DNS_FAILING.probe, at=t))  # type: ignore[arg-type]
+        dns = with_probe(DNS_FAILING, at=t)
     submission = SUBMISSION_REFUSED if t >= _at(19, 50, 0) else replace(smtp, name="submission")
     relay1 = replace(RELAY1_UP, forwards=(smtp, dns, submission), connects=1)
     if t >= _at(19, 24, 30):

@@ -22,6 +22,7 @@ from tunnelkeeper.dashboard import (
     logs_into,
     show,
 )
+from tunnelkeeper.state import SupervisorStatus
 
 from .obs_snapshots import NOW, SNAPSHOTS, mixed
 
@@ -31,10 +32,10 @@ UPDATE = os.environ.get("TUNNELKEEPER_UPDATE_GOLDEN") == "1"
 
 
 def render(renderable: object, width: int, terminal: bool = False) -> str:
-    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=terminal)
+    out = io.StringIO()
+    console = Console(file=out, width=width, color_system=None, force_terminal=terminal)
     console.print(renderable)
-    out = console.file.getvalue()  # type: ignore[attr-defined]
-    return "".join(line.rstrip() + "\n" for line in out.splitlines())
+    return "".join(line.rstrip() + "\n" for line in out.getvalue().splitlines())
 
 
 def check_golden(name: str, text: str) -> None:
@@ -72,9 +73,9 @@ def test_wide_dashboard_shows_errors_inline() -> None:
 
 
 def test_not_a_terminal_has_no_control_codes() -> None:
-    console = Console(file=io.StringIO(), width=100, force_terminal=False)
-    console.print(Dashboard(mixed(), now=NOW))
-    assert "\x1b" not in console.file.getvalue()  # type: ignore[attr-defined]
+    out = io.StringIO()
+    Console(file=out, width=100, force_terminal=False).print(Dashboard(mixed(), now=NOW))
+    assert "\x1b" not in out.getvalue()
 
 
 def test_unreachable_supervisor_notice_without_status() -> None:
@@ -160,7 +161,7 @@ def test_logs_into_diverts_terminal_handlers_only(tmp_path: Path) -> None:
             assert tty not in logger.handlers and file in logger.handlers
         logger.info("after")
         assert buffer.lines()[0][1].endswith("INFO into the panel")
-        assert tty.stream.getvalue() == "after\n"  # type: ignore[attr-defined]
+        assert tty.stream.getvalue() == "after\n"
         assert "into the panel" in (tmp_path / "log").read_text()
     finally:
         logger.removeHandler(tty)
@@ -173,11 +174,11 @@ def test_live_dashboard_redraws_from_snapshots() -> None:
     console = Console(file=out, width=100, color_system=None, force_terminal=True)
     calls: list[str] = []
 
-    def get_status() -> object:
+    def get_status() -> SupervisorStatus:
         calls.append(threading.current_thread().name)
         return mixed()
 
-    with LiveDashboard(get_status, console=console, refresh_per_second=20):  # type: ignore[arg-type]
+    with LiveDashboard(get_status, console=console, refresh_per_second=20):
         deadline = time.monotonic() + 3
         while len(calls) < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -190,11 +191,11 @@ async def test_show_takes_snapshots_on_the_event_loop() -> None:
     console = Console(file=out, width=100, color_system=None, force_terminal=True)
     threads: list[threading.Thread] = []
 
-    def get_status() -> object:
+    def get_status() -> SupervisorStatus:
         threads.append(threading.current_thread())
         return mixed()
 
-    task = asyncio.create_task(show(get_status, console=console, refresh_per_second=20))  # type: ignore[arg-type]
+    task = asyncio.create_task(show(get_status, console=console, refresh_per_second=20))
     await asyncio.sleep(0.3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -194,12 +194,13 @@ def test_the_log_panel_fills_the_height(height: int) -> None:
         for i in range(100):
             logger.info("line %d", i)
         status, feed = pictures_of_the_run()
+        out = io.StringIO()
         console = Console(
-            file=io.StringIO(), width=100, height=height, color_system=None, force_terminal=True
+            file=out, width=100, height=height, color_system=None, force_terminal=True
         )
         view = Dashboard(status, now=NOW, pictures=feed.pictures, logs=buffer, log_lines=None)
         console.print(view)
-        lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+        lines = out.getvalue().splitlines()
         shown = [line for line in lines if " INFO line " in line]
         assert "line 99" in shown[-1]
         above = len(lines) - len(shown) - 2  # the panel's two borders

@@ -22,9 +22,15 @@ from tunnelkeeper import history_report
 from tunnelkeeper.cli import main
 from tunnelkeeper.history import Recorder
 from tunnelkeeper.history_store import SCHEMA_VERSION, Event, HistoryError, Writer, connect
-from tunnelkeeper.state import ProbeResult, SupervisorStatus, TunnelStatus
+from tunnelkeeper.state import (
+    ForwardState,
+    ProbeResult,
+    SupervisorStatus,
+    TunnelState,
+    TunnelStatus,
+)
 
-from .obs_snapshots import DNS_OK, NOW, RELAY1_UP, SMTP_OK, STARTED
+from .obs_snapshots import DNS_OK, NOW, RELAY1_UP, SMTP_OK, STARTED, with_probe
 
 DAY = 86_400.0
 T0 = NOW.timestamp()
@@ -34,14 +40,20 @@ def snap(*tunnels: TunnelStatus) -> SupervisorStatus:
     return SupervisorStatus(pid=1, started=STARTED, config="/x.toml", tunnels=tunnels)
 
 
-def relay(state: str = "up", **forward_states: str) -> TunnelStatus:
+def relay(state: TunnelState = "up", **forward_states: ForwardState) -> TunnelStatus:
     """relay1 with smtp and dns; keyword arguments set a forward's state."""
     forwards = tuple(
-        replace(f, state=forward_states.get(f.name, f.state))  # type: ignore[arg-type]
-        for f in (SMTP_OK, DNS_OK)
+        replace(f, state=forward_states.get(f.name, f.state)) for f in (SMTP_OK, DNS_OK)
     )
-    error = {} if state == "up" else {"error_kind": "connect-refused", "last_error": "refused"}
-    return replace(RELAY1_UP, state=state, forwards=forwards, **error)  # type: ignore[arg-type]
+    if state == "up":
+        return replace(RELAY1_UP, state=state, forwards=forwards)
+    return replace(
+        RELAY1_UP,
+        state=state,
+        forwards=forwards,
+        error_kind="connect-refused",
+        last_error="refused",
+    )
 
 
 def outages(events: list[Event]) -> list[tuple[str | None, str | None, str | None]]:
@@ -89,7 +101,7 @@ def test_a_tunnel_cause_is_recorded_on_every_forward_and_ends_after_a_probe() ->
     probed = replace(
         up,
         forwards=(
-            replace(up.forwards[0], probe=replace(SMTP_OK.probe, at=back)),  # type: ignore[type-var]
+            with_probe(up.forwards[0], at=back),
             up.forwards[1],
         ),
     )

@@ -29,7 +29,7 @@ def history_json(cfg: Path, *args: str) -> dict[str, Any]:
         timeout=30,
     )
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    return json.loads(out.stdout)
 
 
 def textfile_samples(path: Path) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -67,7 +67,7 @@ def test_a_relay_outage_is_recorded_shown_and_exported(
         assert ("tunnelkeeper_tunnel_up", frozenset({("tunnel", "relay1")})) in m
         assert prom.stat().st_mode & 0o777 == 0o644
         # Stop the relay just after a probe, so none is in flight when the connection drops.
-        probed = sup.status().forwards[0].probe  # type: ignore[union-attr]
+        probed = sup.status_now().forwards[0].probe
         sup.wait_status(lambda s: s.forwards[0].probe != probed, 5, "a fresh probe")
         sshd.stop()
         sup.wait_status(lambda s: s.tunnels[0].state != "up", 10, "the tunnel down")

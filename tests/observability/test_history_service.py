@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_supervisor_loop import FakeRelay, until
+from tests.test_supervisor_loop import FakeRelay, supervised, until
 from tunnelkeeper import config, history
 from tunnelkeeper.cli import main
 from tunnelkeeper.control import fetch_status
@@ -74,7 +74,7 @@ async def test_outages_reach_the_database_and_status(short_tmp: Path) -> None:
     async def service(sup: Supervisor) -> None:
         await history.record(sup, poll=0.05, refresh=0.2)
 
-    sup = Supervisor(cfg, connector=relay, services=[service])  # type: ignore[arg-type]
+    sup = supervised(cfg, relay, services=[service])
     shutdown = Shutdown()
     task = asyncio.create_task(sup.run(shutdown))
     try:
@@ -123,7 +123,7 @@ async def test_an_unusable_database_turns_history_off_not_the_supervisor(
     cfg = make_config(short_tmp)
     (short_tmp / "state").write_text("a file where the folder should be")
     relay = FakeRelay(["ok"])
-    sup = Supervisor(cfg, connector=relay, services=[history.record])  # type: ignore[arg-type]
+    sup = supervised(cfg, relay, services=[history.record])
     shutdown = Shutdown()
     task = asyncio.create_task(sup.run(shutdown))
     await until(lambda: relay.live and sup.status().forwards[0].state == "up")

@@ -9,6 +9,7 @@ import re
 import subprocess
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -61,16 +62,12 @@ def rule_exprs(text: str) -> dict[str, str]:
     return exprs
 
 
-def grafana_queries(doc: dict[str, object]) -> tuple[list[str], list[str]]:
+def grafana_queries(doc: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The panels' expressions and the template variables' queries."""
-    exprs = [
-        t["expr"]
-        for p in doc["panels"]  # type: ignore[attr-defined]
-        for t in p.get("targets", [])
-    ]
+    exprs = [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
     variables = [
         v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
-        for v in doc["templating"]["list"]  # type: ignore[index]
+        for v in doc["templating"]["list"]
         if v["type"] == "query"
     ]
     return exprs, variables

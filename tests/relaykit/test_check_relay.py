@@ -23,7 +23,9 @@ from tests.support.sshd import free_port, port_open, wait_until
 from tunnelkeeper.config import Config
 from tunnelkeeper.relaykit import dropbear
 from tunnelkeeper.relaykit.bind import named_conf
-from tunnelkeeper.relaykit.kit import CHECK_SCRIPT, relay_kit, write_kit
+from tunnelkeeper.relaykit.common import SshServer
+from tunnelkeeper.relaykit.kit import relay_kit, write_kit
+from tunnelkeeper.relaykit.kit_readme import CHECK_SCRIPT
 from tunnelkeeper.relaykit.openssh import authorized_keys, sshd_config
 
 from .conftest import need_tool, run, ssh_args, write_tunnel_config
@@ -55,11 +57,11 @@ class Staged:
         return proc.returncode, proc.stdout.splitlines()
 
 
-def stage(folder: Path, relay: Any, sshd: str) -> Staged:
+def stage(folder: Path, relay: Any, sshd: SshServer) -> Staged:
     smtp, dns = free_port(), free_port()
     config = write_tunnel_config(folder / "tk.toml", relay, smtp, dns, 25)
     kit = folder / "kit"
-    write_kit(relay_kit(config, sshd=sshd), kit)  # type: ignore[arg-type]
+    write_kit(relay_kit(config, sshd=sshd), kit)
     mail = build_relay(folder / "mail", config)
     # sendmail -bt wants a qualified host name: give it one in a UTS namespace of its own.
     wrapper = folder / "sendmail"
@@ -137,7 +139,7 @@ def failures(lines: list[str]) -> list[str]:
 def kit_scripts(folder: Path, config: Config) -> list[Path]:
     scripts = []
     for sshd in ("openssh", "dropbear"):
-        write_kit(relay_kit(config, sshd=sshd), folder / sshd)  # type: ignore[arg-type]
+        write_kit(relay_kit(config, sshd=sshd), folder / sshd)
         scripts.append(folder / sshd / CHECK_SCRIPT)
     return scripts
 

@@ -80,7 +80,7 @@ def status_json(cfg: Path) -> dict[str, Any]:
         text=True,
         timeout=30,
     ).stdout
-    return json.loads(out)  # type: ignore[no-any-return]
+    return json.loads(out)
 
 
 def run_through(kind: str, rounds: int, relay: Any, cfg: Path, listen: int, sink: Any) -> None:

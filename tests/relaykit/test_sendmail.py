@@ -53,6 +53,7 @@ MAILER(`smtp')dnl
 class Relay:
     folder: Path
     cf: Path
+    port: int = 0  # the daemon's port, once one runs from this cf
 
     def bt(self, commands: str) -> str:
         """`sendmail -bt` under its own UTS namespace, so that it can qualify its host name."""

@@ -207,7 +207,7 @@ def internal_sendmail(folder: Path, smarthost: str) -> Iterator[Relay]:
             lambda: port_open(port) or daemon.poll() is not None, 15, what="sendmail to listen"
         )
         assert daemon.poll() is None, daemon.stdout.read() if daemon.stdout else ""
-        internal.port = port  # type: ignore[attr-defined]
+        internal.port = port
         yield internal
     finally:
         stop_tree(daemon)
