@@ -34,12 +34,12 @@ def _status_exit(cfg: Path) -> int:
 def test_listen_port_held_by_another_process(
     make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
-    listen = free_port()
-    sshd = make_relay(permitlisten=[f"127.0.0.1:{listen}"])
-    squatter = socket.socket()
+    squatter = socket.socket()  # holds its port from the start: no window for anyone else
     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    squatter.bind(("127.0.0.1", listen))
+    squatter.bind(("127.0.0.1", 0))
     squatter.listen(8)
+    listen = squatter.getsockname()[1]
+    sshd = make_relay(permitlisten=[f"127.0.0.1:{listen}"])
     cfg = relay_config(
         fdir / "tk.toml", sshd, [smtp_forward(listen, smtp_sink.port)], forward_retry=0.5
     )
