@@ -1,13 +1,25 @@
 """Frozen snapshots of the supervisor's state: all that the dashboard, control socket and
 sd_notify ever read. `SupervisorStatus.to_json()` is what `status --json` prints; `from_json()`
-reads it back."""
+reads it back.
+
+Each field is declared once, in its dataclass: `_to_json` and `_from_json` carry every field
+under its own name (dates as ISO 8601, nested snapshots as objects), and a class names only the
+fields whose JSON differs from that — a rounded latency, a retry time given as seconds from now,
+forwards and locals in lists of their own."""
 
 from __future__ import annotations
 
+import functools
+import types
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_type_hints
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_Snapshot = TypeVar("_Snapshot", bound="DataclassInstance")
 
 TunnelState = Literal["connecting", "up", "backoff", "stopped"]
 ForwardState = Literal["up", "pending", "refused", "down"]
@@ -23,12 +35,50 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+def _plain(value: Any) -> Any:
+    """One field's value as JSON has it."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if is_dataclass(value) and hasattr(value, "to_json"):
+        return value.to_json()
+    return value
 
 
-def _dt(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
+def _to_json(snapshot: DataclassInstance, **instead: dict[str, Any]) -> dict[str, Any]:
+    """Every field of `snapshot` under its own name, in declared order; `instead` gives, for a
+    field, the keys written in its place (none: the field is not in the JSON)."""
+    out: dict[str, Any] = {}
+    for f in fields(snapshot):
+        if f.name in instead:
+            out.update(instead[f.name])
+        else:
+            out[f.name] = _plain(getattr(snapshot, f.name))
+    return out
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _typed(hint: Any, value: Any) -> Any:
+    """A JSON value back as the field's type: ISO 8601 to datetime, an object to a snapshot."""
+    kinds = get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if isinstance(value, str) and datetime in kinds:
+        return datetime.fromisoformat(value)
+    if isinstance(value, dict):
+        for kind in kinds:
+            if isinstance(kind, type) and is_dataclass(kind) and hasattr(kind, "from_json"):
+                return kind.from_json(value)
+    return value
+
+
+def _from_json(cls: type[_Snapshot], data: dict[str, Any], **given: Any) -> _Snapshot:
+    """`cls` from its JSON: each field under its own name (absent: its default), those in
+    `given` as given."""
+    hints = _hints(cls)
+    values = {f.name: _typed(hints[f.name], data[f.name]) for f in fields(cls) if f.name in data}
+    return cls(**(values | given))
 
 
 @dataclass(frozen=True)
@@ -43,23 +93,11 @@ class ProbeResult:
 
     def to_json(self) -> dict[str, Any]:
         latency = None if self.latency_ms is None else round(self.latency_ms, 1)
-        return {
-            "ok": self.ok,
-            "latency_ms": latency,
-            "at": _iso(self.at),
-            "detail": self.detail,
-            "via": self.via,
-        }
+        return _to_json(self, latency_ms={"latency_ms": latency})
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProbeResult:
-        return cls(
-            ok=bool(data["ok"]),
-            latency_ms=data.get("latency_ms"),
-            at=_dt(data["at"]) or utcnow(),
-            detail=str(data.get("detail", "")),
-            via=data.get("via", "relay"),
-        )
+        return _from_json(cls, data)
 
 
 @dataclass(frozen=True)
@@ -99,42 +137,11 @@ class ForwardStatus:
         return self.error or self.state
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "service": self.service,
-            "listen": self.listen,
-            "target": self.target,
-            "state": self.state,
-            "connections_active": self.connections_active,
-            "connections_total": self.connections_total,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "connections_refused": self.connections_refused,
-            "probe": None if self.probe is None else self.probe.to_json(),
-            "error": self.error,
-            "since": _iso(self.since),
-            "availability_24h": self.availability_24h,
-        }
+        return _to_json(self, direction={})  # said by the list it is in: forwards or local
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ForwardStatus:
-        probe = data.get("probe")
-        return cls(
-            name=data["name"],
-            service=data["service"],
-            listen=data["listen"],
-            target=data["target"],
-            state=data["state"],
-            connections_active=data.get("connections_active", 0),
-            connections_total=data.get("connections_total", 0),
-            bytes_in=data.get("bytes_in", 0),
-            bytes_out=data.get("bytes_out", 0),
-            connections_refused=data.get("connections_refused", 0),
-            probe=None if probe is None else ProbeResult.from_json(probe),
-            error=data.get("error"),
-            since=_dt(data.get("since")),
-            availability_24h=data.get("availability_24h"),
-        )
+        return _from_json(cls, data)
 
 
 @dataclass(frozen=True)
@@ -149,9 +156,9 @@ class TunnelStatus:
     last_error: str | None = None
     cipher: str | None = None
     standby: StandbyState = "off"
-    forwards: tuple[ForwardStatus, ...] = ()  # the forwards, then the locals (see direction)
     relay_version: str | None = None  # the relay's SSH identification string, escaped
     internal_errors: int = 0  # bugs that ended one of this tunnel's tasks
+    forwards: tuple[ForwardStatus, ...] = ()  # the forwards, then the locals (see direction)
 
     def next_retry_in(self, now: datetime | None = None) -> float | None:
         if self.next_retry_at is None:
@@ -159,45 +166,26 @@ class TunnelStatus:
         return max(0.0, round((self.next_retry_at - (now or datetime.now(UTC))).total_seconds(), 1))
 
     def to_json(self, now: datetime | None = None) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "relay": self.relay,
-            "state": self.state,
-            "since": _iso(self.since),
-            "connects": self.connects,
-            "next_retry_in": self.next_retry_in(now),
-            "error_kind": self.error_kind,
-            "last_error": self.last_error,
-            "cipher": self.cipher,
-            "standby": self.standby,
-            "relay_version": self.relay_version,
-            "internal_errors": self.internal_errors,
-            "forwards": [f.to_json() for f in self.forwards if f.direction == "forward"],
-            "local": [f.to_json() for f in self.forwards if f.direction == "local"],
-        }
+        return _to_json(
+            self,
+            next_retry_at={"next_retry_in": self.next_retry_in(now)},
+            forwards={
+                "forwards": [f.to_json() for f in self.forwards if f.direction == "forward"],
+                "local": [f.to_json() for f in self.forwards if f.direction == "local"],
+            },
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any], now: datetime | None = None) -> TunnelStatus:
         retry = data.get("next_retry_in")
         now = now or datetime.now(UTC)
-        return cls(
-            name=data["name"],
-            relay=data["relay"],
-            state=data["state"],
-            since=_dt(data.get("since")),
-            connects=data.get("connects", 0),
+        forwards = [ForwardStatus.from_json(f) for f in data.get("forwards", [])]
+        local = [ForwardStatus.from_json(f | {"direction": "local"}) for f in data.get("local", [])]
+        return _from_json(
+            cls,
+            data,
             next_retry_at=None if retry is None else now + timedelta(seconds=float(retry)),
-            error_kind=data.get("error_kind"),
-            last_error=data.get("last_error"),
-            cipher=data.get("cipher"),
-            standby=data.get("standby", "off"),
-            relay_version=data.get("relay_version"),
-            internal_errors=data.get("internal_errors", 0),
-            forwards=tuple(ForwardStatus.from_json(f) for f in data.get("forwards", []))
-            + tuple(
-                replace(ForwardStatus.from_json(f), direction="local")
-                for f in data.get("local", [])
-            ),
+            forwards=(*forwards, *local),
         )
 
 
@@ -252,22 +240,11 @@ class SupervisorStatus:
 
     def to_json(self, now: datetime | None = None) -> dict[str, Any]:
         return {
-            "supervisor": {
-                "pid": self.pid,
-                "started": _iso(self.started),
-                "config": self.config,
-                "internal_errors": self.internal_errors,
-            },
+            "supervisor": _to_json(self, tunnels={}),
             "tunnels": [t.to_json(now) for t in self.tunnels],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SupervisorStatus:
-        sup = data["supervisor"]
-        return cls(
-            pid=int(sup["pid"]),
-            started=_dt(sup["started"]) or utcnow(),
-            config=sup["config"],
-            internal_errors=sup.get("internal_errors", 0),
-            tunnels=tuple(TunnelStatus.from_json(t) for t in data.get("tunnels", [])),
-        )
+        tunnels = tuple(TunnelStatus.from_json(t) for t in data.get("tunnels", []))
+        return _from_json(cls, data["supervisor"], tunnels=tunnels)

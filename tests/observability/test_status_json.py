@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from tunnelkeeper.errors import ERROR_KINDS
 from tunnelkeeper.state import SupervisorStatus
 
 from .conftest import ThreadedControlServer
-from .obs_snapshots import NOW, SNAPSHOTS, mixed
+from .obs_snapshots import NOW, SMTP_OK, SNAPSHOTS, mixed
 
 TUNNEL_STATES = {"connecting", "up", "backoff", "stopped"}
 FORWARD_STATES = {"up", "pending", "refused", "down"}
@@ -94,6 +95,32 @@ def test_json_round_trips() -> None:
     assert again.to_json(NOW)["tunnels"][0] == doc["tunnels"][0]
     assert doc["tunnels"][1]["next_retry_in"] == 12.3
     assert again.exit_code() == status.exit_code() == 1
+
+
+def _one_place(latency: float | None) -> float | None:
+    return None if latency is None else round(latency, 1)
+
+
+@pytest.mark.parametrize("snapshot", sorted(SNAPSHOTS))
+def test_every_field_comes_back(snapshot: str) -> None:
+    """from_json(to_json()) writes the same JSON again, locals included (the retry time is
+    relative to the clock, so it is left out; latencies are rounded in the JSON)."""
+    status = SNAPSHOTS[snapshot]()
+    tunnels = tuple(replace(t, next_retry_at=None) for t in status.tunnels)
+    if tunnels:
+        local = replace(SMTP_OK, name="out", direction="local", since=NOW)
+        tunnels = (replace(tunnels[0], forwards=(*tunnels[0].forwards, local)), *tunnels[1:])
+    status = replace(status, tunnels=tunnels, internal_errors=2)
+    doc = json.loads(json.dumps(status.to_json(NOW)))
+    again = SupervisorStatus.from_json(doc)
+    assert again.to_json(NOW) == doc
+    assert again.internal_errors == 2 and again.forwards == tuple(
+        replace(f, probe=f.probe and replace(f.probe, latency_ms=_one_place(f.probe.latency_ms)))
+        for f in status.forwards
+    )
+    if tunnels:
+        assert [f["name"] for f in doc["tunnels"][0]["local"]] == ["out"]
+        assert "direction" not in doc["tunnels"][0]["local"][0]
 
 
 def test_spec_example_parses() -> None:
