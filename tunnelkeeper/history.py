@@ -240,7 +240,7 @@ async def record(supervisor: Supervisor, *, poll: float = POLL, refresh: float =
             if supervisor.config is not config:
                 config = supervisor.config
                 writer.record(Event(now, "reload", reason=str(config.path)))
-            for event in recorder.observe(supervisor.status(), now, _probes_on(supervisor)):
+            for event in recorder.observe(supervisor.published(), now, _probes_on(supervisor)):
                 writer.record(event)
                 if event.kind == "outage":
                     refreshed = min(refreshed, now - refresh + SOON)

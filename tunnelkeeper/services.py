@@ -29,7 +29,7 @@ def standard(config: Config, *, dashboard: bool = False) -> list[Service]:
 async def _notify(supervisor: Supervisor) -> None:
     from . import notify
 
-    await notify.serve(notify.Notifier.from_env(), supervisor.status, supervisor.ready)
+    await notify.serve(notify.Notifier.from_env(), supervisor.published, supervisor.ready)
 
 
 async def _metrics(supervisor: Supervisor) -> None:
@@ -37,7 +37,7 @@ async def _metrics(supervisor: Supervisor) -> None:
 
     listen = supervisor.config.supervisor.metrics_listen
     assert listen is not None
-    await metrics.serve(listen, supervisor.status)
+    await metrics.serve(listen, supervisor.published)
 
 
 async def _textfile(supervisor: Supervisor) -> None:
@@ -45,7 +45,7 @@ async def _textfile(supervisor: Supervisor) -> None:
 
     path = supervisor.config.supervisor.metrics_textfile
     assert path is not None
-    await metrics.write_textfile(path, supervisor.status)
+    await metrics.write_textfile(path, supervisor.published)
 
 
 async def _history(supervisor: Supervisor) -> None:
@@ -57,7 +57,7 @@ async def _history(supervisor: Supervisor) -> None:
 async def _alerts(supervisor: Supervisor) -> None:
     from . import alerts
 
-    await alerts.watch(supervisor.config.supervisor, supervisor.status)
+    await alerts.watch(supervisor.config.supervisor, supervisor.published)
 
 
 async def _dashboard(supervisor: Supervisor) -> None:
@@ -65,4 +65,4 @@ async def _dashboard(supervisor: Supervisor) -> None:
 
     settings = supervisor.config.supervisor
     history = settings.history_file if settings.history else None
-    await show(supervisor.status, logs=LogBuffer(), history=history)
+    await show(supervisor.published, logs=LogBuffer(), history=history)

@@ -83,7 +83,7 @@ class Supervisor:
     # -- readers -----------------------------------------------------------------------------
 
     def snapshot(self) -> SupervisorStatus:
-        """A fresh frozen status, taken now: what `_publish` hands to `status()` readers.
+        """A fresh frozen status, taken now: what `_publish` hands to `published()` readers.
         Call from the event loop's thread only."""
         status = SupervisorStatus(
             pid=self.pid,
@@ -96,7 +96,7 @@ class Supervisor:
             status = amend(status)
         return status
 
-    def status(self) -> SupervisorStatus:
+    def published(self) -> SupervisorStatus:
         """The last published status: what every reader gets (control socket, dashboard,
         sd_notify, metrics, alerts, history); safe from any thread. At most PUBLISH_PERIOD
         old."""
@@ -125,7 +125,7 @@ class Supervisor:
             raise first from group
 
     async def _run(self, shutdown: Shutdown, reload: asyncio.Event | None) -> None:
-        async with ControlServer(self.config.control_socket, self.status, self.watch_mail):
+        async with ControlServer(self.config.control_socket, self.published, self.watch_mail):
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 for cfg in self.config.tunnel:

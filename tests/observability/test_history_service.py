@@ -78,10 +78,10 @@ async def test_outages_reach_the_database_and_status(short_tmp: Path) -> None:
     shutdown = Shutdown()
     task = asyncio.create_task(sup.run(shutdown))
     try:
-        await until(lambda: relay.live and sup.status().forwards[0].state == "up")
+        await until(lambda: relay.live and sup.published().forwards[0].state == "up")
         await asyncio.sleep(0.3)
         relay.live[0].lose(Disconnected("the relay went away"))
-        await until(lambda: len(relay.live) == 2 and sup.status().forwards[0].state == "up")
+        await until(lambda: len(relay.live) == 2 and sup.published().forwards[0].state == "up")
         await until(lambda: sup.snapshot().forwards[0].availability_24h is not None)
         # The control socket answers with the same numbers (status --json).
         status = await fetch_status(cfg.control_socket)
@@ -126,7 +126,7 @@ async def test_an_unusable_database_turns_history_off_not_the_supervisor(
     sup = supervised(cfg, relay, services=[history.record])
     shutdown = Shutdown()
     task = asyncio.create_task(sup.run(shutdown))
-    await until(lambda: relay.live and sup.status().forwards[0].state == "up")
+    await until(lambda: relay.live and sup.published().forwards[0].state == "up")
     shutdown.request()
     await asyncio.wait_for(task, 10)
     assert "history off" in caplog.text
