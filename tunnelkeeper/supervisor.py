@@ -246,10 +246,8 @@ class Supervisor:
         force.cancel()
         if not drains.done():
             log.warning("stop forced: closing open connections now")
-            drains.cancel()
-            for tunnel in tunnels:
-                for fwd in tunnel.forwards:
-                    fwd.counters.abort_all()
+            drains.cancel()  # each drain closes what it still holds as it ends
+            await asyncio.gather(drains, return_exceptions=True)
         for name in names:
             task = self._tasks.pop(name, None)
             if task is not None:

@@ -224,23 +224,26 @@ class TunnelRuntime:
         return asyncio.create_task(self._task(what, body), name=f"{self.name}: {what}")
 
     async def drain(self, grace: float) -> None:
-        """Graceful stop: close the relay listeners, wait up to `grace` for open connections."""
+        """Graceful stop: close the relay listeners, wait up to `grace` for open connections,
+        then close those left (also when the wait is cancelled: a forced stop)."""
         self._draining = True
         for fwd in self.forwards:
             if fwd.listener is not None:
                 fwd.listener.close()
                 fwd.listener = None
         active = sum(f.counters.active for f in self.forwards)
-        if active:
-            log.info(
-                "tunnel %s: draining %d open connection(s), up to %gs", self.name, active, grace
-            )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    for fwd in self.forwards:
-                        await fwd.counters.idle.wait()
-        for fwd in self.forwards:
-            fwd.counters.abort_all()
+        try:
+            if active:
+                log.info(
+                    "tunnel %s: draining %d open connection(s), up to %gs", self.name, active, grace
+                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        for fwd in self.forwards:
+                            await fwd.counters.idle.wait()
+        finally:
+            for fwd in self.forwards:
+                fwd.counters.abort_all()
 
     def close(self) -> None:
         """Drop the standby connection (the live one closes with `run_once`)."""
