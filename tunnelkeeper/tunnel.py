@@ -49,7 +49,7 @@ class TunnelRuntime:
         self.up_for: float | None = None  # seconds the last connection was up (None: never)
         self.relay_version: str | None = None
         self.internal_errors = 0
-        self.attempted = asyncio.Event()  # set after the first attempt, whatever its outcome
+        self.attempted = asyncio.Event()  # set by _settle: the first attempt had its outcome
         self._spare: ssh.RelayConnection | None = None
         self._spare_state: StandbyState = "off"
         self._draining = False
@@ -148,9 +148,13 @@ class TunnelRuntime:
         loop = asyncio.get_running_loop()
         self.up_for = None if self.connected_at is None else loop.time() - self.connected_at
         self.error_kind, self.last_error = error.error_kind, str(error)
-        self.state, self.next_retry_at = "backoff", None
-        self.attempted.set()
+        self._settle("backoff")
         return error
+
+    def _settle(self, state: TunnelState) -> None:
+        """Out of `connecting`, to up, backoff or stopped: an attempt has had its outcome."""
+        self.state, self.next_retry_at = state, None
+        self.attempted.set()
 
     async def _run_once(self) -> None:
         self.state, self.next_retry_at, self.connected_at = "connecting", None, None
@@ -168,10 +172,9 @@ class TunnelRuntime:
             log.info("tunnel %s: moving forwards onto the standby connection", self.name)
         self.connects += 1
         self.connected_at = asyncio.get_running_loop().time()
-        self.state, self.since, self.cipher = "up", utcnow(), conn.cipher
-        self.relay_version = conn.relay_version
+        self.since, self.cipher, self.relay_version = utcnow(), conn.cipher, conn.relay_version
         self.error_kind = self.last_error = None
-        self.attempted.set()
+        self._settle("up")
         log.info(
             "tunnel %s: connected to %s (%s), host key %s verified, cipher %s",
             self.name,
@@ -250,8 +253,7 @@ class TunnelRuntime:
         if self._spare is not None:
             self._spare.close()
             self._spare = None
-        self.state, self.next_retry_at = "stopped", None
-        self.attempted.set()  # stopped before a first attempt: READY=1 must not wait for it
+        self._settle("stopped")  # stopped before a first attempt: READY=1 must not wait for it
         for fwd in self.forwards:
             fwd.set_state("down", fwd.error)
 
