@@ -54,6 +54,24 @@ class TunnelSettings(_Model):
             raise ValueError("backoff_initial must not be larger than backoff_max")
         return self
 
+    # `jump`, `proxy` and `relay_mta` are declared by each subclass (optional in [defaults],
+    # with a default in [[tunnel]]) and parsed here, the same way for both.
+
+    @field_validator("jump", mode="before", check_fields=False)
+    @classmethod
+    def _jump(cls, value: object) -> tuple[Hop, ...] | None:
+        return None if value is None else parse_hops(value)
+
+    @field_validator("proxy", mode="before", check_fields=False)
+    @classmethod
+    def _proxy(cls, value: object) -> Proxy | None:
+        return parse_proxy(value)
+
+    @field_validator("relay_mta", mode="before", check_fields=False)
+    @classmethod
+    def _relay_mta(cls, value: object) -> Endpoint | None:
+        return None if value is None else parse_endpoint(value)
+
 
 class Defaults(TunnelSettings):
     """`[defaults]`: the tunnel settings plus per-tunnel fields that are often shared."""
@@ -71,21 +89,6 @@ class Defaults(TunnelSettings):
     agent: bool | None = None
     certificate: FilePath | None = None
     relay_mta: Endpoint | None = None
-
-    @field_validator("jump", mode="before")
-    @classmethod
-    def _jump(cls, value: object) -> tuple[Hop, ...] | None:
-        return None if value is None else parse_hops(value)
-
-    @field_validator("proxy", mode="before")
-    @classmethod
-    def _proxy(cls, value: object) -> Proxy | None:
-        return parse_proxy(value)
-
-    @field_validator("relay_mta", mode="before")
-    @classmethod
-    def _relay_mta(cls, value: object) -> Endpoint | None:
-        return None if value is None else parse_endpoint(value)
 
 
 class _Endpoints(_Model):
@@ -194,21 +197,6 @@ class Tunnel(TunnelSettings):
         if not _HOSTNAME.fullmatch(value) and not is_ip(value):
             raise ValueError(f"{value!r} is not a host name or address")
         return value.lower()
-
-    @field_validator("jump", mode="before")
-    @classmethod
-    def _jump(cls, value: object) -> tuple[Hop, ...]:
-        return parse_hops(value)
-
-    @field_validator("proxy", mode="before")
-    @classmethod
-    def _proxy(cls, value: object) -> Proxy | None:
-        return parse_proxy(value)
-
-    @field_validator("relay_mta", mode="before")
-    @classmethod
-    def _relay_mta(cls, value: object) -> Endpoint:
-        return parse_endpoint(value)
 
     @field_validator("from_", mode="after")
     @classmethod
