@@ -11,9 +11,13 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..errors import ChooseTunnel, ConfigError, TunnelkeeperError
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNKNOWN = 0, 1, 2, 3
 
@@ -75,6 +79,22 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
         help="configuration file (default: $TUNNELKEEPER_CONFIG, ./tunnelkeeper.toml, "
         "$XDG_CONFIG_HOME/tunnelkeeper/config.toml)",
     )
+
+
+def check_tunnel_files(cfg: Config) -> None:
+    """Before connecting (`run`, `check`): the keys readable and sound, and every file that
+    makes it act owned and writable as sshd's StrictModes would want; say so when that check
+    is turned off."""
+    from .. import filetrust, ssh
+
+    ssh.preflight(cfg.tunnel)
+    filetrust.check_tunnel_files(cfg)
+    if not filetrust.strict_modes():
+        print(
+            f"tunnelkeeper: {filetrust.STRICT_MODES_ENV}=no: files other users may change "
+            "are trusted",
+            file=sys.stderr,
+        )
 
 
 def _verb_in(argv: Sequence[str]) -> str | None:

@@ -7,12 +7,12 @@ import asyncio
 import json
 import sys
 
-from .. import config, control, filetrust, ssh
+from .. import config, control
 from ..checker import check, check_mail
 from ..errors import ControlError
 from ..mailtest import MailTest
 from ..state import SupervisorStatus
-from . import EXIT_FAILURE, EXIT_OK, add_config_option
+from . import EXIT_FAILURE, EXIT_OK, add_config_option, check_tunnel_files
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,14 +49,7 @@ def _seconds(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.load(config.find_config(args.config))
-    ssh.preflight(cfg.tunnel)
-    filetrust.check_tunnel_files(cfg)
-    if not filetrust.strict_modes():
-        print(
-            f"tunnelkeeper: {filetrust.STRICT_MODES_ENV}=no: files other users may change "
-            "are trusted",
-            file=sys.stderr,
-        )
+    check_tunnel_files(cfg)
     result, mail = asyncio.run(_check(cfg, args.mail_timeout if args.mail else None))
     if args.json:
         document = result.to_json()

@@ -9,9 +9,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from .. import config, filetrust, limits, logs, services, ssh
+from .. import config, limits, logs, services
 from ..supervisor import Supervisor, serve
-from . import EXIT_FAILURE, EXIT_OK, add_config_option
+from . import EXIT_FAILURE, EXIT_OK, add_config_option, check_tunnel_files
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,14 +41,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    ssh.preflight(cfg.tunnel)
-    filetrust.check_tunnel_files(cfg)
-    if not filetrust.strict_modes():
-        print(
-            f"tunnelkeeper: {filetrust.STRICT_MODES_ENV}=no: files other users may change "
-            "are trusted",
-            file=sys.stderr,
-        )
+    check_tunnel_files(cfg)
     limits.raise_nofile()
     dashboard = sys.stdout.isatty() if args.dashboard is None else args.dashboard
     supervisor = Supervisor(cfg, services=services.standard(cfg, dashboard=dashboard))
