@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,22 @@ def test_wide_dashboard_shows_errors_inline() -> None:
     text = render(Dashboard(mixed(), now=NOW), 160)
     assert "Last error" in text
     assert "! relay2:" not in text
+
+
+def test_a_local_forward_says_it_is_one() -> None:
+    status = mixed()
+    relay1 = status.tunnels[0]
+    out = replace(
+        relay1.forwards[0],
+        name="out",
+        listen="127.0.0.1:2587",
+        target="127.0.0.1:25",
+        direction="local",
+    )
+    status = replace(status, tunnels=(replace(relay1, forwards=(*relay1.forwards, out)),))
+    text = render(Dashboard(status, now=NOW), 100)
+    assert "out (local)" in text and "127.0.0.1:2587 → 127.0.0.1:25" in text
+    assert "smtp (local)" not in text
 
 
 def test_not_a_terminal_has_no_control_codes() -> None:

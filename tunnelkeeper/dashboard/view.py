@@ -213,7 +213,8 @@ def _forward_cells(
     label = forward_label(fwd)
     reason = _forward_problem(fwd, tunnel)
     return {
-        "name": Text(f"  {fwd.name}"),
+        # A local forward runs the other way (this host listens, the relay side is the target).
+        "name": Text(f"  {fwd.name}" + (" (local)" if fwd.direction == "local" else "")),
         "state": Text(label, style=FORWARD_STYLE.get(label, "")),
         "route": Text(f"{fwd.listen} {arrow} {fwd.target}"),
         "up": Text(_since(fwd.since, now) if fwd.state == "up" else ""),
