@@ -66,6 +66,22 @@ def test_defaults_table_applies_to_every_tunnel_and_tunnels_override(tmp_path: P
     assert tunnel.user == "tunnel"
 
 
+def test_defaults_jump_proxy_and_relay_mta_reach_every_tunnel(tmp_path: Path) -> None:
+    """Values [defaults] parses (a hop chain, a proxy, an address) are inherited as parsed."""
+    second = MINIMAL.replace('"relay1"', '"relay2"').replace('"2525"', '"2526"')
+    second = second.replace('user = "tunnel"\n', 'user = "tunnel"\njump = "bastion2"\n')
+    text = (
+        '[defaults]\njump = ["tk@bastion.example.net:2222", "hop2"]\n'
+        'proxy = "socks5://127.0.0.1:1080"\nrelay_mta = "127.0.0.1:2500"\n' + MINIMAL + second
+    )
+    first, other = load_text(tmp_path, text).tunnel
+    assert [str(h) for h in first.jump] == ["tk@bastion.example.net:2222", "hop2:22"]
+    assert str(first.proxy) == "socks5://127.0.0.1:1080"
+    assert str(first.relay_mta) == "127.0.0.1:2500"
+    assert [str(h) for h in other.jump] == ["bastion2:22"]  # a tunnel's own value wins
+    assert other.proxy == first.proxy and other.relay_mta == first.relay_mta
+
+
 @pytest.mark.parametrize(
     ("change", "key", "words"),
     [
