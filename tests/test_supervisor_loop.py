@@ -269,6 +269,33 @@ async def test_stop_during_a_reload_drain_ends_run(
     assert len(relay.attempts) == 2  # tunnel two was not started again
 
 
+async def test_a_bug_in_one_drain_is_reported_and_the_stop_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A drain that fails on a bug is logged with its traceback, and every tunnel still ends."""
+    from tunnelkeeper.tunnel import TunnelRuntime
+
+    real_drain = TunnelRuntime.drain
+
+    async def drain(self: TunnelRuntime, grace: float) -> None:
+        await real_drain(self, grace)
+        if self.name == "one":
+            raise RuntimeError("injected: drain")
+
+    monkeypatch.setattr(TunnelRuntime, "drain", drain)
+    cfg = make_config(tmp_path)
+    relay = FakeRelay([])
+    sup = supervised(cfg, relay)
+    shutdown = Shutdown()
+    task = asyncio.create_task(sup.run(shutdown))
+    await until(lambda: len(relay.live) == 2)
+    shutdown.request()
+    await asyncio.wait_for(task, 5)
+    bugs = [r for r in caplog.records if "internal error in its drain" in r.getMessage()]
+    assert len(bugs) == 1 and "tunnel one" in bugs[0].getMessage() and bugs[0].exc_info
+    assert all(conn.is_closing for conn in relay.live)
+
+
 async def test_second_shutdown_request_forces(tmp_path: Path) -> None:
     shutdown = Shutdown()
     shutdown.request()

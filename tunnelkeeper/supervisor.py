@@ -240,14 +240,23 @@ class Supervisor:
         """Drain the named tunnels together (until grace ends or `forced`), then end them."""
         grace = self.config.supervisor.shutdown_grace
         tunnels = [self._tunnels[n] for n in names if n in self._tunnels]
-        drains: asyncio.Future[Any] = asyncio.gather(*(t.drain(grace) for t in tunnels))
+        drains = {t: asyncio.ensure_future(t.drain(grace)) for t in tunnels}
+        together: asyncio.Future[Any] = asyncio.gather(*drains.values(), return_exceptions=True)
         force: asyncio.Future[Any] = asyncio.ensure_future(forced.wait())
-        await asyncio.wait([drains, force], return_when=asyncio.FIRST_COMPLETED)
-        force.cancel()
-        if not drains.done():
-            log.warning("stop forced: closing open connections now")
-            drains.cancel()  # each drain closes what it still holds as it ends
-            await asyncio.gather(drains, return_exceptions=True)
+        try:
+            await asyncio.wait([together, force], return_when=asyncio.FIRST_COMPLETED)
+            if not together.done():
+                log.warning("stop forced: closing open connections now")
+                for drain in drains.values():
+                    drain.cancel()  # each drain closes what it still holds as it ends
+                await together
+        finally:
+            force.cancel()
+            for drain in drains.values():
+                drain.cancel()
+        for tunnel, drain in drains.items():
+            if not drain.cancelled() and (exc := drain.exception()) is not None:
+                tunnel.report_bug("its drain", exc)
         for name in names:
             task = self._tasks.pop(name, None)
             if task is not None:
