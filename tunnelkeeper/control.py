@@ -220,7 +220,7 @@ async def fetch_status(path: Path, timeout: float = 5.0) -> SupervisorStatus:
         if "error" in data:
             raise ControlError(f"supervisor on {path} refused: {data['error']}")
         return SupervisorStatus.from_json(data)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise ControlError(f"supervisor on {path} gave a reply that is not a status") from exc
 
 

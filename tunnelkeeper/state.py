@@ -14,7 +14,7 @@ import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -62,22 +62,49 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _typed(hint: Any, value: Any) -> Any:
-    """A JSON value back as the field's type: ISO 8601 to datetime, an object to a snapshot."""
+    """A JSON value back as the field's type (ISO 8601 to datetime, an object to a snapshot);
+    TypeError when it is not of that type, so a malformed reply fails here, not later."""
     kinds = get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if isinstance(value, str) and datetime in kinds:
-        return datetime.fromisoformat(value)
-    if isinstance(value, dict):
-        for kind in kinds:
-            if isinstance(kind, type) and is_dataclass(kind) and hasattr(kind, "from_json"):
-                return kind.from_json(value)
-    return value
+    for kind in kinds:
+        if value is None and kind is type(None):
+            return None
+        if kind is datetime and isinstance(value, str):
+            when = datetime.fromisoformat(value)
+            if when.tzinfo is None:
+                raise TypeError(f"{value!r} has no UTC offset")
+            return when
+        if is_dataclass(kind) and isinstance(value, dict) and hasattr(kind, "from_json"):
+            return kind.from_json(value)
+        if get_origin(kind) is Literal and isinstance(value, str) and value in get_args(kind):
+            return value
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        if kind in (int, str, bool) and type(value) is kind:
+            return value
+    raise TypeError(f"{value!r} is not {hint}")
+
+
+def _object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, not {data!r:.40}")
+    return data
+
+
+def _list(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        raise TypeError(f"expected a JSON array, not {data!r:.40}")
+    return data
 
 
 def _from_json(cls: type[_Snapshot], data: dict[str, Any], **given: Any) -> _Snapshot:
-    """`cls` from its JSON: each field under its own name (absent: its default), those in
-    `given` as given."""
+    """`cls` from its JSON object: each field under its own name (absent: its default), those
+    in `given` as given."""
     hints = _hints(cls)
-    values = {f.name: _typed(hints[f.name], data[f.name]) for f in fields(cls) if f.name in data}
+    values = {
+        f.name: _typed(hints[f.name], data[f.name])
+        for f in fields(cls)
+        if f.name in _object(data) and f.name not in given
+    }
     return cls(**(values | given))
 
 
@@ -97,7 +124,7 @@ class ProbeResult:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProbeResult:
-        return _from_json(cls, data)
+        return _from_json(cls, {"latency_ms": None, "detail": "", **_object(data)})
 
 
 @dataclass(frozen=True)
@@ -177,10 +204,13 @@ class TunnelStatus:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], now: datetime | None = None) -> TunnelStatus:
-        retry = data.get("next_retry_in")
+        retry = _typed(float | None, _object(data).get("next_retry_in"))
         now = now or datetime.now(UTC)
-        forwards = [ForwardStatus.from_json(f) for f in data.get("forwards", [])]
-        local = [ForwardStatus.from_json(f | {"direction": "local"}) for f in data.get("local", [])]
+        forwards = [ForwardStatus.from_json(f) for f in _list(data.get("forwards", []))]
+        local = [
+            ForwardStatus.from_json(_object(f) | {"direction": "local"})
+            for f in _list(data.get("local", []))
+        ]
         return _from_json(
             cls,
             data,
@@ -246,5 +276,5 @@ class SupervisorStatus:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SupervisorStatus:
-        tunnels = tuple(TunnelStatus.from_json(t) for t in data.get("tunnels", []))
+        tunnels = tuple(TunnelStatus.from_json(t) for t in _list(_object(data).get("tunnels", [])))
         return _from_json(cls, data["supervisor"], tunnels=tunnels)

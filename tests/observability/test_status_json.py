@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 
 from tunnelkeeper.cli import main
-from tunnelkeeper.errors import ERROR_KINDS
+from tunnelkeeper.control import fetch_status
+from tunnelkeeper.errors import ERROR_KINDS, ControlError
 from tunnelkeeper.state import SupervisorStatus
 
 from .conftest import ThreadedControlServer
@@ -121,6 +123,69 @@ def test_every_field_comes_back(snapshot: str) -> None:
     if tunnels:
         assert [f["name"] for f in doc["tunnels"][0]["local"]] == ["out"]
         assert "direction" not in doc["tunnels"][0]["local"][0]
+
+
+_SUP = {"pid": 1, "started": "2026-01-01T00:00:00+00:00", "config": "c"}
+_FWD = {"name": "a", "service": "tcp", "listen": "l", "target": "t", "state": "up"}
+
+
+def _tunnel(**more: Any) -> dict[str, Any]:
+    return {"supervisor": _SUP, "tunnels": [{"name": "t", "relay": "r", "state": "up", **more}]}
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        [],
+        5,
+        None,
+        {"supervisor": []},
+        {"supervisor": _SUP | {"started": None}},
+        {"supervisor": _SUP | {"started": 5}},
+        {"supervisor": _SUP | {"started": "2026-01-01T00:00:00"}},  # no offset
+        {"supervisor": _SUP | {"pid": "12"}},
+        {"supervisor": _SUP, "tunnels": {"a": 1}},
+        {"supervisor": _SUP, "tunnels": [[]]},
+        _tunnel(state="sideways"),
+        _tunnel(since=5),
+        _tunnel(next_retry_in="x"),
+        _tunnel(next_retry_in=1e300),
+        _tunnel(forwards=[None]),
+        _tunnel(local=["abc"]),
+        _tunnel(forwards=[_FWD | {"probe": "x"}]),
+        _tunnel(forwards=[_FWD | {"bytes_in": "many"}]),
+    ],
+    ids=repr,
+)
+def test_a_malformed_reply_is_refused_while_read(doc: Any) -> None:
+    """Anything that is not a status fails in from_json, with an error the control client
+    turns into "not a status" — never later, in the table or the dashboard."""
+    with pytest.raises((TypeError, ValueError, KeyError, OverflowError)):
+        SupervisorStatus.from_json(doc)
+
+
+@pytest.mark.parametrize("reply", [b"[]\n", b'{"supervisor": {"pid": "1"}}\n', b"5\n"])
+async def test_the_control_client_says_not_a_status(short_tmp: Path, reply: bytes) -> None:
+    """A socket that answers something else is a ControlError (`status` exits 3), never a
+    traceback."""
+    sock = short_tmp / "odd.sock"
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(answer, str(sock))
+    async with server:
+        with pytest.raises(ControlError, match="not a status"):
+            await fetch_status(sock, timeout=5)
+
+
+def test_an_older_probe_without_latency_or_detail_still_reads() -> None:
+    doc = _tunnel(forwards=[_FWD | {"probe": {"ok": True, "at": "2026-01-01T00:00:00+00:00"}}])
+    probe = SupervisorStatus.from_json(doc).forwards[0].probe
+    assert probe is not None and probe.latency_ms is None and probe.detail == ""
 
 
 def test_spec_example_parses() -> None:
