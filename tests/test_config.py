@@ -82,6 +82,30 @@ def test_defaults_jump_proxy_and_relay_mta_reach_every_tunnel(tmp_path: Path) ->
     assert other.proxy == first.proxy and other.relay_mta == first.relay_mta
 
 
+def test_defaults_host_user_and_from_for_two_accounts_on_one_relay(tmp_path: Path) -> None:
+    """Any per-tunnel setting may be given in [defaults]: here the relay and its `from`."""
+    one = MINIMAL.replace('host = "relay.example.net"\n', "")
+    two = one.replace('"relay1"', '"relay2"').replace('"2525"', '"2526"')
+    two = two.replace('user = "tunnel"\n', 'user = "tunnel2"\nfrom = ["10.0.0.0/8"]\n')
+    text = '[defaults]\nhost = "MX.Example.NET"\nfrom = ["192.0.2.7"]\n' + one + two
+    first, second = load_text(tmp_path, text).tunnel
+    assert first.host == second.host == "mx.example.net"
+    assert first.from_ == ("192.0.2.7",) and second.from_ == ("10.0.0.0/8",)
+    assert (first.user, second.user) == ("tunnel", "tunnel2")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[defaults]\nhost = "bad host"\n', "defaults.host"),
+        ('[defaults]\nuser = "-x"\n', "defaults.user"),
+        ('[defaults]\nfrom = ["a b"]\n', "defaults.from"),
+    ],
+)
+def test_a_bad_default_is_named_where_it_is(tmp_path: Path, text: str, key: str) -> None:
+    assert error_of(tmp_path, text + MINIMAL).key == key
+
+
 @pytest.mark.parametrize(
     ("change", "key", "words"),
     [

@@ -75,8 +75,12 @@ def from_dict(raw: Mapping[str, Any], file: Path) -> Config:
         defaults = Defaults.model_validate(raw.get("defaults", {}))
     except ValidationError as exc:
         raise _config_error(exc, str(file), prefix=("defaults",)) from None
-    # The parsed values themselves (a hop chain, a proxy, an address), not a dump of them.
-    inherited = {key: getattr(defaults, key) for key in defaults.model_fields_set}
+    # The parsed values themselves (a hop chain, a proxy, an address), not a dump of them,
+    # under the names the file uses (`from`), so that a tunnel's own value replaces them.
+    inherited = {
+        Defaults.model_fields[key].alias or key: getattr(defaults, key)
+        for key in defaults.model_fields_set
+    }
     data: dict[str, Any] = {k: v for k, v in raw.items()}
     tunnels = raw.get("tunnel")
     if isinstance(tunnels, list):

@@ -11,23 +11,23 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 
 from ..errors import ConfigError
 from .values import (
-    _FROM_PATTERN,
-    _HOSTNAME,
     Argv,
     Endpoint,
     FilePath,
+    FromPatterns,
     Hop,
     HostKeyPolicy,
     Name,
     Port,
     PositiveSeconds,
     Proxy,
+    RelayHost,
     Seconds,
     ServiceKind,
+    UserName,
     _domain,
     _Model,
     _unique,
-    is_ip,
     parse_endpoint,
     parse_hops,
     parse_proxy,
@@ -76,8 +76,10 @@ class TunnelSettings(_Model):
 class Defaults(TunnelSettings):
     """`[defaults]`: the tunnel settings plus per-tunnel fields that are often shared."""
 
+    host: RelayHost | None = None
     port: Port | None = None
-    user: str | None = None
+    user: UserName | None = None
+    from_: FromPatterns | None = Field(default=None, alias="from")
     identity: FilePath | None = None
     known_hosts: FilePath | None = None
     host_key_policy: HostKeyPolicy | None = None
@@ -171,14 +173,14 @@ class Tunnel(TunnelSettings):
     """One `[[tunnel]]`: an SSH connection to a relay and the forwards it holds."""
 
     name: Name
-    host: Annotated[str, Field(strict=True, min_length=1, max_length=253)]
+    host: RelayHost
     port: Port = 22
-    user: Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")]
+    user: UserName
     identity: FilePath = Path("keys/tunnelkeeper_rsa")
     known_hosts: FilePath = Path("keys/known_hosts")
     host_key_policy: HostKeyPolicy = "strict"
     standby: bool = False
-    from_: tuple[str, ...] = Field(default=(), alias="from")
+    from_: FromPatterns = Field(default=(), alias="from")
     jump: tuple[Hop, ...] = ()
     proxy: Proxy | None = None
     proxy_auth_file: FilePath | None = None
@@ -190,24 +192,6 @@ class Tunnel(TunnelSettings):
     local: tuple[Local, ...] = ()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @field_validator("host", mode="after")
-    @classmethod
-    def _host(cls, value: str) -> str:
-        if not _HOSTNAME.fullmatch(value) and not is_ip(value):
-            raise ValueError(f"{value!r} is not a host name or address")
-        return value.lower()
-
-    @field_validator("from_", mode="after")
-    @classmethod
-    def _from(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for entry in value:
-            if not _FROM_PATTERN.fullmatch(entry):
-                raise ValueError(
-                    f"{entry!r} is not an OpenSSH pattern list (host names, addresses, "
-                    "address/bits, *, ?, ! and commas)"
-                )
-        return value
 
     @model_validator(mode="after")
     def _unique_forwards(self) -> Tunnel:

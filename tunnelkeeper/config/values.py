@@ -67,6 +67,30 @@ FilePath = Annotated[Path, AfterValidator(_no_nul)]
 Argv = tuple[Annotated[str, AfterValidator(_no_nul)], ...]
 
 
+def _relay_host(value: str) -> str:
+    if not _HOSTNAME.fullmatch(value) and not is_ip(value):
+        raise ValueError(f"{value!r} is not a host name or address")
+    return value.lower()
+
+
+def _from_patterns(value: tuple[str, ...]) -> tuple[str, ...]:
+    for entry in value:
+        if not _FROM_PATTERN.fullmatch(entry):
+            raise ValueError(
+                f"{entry!r} is not an OpenSSH pattern list (host names, addresses, "
+                "address/bits, *, ?, ! and commas)"
+            )
+    return value
+
+
+RelayHost = Annotated[
+    str, Field(strict=True, min_length=1, max_length=253), AfterValidator(_relay_host)
+]
+UserName = Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")]
+# `from` in authorized_keys: where the relay accepts the key from.
+FromPatterns = Annotated[tuple[str, ...], AfterValidator(_from_patterns)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
