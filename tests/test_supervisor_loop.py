@@ -251,7 +251,7 @@ async def test_stop_during_a_reload_drain_ends_run(
     restart it was going to do never starts a keep-loop in a TaskGroup that is closing."""
     from tunnelkeeper.tunnel import TunnelRuntime
 
-    async def slow_drain(self: TunnelRuntime, grace: float) -> None:
+    async def slow_drain(self: TunnelRuntime, grace: float, forced: asyncio.Event) -> None:
         await asyncio.sleep(grace)
 
     monkeypatch.setattr(TunnelRuntime, "drain", slow_drain)
@@ -277,8 +277,8 @@ async def test_a_bug_in_one_drain_is_reported_and_the_stop_goes_on(
 
     real_drain = TunnelRuntime.drain
 
-    async def drain(self: TunnelRuntime, grace: float) -> None:
-        await real_drain(self, grace)
+    async def drain(self: TunnelRuntime, grace: float, forced: asyncio.Event) -> None:
+        await real_drain(self, grace, forced)
         if self.name == "one":
             raise RuntimeError("injected: drain")
 

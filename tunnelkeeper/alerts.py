@@ -48,6 +48,9 @@ async def watch(
             now = loop.time()
             seen = set()
             for tunnel in get_status().tunnels:
+                if tunnel.state == "stopped":  # being stopped on purpose: nothing to page for
+                    seen.update((tunnel.name, fwd.name) for fwd in tunnel.forwards)
+                    continue
                 for fwd in tunnel.forwards:
                     key = (tunnel.name, fwd.name)
                     seen.add(key)

@@ -237,23 +237,12 @@ class Supervisor:
         self._tasks[cfg.name] = self._tg.create_task(self._keep(tunnel), name=cfg.name)
 
     async def _stop_tunnels(self, names: list[str], forced: asyncio.Event) -> None:
-        """Drain the named tunnels together (until grace ends or `forced`), then end them."""
+        """Drain the named tunnels together (until grace ends or `forced`), then end them.
+        Cancelled (a stop during a reload's drain), it leaves them to the stop's own drain."""
         grace = self.config.supervisor.shutdown_grace
         tunnels = [self._tunnels[n] for n in names if n in self._tunnels]
-        drains = {t: asyncio.ensure_future(t.drain(grace)) for t in tunnels}
-        together: asyncio.Future[Any] = asyncio.gather(*drains.values(), return_exceptions=True)
-        force: asyncio.Future[Any] = asyncio.ensure_future(forced.wait())
-        try:
-            await asyncio.wait([together, force], return_when=asyncio.FIRST_COMPLETED)
-            if not together.done():
-                log.warning("stop forced: closing open connections now")
-                for drain in drains.values():
-                    drain.cancel()  # each drain closes what it still holds as it ends
-                await together
-        finally:
-            force.cancel()
-            for drain in drains.values():
-                drain.cancel()
+        drains = {t: asyncio.ensure_future(t.drain(grace, forced)) for t in tunnels}
+        await asyncio.gather(*drains.values(), return_exceptions=True)
         for tunnel, drain in drains.items():
             if not drain.cancelled() and (exc := drain.exception()) is not None:
                 tunnel.report_bug("its drain", exc)

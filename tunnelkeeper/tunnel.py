@@ -4,7 +4,6 @@ ends). No retry here; the supervisor's keep-loop owns backoff."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
@@ -133,6 +132,8 @@ class TunnelRuntime:
         Raises the TunnelkeeperError saying why it ended: a TunnelError, KeyFileError for an
         unusable key, InternalError for a bug (never anything else).
         """
+        if self._draining:  # stopping: no new connection; the stop cancels this wait
+            await asyncio.get_running_loop().create_future()
         try:
             await self._run_once()
         except TunnelkeeperError as exc:
@@ -152,8 +153,11 @@ class TunnelRuntime:
         return error
 
     def _settle(self, state: TunnelState) -> None:
-        """Out of `connecting`, to up, backoff or stopped: an attempt has had its outcome."""
-        self.state, self.next_retry_at = state, None
+        """Out of `connecting`, to up, backoff or stopped: an attempt has had its outcome.
+        A draining tunnel stays `stopped`, whatever its last connection does."""
+        if self.state == "up" and state != "up":
+            self.since = utcnow()  # down since
+        self.state, self.next_retry_at = ("stopped" if self._draining else state), None
         self.attempted.set()
 
     async def _run_once(self) -> None:
@@ -172,9 +176,10 @@ class TunnelRuntime:
             log.info("tunnel %s: moving forwards onto the standby connection", self.name)
         self.connects += 1
         self.connected_at = asyncio.get_running_loop().time()
-        self.since, self.cipher, self.relay_version = utcnow(), conn.cipher, conn.relay_version
+        self.cipher, self.relay_version = conn.cipher, conn.relay_version
         self.error_kind = self.last_error = None
         self._settle("up")
+        self.since = utcnow()
         log.info(
             "tunnel %s: connected to %s (%s), host key %s verified, cipher %s",
             self.name,
@@ -226,27 +231,42 @@ class TunnelRuntime:
     def _spawn(self, what: str, body: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         return asyncio.create_task(self._task(what, body), name=f"{self.name}: {what}")
 
-    async def drain(self, grace: float) -> None:
-        """Graceful stop: close the relay listeners, wait up to `grace` for open connections,
-        then close those left (also when the wait is cancelled: a forced stop)."""
+    async def drain(self, grace: float, forced: asyncio.Event) -> None:
+        """Graceful stop: the tunnel is `stopped` at once (no probe, no new connection, no
+        outage), its relay listeners close, and open connections get up to `grace` seconds
+        (less if `forced` is set) before those left are closed. Cancelled, it closes nothing:
+        the stop that cancelled it drains the tunnel itself."""
         self._draining = True
+        self._settle("stopped")
         for fwd in self.forwards:
             if fwd.listener is not None:
                 fwd.listener.close()
                 fwd.listener = None
+            fwd.set_state("down", "stopping")
         active = sum(f.counters.active for f in self.forwards)
-        try:
-            if active:
-                log.info(
-                    "tunnel %s: draining %d open connection(s), up to %gs", self.name, active, grace
+        if active:
+            log.info(
+                "tunnel %s: draining %d open connection(s), up to %gs", self.name, active, grace
+            )
+            idle = asyncio.ensure_future(self._all_idle())
+            force = asyncio.ensure_future(forced.wait())
+            try:
+                await asyncio.wait(
+                    [idle, force], timeout=grace, return_when=asyncio.FIRST_COMPLETED
                 )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(grace):
-                        for fwd in self.forwards:
-                            await fwd.counters.idle.wait()
-        finally:
-            for fwd in self.forwards:
-                fwd.counters.abort_all()
+            finally:
+                idle.cancel()
+                force.cancel()
+        left = sum(f.counters.active for f in self.forwards)
+        if left:
+            why = "stop forced" if forced.is_set() else f"grace of {grace:g}s over"
+            log.warning("tunnel %s: %s: closing %d open connection(s) now", self.name, why, left)
+        for fwd in self.forwards:
+            fwd.counters.abort_all()
+
+    async def _all_idle(self) -> None:
+        for fwd in self.forwards:
+            await fwd.counters.idle.wait()
 
     def close(self) -> None:
         """Drop the standby connection (the live one closes with `run_once`)."""
@@ -265,12 +285,14 @@ class TunnelRuntime:
         refusals = 0
         while not self._draining:
             try:
-                fwd.listener = await conn.listen(
+                listener = await conn.listen(
                     fwd.cfg.listen,
                     fwd.accept,
                     on_bug=functools.partial(self.report_bug, f"forward {fwd.cfg.name}"),
                 )
             except ForwardRefused as exc:
+                if self._draining:
+                    return
                 refusals += 1
                 if refusals == 1:
                     log.warning(
@@ -288,6 +310,10 @@ class TunnelRuntime:
                 # a fast reconnect) can ask while the port is still held.
                 await asyncio.sleep(min(self.cfg.forward_retry, QUICK_RETRY * 2 ** (refusals - 1)))
                 continue
+            if self._draining:  # the stop came while the relay was answering
+                listener.close()
+                return
+            fwd.listener = listener
             fwd.set_state("up")
             self._refresh_forward_error()
             log.info(
@@ -312,7 +338,7 @@ class TunnelRuntime:
     ) -> None:
         await asyncio.sleep(PROBE_START_DELAY)
         while True:
-            if fwd.state == "up":
+            if fwd.state == "up" and not self._draining:
                 await self._probe(conn, fwd)
                 await asyncio.sleep(self.cfg.probe_interval)
             else:
@@ -332,6 +358,8 @@ class TunnelRuntime:
                 fwd.cfg.name,
             )
             fwd.local_probes = True
+        if self._draining:  # the listener closed under it: no verdict on the path
+            return
         previous = fwd.probe
         fwd.probe = result
         if previous is None or previous.ok != result.ok:

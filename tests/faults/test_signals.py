@@ -230,3 +230,101 @@ def test_sigterm_with_connections_open(
     assert grace - 0.3 <= idle_closed <= grace + 1.0
     assert stopped <= grace + 1.5
     assert "draining 2 open connection(s)" in sup.log()
+
+
+def _history(cfg: Path) -> dict[str, Any]:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "tunnelkeeper", "history", "--json", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_clean_stop_is_no_outage_and_pages_nobody(
+    make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
+) -> None:
+    """SIGTERM with a connection open and probes every 0.3 s: while it drains, the tunnel is
+    `stopped` — no probe fails against the closed listener, history records no outage and
+    on_down (alert_after shorter than the drain) does not run."""
+    listen = free_port()
+    paged = fdir / "paged"
+    sshd = make_relay(permitlisten=[f"127.0.0.1:{listen}"])
+    cfg = relay_config(
+        fdir / "tk.toml",
+        sshd,
+        [smtp_forward(listen, smtp_sink.port)],
+        probe_interval=0.3,
+        supervisor={
+            "shutdown_grace": 2.0,
+            "alert_after": 0.3,
+            "on_down": ["/bin/sh", "-c", f"echo down >> {paged}"],
+            "history_path": str(fdir / "history.db"),
+        },
+    )
+    sup = SupervisorProcess(cfg)
+    idle = None
+    try:
+        sup.wait_status(lambda s: bool(s.forwards[0].probe and s.forwards[0].probe.ok), 15, "ok")
+        idle = socket.create_connection(("127.0.0.1", listen), timeout=10)
+        assert idle.recv(3) == b"220"
+        sup.wait_status(lambda s: s.forwards[0].connections_active == 1, 5, "1 open")
+        time.sleep(0.6)  # the history service has seen it up and probed
+        sup.signal(signal.SIGTERM)
+        code = sup.proc.wait(10)
+    finally:
+        if idle is not None:
+            idle.close()
+        sup.stop()
+    doc = _history(cfg)
+    outcome.update(exit=code, outages=len(doc["outages"]), paged=paged.exists())
+    assert code == 0
+    assert "draining 1 open connection(s)" in sup.log()
+    assert "probe smtp FAILED" not in sup.log()
+    assert doc["outages"] == [], doc["outages"]
+    assert not paged.exists(), paged.read_text()
+
+
+def test_sigterm_during_a_reload_drain_still_gives_the_grace(
+    make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
+) -> None:
+    """A SIGHUP restarts the busy tunnel and its drain begins; a SIGTERM a moment later must
+    not cut the open transaction: it finishes within shutdown_grace and is delivered."""
+    listen = free_port()
+    grace = 3.0
+    sshd = make_relay(permitlisten=[f"127.0.0.1:{listen}"])
+    cfg = relay_config(
+        fdir / "tk.toml",
+        sshd,
+        [smtp_forward(listen, smtp_sink.port)],
+        supervisor={"shutdown_grace": grace},
+    )
+    sup = SupervisorProcess(cfg)
+    try:
+        sup.wait_forward("up", 15)
+        busy = smtplib.SMTP("127.0.0.1", listen, local_hostname="relay.test", timeout=10)
+        busy.ehlo()
+        busy.mail("alice@example.net")
+        busy.rcpt("bob@example.org")
+        cfg.write_text(cfg.read_text().replace("keepalive_interval", "keepalive_interval = 4 #"))
+        t0 = time.monotonic()
+        sup.signal(signal.SIGHUP)
+        wait_until(lambda: "draining 1 open connection(s)" in sup.log(), 5, what="reload drain")
+        sup.signal(signal.SIGTERM)
+        time.sleep(1.0)
+        code_data, _ = busy.data(b"Subject: reload\r\n\r\nfinished after SIGHUP and SIGTERM\r\n")
+        finished = time.monotonic() - t0
+        busy.quit()
+        code = sup.proc.wait(10)
+    finally:
+        sup.stop()
+    outcome.update(grace_s=grace, data_reply=code_data, finished_s=round(finished, 2), exit=code)
+    assert code == 0
+    assert code_data == 250
+    assert any(b"finished after SIGHUP and SIGTERM" in raw for raw in smtp_sink.raw)
