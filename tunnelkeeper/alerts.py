@@ -46,7 +46,7 @@ async def watch(
     try:
         while True:
             now = loop.time()
-            seen = set()
+            seen: set[tuple[str, str]] = set()
             for tunnel in get_status().tunnels:
                 if tunnel.state == "stopped":  # being stopped on purpose: nothing to page for
                     seen.update((tunnel.name, fwd.name) for fwd in tunnel.forwards)
