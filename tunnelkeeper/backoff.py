@@ -1,5 +1,5 @@
 """The pause before a tunnel reconnects, as a tenacity wait strategy: exponential from
-backoff_initial to backoff_max with jitter, backoff_max at once for faults a quick retry cannot
+backoff_initial to backoff_max with jitter, the cap at once for faults a quick retry cannot
 mend, and no pause at all while a standby connection is ready. The keep-loop drives it with
 tenacity.AsyncRetrying; a connection that stayed up stable_after starts a fresh one, so its
 first reconnect is immediate and the curve begins again."""
@@ -13,7 +13,9 @@ import tenacity
 
 from .config import TunnelSettings
 
-JITTER = 0.25  # up to +25 %: clients of one relay should not reconnect in lock-step
+# Up to +25 % on the curve: clients of one relay should not reconnect in lock-step. At the cap
+# the jitter goes below it instead (backoff_max / 1.25 up to backoff_max), so it never ends.
+JITTER = 0.25
 SLOW_KINDS = frozenset({"host-key-mismatch", "host-key-unknown", "host-key-revoked", "config"})
 
 
@@ -43,6 +45,7 @@ class wait_tunnel(tenacity.wait.wait_base):
         error = outcome.exception() if outcome is not None else None
         if getattr(error, "error_kind", None) in SLOW_KINDS:
             # Retrying fast cannot fix a host key or a key file, and floods the relay's log.
-            return self._max
-        base = float(self._curve(retry_state))
-        return min(self._max, base * (1 + JITTER * self._rng.random()))
+            base = self._max
+        else:
+            base = float(self._curve(retry_state))
+        return min(base, self._max / (1 + JITTER)) * (1 + JITTER * self._rng.random())
