@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 from pathlib import Path
 from typing import Any, cast
 
@@ -12,6 +14,7 @@ import tenacity
 
 from tunnelkeeper import config
 from tunnelkeeper.backoff import wait_tunnel
+from tunnelkeeper.cli import early
 from tunnelkeeper.errors import (
     AuthFailed,
     ConnectRefused,
@@ -20,7 +23,7 @@ from tunnelkeeper.errors import (
     HostKeyMismatch,
     TunnelError,
 )
-from tunnelkeeper.supervisor import Shutdown, Supervisor
+from tunnelkeeper.supervisor import Shutdown, Supervisor, serve
 from tunnelkeeper.tunnel import Connector
 
 
@@ -323,3 +326,26 @@ async def test_failed_state_reports_kind_and_countdown(tmp_path: Path, kind: str
     assert st.forwards[0].state == "down"
     shutdown.request()
     await asyncio.wait_for(task, 5)
+
+
+def test_signals_before_the_loop_are_noted_not_fatal() -> None:
+    """From the first moment of `run`, TERM and HUP are noted (Python would die of them)."""
+    before = signal.getsignal(signal.SIGHUP)
+    early.hold()
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert early.take() == [signal.SIGHUP, signal.SIGTERM]
+        assert early.take() == []
+    finally:
+        early.release()
+    assert signal.getsignal(signal.SIGHUP) == before
+
+
+async def test_serve_acts_on_a_stop_that_came_before_it(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    relay = FakeRelay([])
+    sup = supervised(cfg, relay)
+    await asyncio.wait_for(serve(sup, pending=lambda: [signal.SIGTERM]), 5)
+    assert len(relay.attempts) <= 2

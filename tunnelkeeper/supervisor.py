@@ -22,7 +22,7 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import tenacity
@@ -334,13 +334,20 @@ class Supervisor:
                 self._bug("reload", exc)
 
 
-async def serve(supervisor: Supervisor, stop_after: float | None = None) -> None:
-    """Run `supervisor` under signals: TERM/INT stop (a second one forces), HUP reloads."""
+async def serve(
+    supervisor: Supervisor,
+    stop_after: float | None = None,
+    pending: Callable[[], Iterable[int]] = tuple,
+) -> None:
+    """Run `supervisor` under signals: TERM/INT stop (a second one forces), HUP reloads.
+    `pending` gives the signals that came before these handlers were set: acted on at once."""
     loop = asyncio.get_running_loop()
     shutdown, reload = Shutdown(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown.request)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
+    for early in pending():
+        (reload.set if early == signal.SIGHUP else shutdown.request)()
     timer = None if stop_after is None else loop.call_later(stop_after, shutdown.request)
     try:
         await supervisor.run(shutdown, reload)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..errors import ChooseTunnel, ConfigError, TunnelkeeperError
+from . import early
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -106,6 +107,16 @@ def _verb_in(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _verb_in(argv) != "run":
+        return _main(argv)
+    early.hold()
+    try:
+        return _main(argv)
+    finally:
+        early.release()
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser(_verb_in(argv))
     try:
         args = parser.parse_args(argv)

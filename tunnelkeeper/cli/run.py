@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from .. import config, limits, logs, services
 from ..supervisor import Supervisor, serve
-from . import EXIT_FAILURE, EXIT_OK, add_config_option, check_tunnel_files
+from . import EXIT_FAILURE, EXIT_OK, add_config_option, check_tunnel_files, early
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     supervisor = Supervisor(cfg, services=services.standard(cfg, dashboard=dashboard))
     logs.setup(cfg.supervisor.log_level)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(serve(supervisor))
+        runner.run(serve(supervisor, pending=early.take))
     return EXIT_OK
 
 
