@@ -3,7 +3,8 @@
 Outage rules: a forward's outage starts when it leaves `up` (or, at start, when its first
 attempt fails), or when its probe fails while it is up (`probe-failed`); it ends when the
 forward is up again and, with probes on, a probe run since then got through. A tunnel-level
-cause is recorded on each of the tunnel's forwards.
+cause is recorded on each of the tunnel's forwards; when the cause changes during an outage,
+the new one is recorded too (an event of kind `cause`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class _Forward:
     probe_ok: bool | None = None
     been_up: bool = False  # up at least once since it appeared (startup is no outage)
     outage: bool = False
+    cause: str | None = None  # the open outage's error kind, as last recorded
     # First seen `down` under a tunnel still `up`: the moment between a connection's end and
     # the tunnel saying why (or that it is stopping). An outage, if one follows, began here.
     doubtful_since: float | None = None
@@ -144,6 +146,7 @@ class Recorder:
             elif (up and failed) or (not up and not starting):
                 mem.outage = True
                 error_kind, reason = _cause(tunnel, fwd)
+                mem.cause = error_kind
                 began = mem.doubtful_since or now
                 events.append(
                     Event(
@@ -156,6 +159,13 @@ class Recorder:
         elif up and (not probes or _probed_since_up(fwd)):
             mem.outage = False
             events.append(Event(now, "outage", *key, state="end"))
+        else:
+            # Still out, maybe for another reason now (the relay is back, with another host
+            # key): the outage keeps its first cause and records each one that followed.
+            error_kind, reason = _cause(tunnel, fwd)
+            if error_kind is not None and error_kind != mem.cause:
+                mem.cause = error_kind
+                events.append(Event(now, "cause", *key, error_kind=error_kind, reason=reason))
         mem.been_up = mem.been_up or up
         return events
 

@@ -26,8 +26,9 @@ class Outage:
     start: float
     end: float  # when it ended, or (ongoing) now
     ongoing: bool
-    error_kind: str | None
+    error_kind: str | None  # what began it
     reason: str | None
+    causes: tuple[Cause, ...] = ()  # every cause in order, the first one included
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -38,7 +39,20 @@ class Outage:
             "duration_s": None if self.ongoing else round(self.end - self.start, 1),
             "error_kind": self.error_kind,
             "reason": self.reason,
+            "causes": [c.to_json() for c in self.causes],
         }
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Why a forward was out from `at` on (until the next cause, or the outage's end)."""
+
+    at: float
+    error_kind: str | None
+    reason: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": iso(self.at), "error_kind": self.error_kind, "reason": self.reason}
 
 
 @dataclass
@@ -71,7 +85,8 @@ def load(conn: sqlite3.Connection, since: float, until: float) -> Timeline:
         # it takes to know whether the forward was there, and out, when the span began.
         columns = "at, kind, tunnel, forward, state, error_kind, reason, id"
         events = conn.execute(
-            f"SELECT {columns} FROM events WHERE session = :s AND kind IN ('forward', 'outage') "
+            f"SELECT {columns} FROM events WHERE session = :s "
+            "AND kind IN ('forward', 'outage', 'cause') "
             f"AND at >= :since UNION ALL SELECT {columns} FROM events WHERE id IN "
             "(SELECT max(id) FROM events WHERE session = :s AND kind IN ('forward', 'outage') "
             "AND at < :since GROUP BY tunnel, forward, kind) ORDER BY at, id",
@@ -94,12 +109,16 @@ def _replay(
     timeline: Timeline, events: list[tuple[Any, ...]], start: float, end: float, live: bool
 ) -> None:
     present: dict[Key, float] = {}
-    open_: dict[Key, tuple[float, str | None, str | None]] = {}
+    open_: dict[Key, list[Cause]] = {}  # each open outage's causes, its first one first
 
     def close(key: Key, at: float, ongoing: bool = False) -> None:
         if key in open_:
-            began, kind, reason = open_.pop(key)
-            timeline.outages[key].append(Outage(*key, began, at, ongoing, kind, reason))
+            causes = open_.pop(key)
+            first = causes[0]
+            outage = Outage(
+                *key, first.at, at, ongoing, first.error_kind, first.reason, tuple(causes)
+            )
+            timeline.outages[key].append(outage)
 
     for at, kind, tunnel, forward, state, error_kind, reason, _id in events:
         key = (tunnel, forward)
@@ -111,10 +130,12 @@ def _replay(
         # A forward seen without its "added" (pruned away) was there since the session began.
         present.setdefault(key, at if state == "added" else start)
         if kind == "outage" and state == "start" and key not in open_:
-            open_[key] = (at, error_kind, reason)
+            open_[key] = [Cause(at, error_kind, reason)]
+        elif kind == "cause" and key in open_:
+            open_[key].append(Cause(at, error_kind, reason))
         elif kind == "outage" and state == "end":
             if key not in open_:  # its start was pruned away
-                open_[key] = (start, None, None)
+                open_[key] = [Cause(start, None, None)]
             close(key, at)
     for key in list(open_):
         close(key, end, ongoing=live)

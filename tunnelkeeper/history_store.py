@@ -31,7 +31,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             stopped REAL
         )""",
         # kind: supervisor (start|stop), reload, tunnel (its state), forward (its state, or
-        # removed), probe (ok|failed), outage (start|end). Times are Unix seconds.
+        # removed), probe (ok|failed), outage (start|end), cause (an open outage's cause
+        # changed). Times are Unix seconds.
         """CREATE TABLE events (
             id INTEGER PRIMARY KEY,
             session INTEGER NOT NULL REFERENCES sessions(id),

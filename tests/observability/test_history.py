@@ -12,7 +12,7 @@ import textwrap
 import threading
 import time
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,38 @@ def fwd_events(at: float, name: str = "smtp") -> list[Event]:
         Event(at, "forward", "relay1", name, "added"),
         Event(at, "forward", "relay1", name, "up"),
     ]
+
+
+def test_an_outage_records_each_new_cause_and_the_report_lists_them(tmp_path: Path) -> None:
+    """The relay refused, then came back with another host key: one outage, begun by
+    connect-refused, with host-key-mismatch recorded when it took over (once)."""
+    rec = Recorder()
+    rec.observe(snap(relay()), T0, probes(False))
+    refused = relay("backoff", smtp="down", dns="down")
+    mismatch = replace(refused, error_kind="host-key-mismatch", last_error="key changed")
+    events = rec.observe(snap(refused), T0 + 1, probes(False))
+    events += rec.observe(snap(replace(refused, state="connecting")), T0 + 2, probes(False))
+    events += rec.observe(snap(mismatch), T0 + 3, probes(False))
+    events += rec.observe(snap(replace(mismatch, state="connecting")), T0 + 4, probes(False))
+    events += rec.observe(snap(mismatch), T0 + 5, probes(False))
+    causes = [(e.forward, e.at, e.error_kind, e.reason) for e in events if e.kind == "cause"]
+    assert causes == [
+        ("smtp", T0 + 3, "host-key-mismatch", "key changed"),
+        ("dns", T0 + 3, "host-key-mismatch", "key changed"),
+    ]
+    events += rec.observe(snap(relay()), T0 + 9, probes(False))
+    db = tmp_path / "h.db"
+    write_history(db, [(T0 - 10, T0 + 10, [*fwd_events(T0 - 10), *events])])
+    conn = connect(db, readonly=True)
+    doc = history_report.report(conn, T0 - 60, T0 + 10)
+    conn.close()
+    [smtp] = [o for o in doc["outages"] if o["forward"] == "smtp"]
+    assert (smtp["error_kind"], smtp["duration_s"]) == ("connect-refused", 8.0)
+    assert [(c["error_kind"], c["reason"]) for c in smtp["causes"]] == [
+        ("connect-refused", "refused"),
+        ("host-key-mismatch", "key changed"),
+    ]
+    assert smtp["causes"][1]["at"] == history_report.iso(T0 + 3)
 
 
 def test_report_outages_and_availability(tmp_path: Path) -> None:
@@ -397,6 +429,7 @@ def test_history_table_for_people(tmp_path: Path, capsys: pytest.CaptureFixture[
     events = [
         *fwd_events(now - 3600),
         Event(now - 600, "outage", "relay1", "smtp", "start", "auth-failed", "key [refused]"),
+        Event(now - 595, "cause", "relay1", "smtp", None, "timeout", "no answer"),
         Event(now - 590, "outage", "relay1", "smtp", "end"),
     ]
     write_history(db, [(now - 3600, now, events)])
@@ -408,6 +441,8 @@ def test_history_table_for_people(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["history", "-c", str(cfg), "--since", "90m"]) == 0
     out = capsys.readouterr().out
     assert "relay1/smtp" in out and "[auth-failed] key [refused]" in out
+    later = datetime.fromtimestamp(now - 595).astimezone().strftime("%H:%M:%S")
+    assert f"then at {later}: [timeout]" in out  # the table may wrap the reason
     assert "99.72%" in out  # 10 s of 3600 recorded
     assert main(["history", "-c", str(cfg), "--since", "5m"]) == 0
     assert "no outages in this span" in capsys.readouterr().out

@@ -138,9 +138,13 @@ def _print(doc: dict[str, Any], path: Path) -> None:
         outages.add_column(header, no_wrap=header != "Cause")
     for o in doc["outages"]:
         cause = Text()
-        if o["error_kind"]:
-            cause.append(f"[{o['error_kind']}] ", style="bold red")
-        cause.append(o["reason"] or "")
+        # The first cause, then each later one with the time it took over.
+        for n, c in enumerate(o.get("causes") or [o]):
+            if n:
+                cause.append(f"\nthen at {_local(c['at'])[11:]}: ")
+            if c["error_kind"]:
+                cause.append(f"[{c['error_kind']}] ", style="bold red")
+            cause.append(c["reason"] or "")
         outages.add_row(
             _local(o["start"]),
             _local(o["end"]),
