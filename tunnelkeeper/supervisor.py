@@ -105,8 +105,9 @@ class Supervisor:
     async def _mark_ready(self) -> None:
         for tunnel in list(self._tunnels.values()):
             await tunnel.attempted.wait()
+        self._published = self.snapshot()  # READY=1's STATUS= says how the attempts ended
         self.ready.set()
-        log.info("every tunnel had its first attempt: %s", self.snapshot().summary())
+        log.info("every tunnel had its first attempt: %s", self._published.summary())
 
     # -- life --------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,3 +125,28 @@ async def test_serve_ready_status_watchdog_stopping(listener: Listener) -> None:
 async def test_serve_returns_when_not_under_systemd() -> None:
     async with asyncio.timeout(1):
         await serve(Notifier(None), healthy, asyncio.Event())
+
+
+async def test_ready_says_how_the_first_attempts_ended(listener: Listener, tmp_path: Path) -> None:
+    """READY=1 comes with a STATUS= of the moment it is sent, not of a snapshot from before
+    the attempts ended."""
+    from tests.test_supervisor_loop import FakeRelay, make_config, supervised
+    from tunnelkeeper.supervisor import Shutdown, Supervisor
+
+    async def notify(sup: Supervisor) -> None:
+        await serve(Notifier(listener.address), sup.published, sup.ready, poll=0.05)
+
+    class SlowRelay(FakeRelay):  # attempts that end between two published snapshots
+        async def __call__(self, tunnel: Any) -> Any:
+            await asyncio.sleep(0.1)
+            return await super().__call__(tunnel)
+
+    sup = supervised(make_config(tmp_path), SlowRelay([]), services=[notify])
+    shutdown = Shutdown()
+    task = asyncio.create_task(sup.run(shutdown))
+    try:
+        ready = await listener.until("READY=1", within=5.0)
+        assert "2/2 tunnels up" in ready[-1], ready
+    finally:
+        shutdown.request()
+        await asyncio.wait_for(task, 5)
