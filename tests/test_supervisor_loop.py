@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import signal
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,6 +16,7 @@ import tenacity
 from tunnelkeeper import config
 from tunnelkeeper.backoff import wait_tunnel
 from tunnelkeeper.cli import early
+from tunnelkeeper.endpoint import EndpointRuntime
 from tunnelkeeper.errors import (
     AuthFailed,
     ConnectRefused,
@@ -349,3 +351,17 @@ async def test_serve_acts_on_a_stop_that_came_before_it(tmp_path: Path) -> None:
     sup = supervised(cfg, relay)
     await asyncio.wait_for(serve(sup, pending=lambda: [signal.SIGTERM]), 5)
     assert len(relay.attempts) <= 2
+
+
+def test_a_forward_is_down_since_its_first_failure(tmp_path: Path) -> None:
+    fwd = EndpointRuntime(make_config(tmp_path).tunnel[0].forward[0])
+    fwd.set_state("up")
+    fwd.set_state("down", "connection lost")
+    assert fwd.since is not None
+    fwd.since -= timedelta(seconds=30)
+    down_since = fwd.since
+    for state in ("pending", "down", "pending", "refused", "down"):  # retries go on failing
+        fwd.set_state(state)
+    assert fwd.since == down_since
+    fwd.set_state("up")
+    assert fwd.since > down_since

@@ -25,7 +25,9 @@ class EndpointRuntime:
         self._endpoint = cfg
 
     def set_state(self, state: ForwardState, error: str | None = None) -> None:
-        if state != self.state:
+        """`since` moves when the forward comes up or stops being up: a forward that goes on
+        failing (pending, down, pending…) is down since its first failure."""
+        if (state == "up") != (self.state == "up") or self.since is None:
             self.since = utcnow()
         self.state, self.error = state, error
 
