@@ -162,6 +162,12 @@ def availability(timeline: Timeline, key: Key, until: float, window: float) -> f
     return min(math.floor(share * 100) / 100, 99.99)
 
 
+def tunnels(conn: sqlite3.Connection) -> set[str]:
+    """Every tunnel the database has an event of."""
+    rows = conn.execute("SELECT DISTINCT tunnel FROM events WHERE tunnel IS NOT NULL")
+    return {row[0] for row in rows}
+
+
 def report(
     conn: sqlite3.Connection, since: float, until: float, tunnel: str | None = None
 ) -> dict[str, Any]:

@@ -446,6 +446,10 @@ def test_history_table_for_people(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "99.72%" in out  # 10 s of 3600 recorded
     assert main(["history", "-c", str(cfg), "--since", "5m"]) == 0
     assert "no outages in this span" in capsys.readouterr().out
+    # A tunnel neither configured nor ever recorded is a usage error that names those known.
+    assert main(["history", "-c", str(cfg), "--tunnel", "relay9"]) == 2
+    err = capsys.readouterr().err
+    assert "--tunnel relay9: no such tunnel" in err and "(known: relay1)" in err
 
 
 def test_writer_thread_is_not_the_caller(tmp_path: Path) -> None:

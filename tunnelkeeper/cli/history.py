@@ -16,7 +16,7 @@ from .. import history_report
 from ..config import default_history_path, find_config, load
 from ..errors import ConfigError
 from ..history_store import connect
-from . import EXIT_OK, add_config_option
+from . import EXIT_OK, EXIT_USAGE, add_config_option
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -58,8 +58,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def database(explicit: str | None) -> Path:
-    """The history database named by the configuration, else the default path.
+def database(explicit: str | None) -> tuple[Path, set[str]]:
+    """The history database named by the configuration (else the default path), and the
+    tunnels the configuration names.
 
     Raises ConfigError when a configuration is found (or named) but invalid, or turns
     history off."""
@@ -68,18 +69,26 @@ def database(explicit: str | None) -> Path:
     except ConfigError:
         if explicit:
             raise
-        return default_history_path()
-    settings = load(path).supervisor
-    if not settings.history:
+        return default_history_path(), set()
+    config = load(path)
+    if not config.supervisor.history:
         raise ConfigError("is false: no history is recorded", path=str(path), key="history")
-    return settings.history_file
+    return config.supervisor.history_file, {t.name for t in config.tunnel}
 
 
 def run(args: argparse.Namespace) -> int:
-    path = database(args.config)
+    path, configured = database(args.config)
     until = time.time()
     conn = connect(path, readonly=True)  # HistoryError (exit 1) when there is none yet
     try:
+        known = configured | history_report.tunnels(conn)
+        if args.tunnel is not None and args.tunnel not in known:
+            print(
+                f"tunnelkeeper: --tunnel {args.tunnel}: no such tunnel in the configuration "
+                f"or in {path} (known: {', '.join(sorted(known)) or 'none yet'})",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         doc = history_report.report(conn, until - args.since, until, args.tunnel)
     finally:
         conn.close()

@@ -154,7 +154,7 @@ def _history(explicit: str | None) -> Path | None:
     from .history import database
 
     try:
-        return database(explicit)
+        return database(explicit)[0]
     except ConfigError:
         return None
 
