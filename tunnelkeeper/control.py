@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -77,8 +78,9 @@ class ControlServer:
         # Whoever can write the folder could swap the socket or the lock for their own; an
         # existing folder is refused as it is, never quietly chmodded.
         filetrust.check_private_folder(self.path.parent, "control socket folder")
+        _check_socket_path(self.path)
         self._lock_fd = _take_lock(self.path)
-        with contextlib.suppress(FileNotFoundError):
+        if _is_socket(self.path):
             self.path.unlink()  # a stale socket left by a killed supervisor; the lock is ours
         old_umask = os.umask(0o177)
         try:
@@ -87,7 +89,7 @@ class ControlServer:
             )
         except OSError as exc:
             self._release()
-            raise ControlError(f"cannot listen on {self.path}: {exc.strerror}") from exc
+            raise ControlError(f"cannot listen on {self.path}: {exc.strerror or exc}") from exc
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
@@ -96,8 +98,8 @@ class ControlServer:
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            if _is_socket(self.path):
+                self.path.unlink()
         self._release()
 
     async def wait_closed(self) -> None:
@@ -158,6 +160,39 @@ class ControlServer:
             await _reply(writer, {"error": str(exc)})
             return
         await _reply(writer, {"seen": seconds is not None, "seconds": seconds})
+
+
+# sun_path holds 108 bytes on Linux, the terminating NUL included.
+MAX_SOCKET_PATH = 107
+
+
+def _check_socket_path(path: Path) -> None:
+    """Refuse a control_socket path that cannot be a socket, or names something else: it
+    is replaced only when it is a (stale) socket, never a file someone keeps there."""
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH:
+        raise ControlError(
+            f"control_socket {path} is {size} bytes long: a Unix socket path has at most "
+            f"{MAX_SOCKET_PATH}; choose a shorter one"
+        )
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ControlError(f"cannot look at control_socket {path}: {exc.strerror}") from exc
+    if not stat.S_ISSOCK(mode):
+        raise ControlError(
+            f"control_socket {path} exists and is not a socket: tunnelkeeper replaces only a "
+            "stale socket of its own there, so give it a path of its own"
+        )
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def _take_lock(path: Path) -> int:

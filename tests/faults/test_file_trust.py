@@ -208,6 +208,37 @@ async def test_control_folder_of_another_user_is_refused(fdir: Path) -> None:
         await ControlServer(folder / "control.sock", _status).start()
 
 
+@pytest.mark.parametrize("what", ["file", "folder", "symlink"])
+async def test_control_socket_path_holding_something_else_is_left_alone(
+    fdir: Path, what: str
+) -> None:
+    """control_socket naming a file (the config itself, say), a folder or a symlink: refused,
+    and what is there stays, untouched."""
+    folder = fdir / "run"
+    folder.mkdir(mode=0o700)
+    path = folder / "control.sock"
+    if what == "file":
+        path.write_text("precious\n")
+    elif what == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to(fdir / "elsewhere")
+    server = ControlServer(path, _status)
+    with pytest.raises(ControlError, match="exists and is not a socket"):
+        await server.start()
+    server.close()
+    assert path.is_symlink() if what == "symlink" else path.exists()
+    if what == "file":
+        assert path.read_text() == "precious\n"
+
+
+async def test_control_socket_path_too_long_for_a_socket(fdir: Path) -> None:
+    folder = fdir / ("d" * 60) / ("e" * 60)
+    folder.mkdir(parents=True, mode=0o700)
+    with pytest.raises(ControlError, match="a Unix socket path has at most 107"):
+        await ControlServer(folder / "control.sock", _status).start()
+
+
 async def test_control_lock_symlink_is_not_followed(fdir: Path) -> None:
     folder = fdir / "run"
     folder.mkdir(mode=0o700)
