@@ -97,6 +97,8 @@ def test_defaults_host_user_and_from_for_two_accounts_on_one_relay(tmp_path: Pat
 @pytest.mark.parametrize(
     ("text", "key"),
     [
+        ('[defaults]\npassphrase_file = ""\n', "defaults.passphrase_file"),
+        ('[defaults]\nidentity = " "\n', "defaults.identity"),
         ('[defaults]\nhost = "bad host"\n', "defaults.host"),
         ('[defaults]\nuser = "-x"\n', "defaults.user"),
         ('[defaults]\nfrom = ["a b"]\n', "defaults.from"),

@@ -62,15 +62,17 @@ def read_secret(path: Path, what: str) -> str:
     group or others, empty, or not UTF-8.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        # O_NONBLOCK: a FIFO planted there must not hang us (a regular file reads the same).
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise KeyFileError(f"{what} not found", path=str(path)) from None
     except OSError as exc:
         raise KeyFileError(f"cannot read {what}: {exc.strerror}", path=str(path)) from None
+    st = os.fstat(fd)  # the file opened, not whatever the path names by now
+    if not stat.S_ISREG(st.st_mode):  # a folder, say: fdopen itself would refuse it
+        os.close(fd)
+        raise KeyFileError(f"{what} is not a regular file", path=str(path))
     with os.fdopen(fd, "rb") as file:
-        st = os.fstat(file.fileno())  # the file opened, not whatever the path names by now
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{what} is not a regular file", path=str(path))
         if st.st_mode & 0o077:
             raise KeyFileError(
                 f"{what} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o})"

@@ -117,3 +117,20 @@ def test_unusable_passphrase_file_is_refused(
     assert keygen("--out", str(out), "--passphrase-file", str(secret)) == 2
     assert str(secret) in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_passphrase_file_that_is_no_file_is_refused(
+    fdir: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder or a FIFO where the passphrase should be: exit 2 naming it, no traceback and
+    no hang."""
+    out, secret = fdir / "id_rsa", fdir / "passphrase"
+    if kind == "folder":
+        secret.mkdir(mode=0o700)
+    else:
+        os.mkfifo(secret, 0o600)
+    assert keygen("--out", str(out), "--passphrase-file", str(secret)) == 2
+    err = capsys.readouterr().err
+    assert str(secret) in err and "not a regular file" in err
+    assert not out.exists()

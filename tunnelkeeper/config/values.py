@@ -9,7 +9,7 @@ import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 # inf would silently mean "never": no keepalive verdict, no connect timeout, an endless drain.
 Seconds = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
@@ -63,7 +63,13 @@ def _no_nul(value: Any) -> Any:
     return value
 
 
-FilePath = Annotated[Path, AfterValidator(_no_nul)]
+def _not_empty(value: object) -> object:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty (give a file's path)")
+    return value
+
+
+FilePath = Annotated[Path, BeforeValidator(_not_empty), AfterValidator(_no_nul)]
 Argv = tuple[Annotated[str, AfterValidator(_no_nul)], ...]
 
 
