@@ -98,6 +98,9 @@ def test_defaults_host_user_and_from_for_two_accounts_on_one_relay(tmp_path: Pat
     ("text", "key"),
     [
         ('[defaults]\npassphrase_file = ""\n', "defaults.passphrase_file"),
+        ('[supervisor]\nallow_root = "true"\n', "supervisor.allow_root"),  # true, not text
+        ("[supervisor]\nhistory = 1\n", "supervisor.history"),
+        ("[defaults]\nkeepalive_interval = 1e308\n", "defaults.keepalive_interval"),
         ('[defaults]\nidentity = " "\n', "defaults.identity"),
         ('[defaults]\nhost = "bad host"\n', "defaults.host"),
         ('[defaults]\nuser = "-x"\n', "defaults.user"),

@@ -14,6 +14,7 @@ from .values import (
     Argv,
     Endpoint,
     FilePath,
+    Flag,
     FromPatterns,
     Hop,
     HostKeyPolicy,
@@ -83,12 +84,12 @@ class Defaults(TunnelSettings):
     identity: FilePath | None = None
     known_hosts: FilePath | None = None
     host_key_policy: HostKeyPolicy | None = None
-    standby: bool | None = None
+    standby: Flag | None = None
     jump: tuple[Hop, ...] | None = None
     proxy: Proxy | None = None
     proxy_auth_file: FilePath | None = None
     passphrase_file: FilePath | None = None
-    agent: bool | None = None
+    agent: Flag | None = None
     certificate: FilePath | None = None
     relay_mta: Endpoint | None = None
 
@@ -98,7 +99,7 @@ class _Endpoints(_Model):
     loopback unless allowed, a target, and a cap on connections at once."""
 
     # Declared first so that the listen validator below can see it.
-    allow_public_listen: bool = False
+    allow_public_listen: Flag = False
     name: Name
     service: ServiceKind = "tcp"
     listen: Endpoint
@@ -130,7 +131,7 @@ class Forward(_Endpoints):
 
     EXPOSES: ClassVar[str] = "the relay would expose this port to the network"
     domains: tuple[str, ...] = ()
-    subdomains: bool = True
+    subdomains: Flag = True
     zones: tuple[str, ...] = ()
     notify: Endpoint | None = None  # dns: the relay's named, to NOTIFY of serial changes
 
@@ -179,13 +180,13 @@ class Tunnel(TunnelSettings):
     identity: FilePath = Path("keys/tunnelkeeper_rsa")
     known_hosts: FilePath = Path("keys/known_hosts")
     host_key_policy: HostKeyPolicy = "strict"
-    standby: bool = False
+    standby: Flag = False
     from_: FromPatterns = Field(default=(), alias="from")
     jump: tuple[Hop, ...] = ()
     proxy: Proxy | None = None
     proxy_auth_file: FilePath | None = None
     passphrase_file: FilePath | None = None
-    agent: bool = False
+    agent: Flag = False
     certificate: FilePath | None = None
     relay_mta: Endpoint = Endpoint(host="127.0.0.1", port=25)
     forward: tuple[Forward, ...] = ()
@@ -218,16 +219,16 @@ class SupervisorSettings(_Model):
 
     control_socket: FilePath | None = None
     log_level: LogLevel = "info"
-    allow_root: bool = False
+    allow_root: Flag = False
     shutdown_grace: Seconds = 10.0
     # Declared before metrics_listen so that its validator can see it.
-    allow_public_metrics: bool = False
+    allow_public_metrics: Flag = False
     metrics_listen: Endpoint | None = None
     metrics_textfile: FilePath | None = None
     on_down: Argv = ()
     on_up: Argv = ()
     alert_after: Seconds = 60.0
-    history: bool = True
+    history: Flag = True
     history_path: FilePath | None = None
     history_days: Annotated[int, Field(strict=True, ge=1, le=36500)] = 90
 

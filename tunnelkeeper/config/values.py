@@ -12,8 +12,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 # inf would silently mean "never": no keepalive verdict, no connect timeout, an endless drain.
-Seconds = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
-PositiveSeconds = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+# Durations in seconds: at most a year, so that every program the generators feed (sshd's
+# ClientAliveInterval, say) can take the number.
+YEAR = 365 * 86_400
+Seconds = Annotated[float, Field(strict=True, ge=0, le=YEAR, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, Field(strict=True, gt=0, le=YEAR, allow_inf_nan=False)]
+Flag = Annotated[bool, Field(strict=True)]  # true or false, not "yes", 1 or "true"
 Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
 # pydantic matches `pattern` with its Rust engine, where "$" is the very end (no newline).
 Name = Annotated[str, Field(strict=True, pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
