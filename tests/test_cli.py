@@ -56,6 +56,24 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
 
 
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["keygen", "--out", ""], "--out: an empty path names nothing"),
+        (["relay-kit", "--out", " "], "--out: an empty path names nothing"),
+        (["check", "-c", ""], "-c/--config: an empty path names nothing"),
+        (["demo", "--duration", "-1"], "give a positive number of seconds"),
+        (["demo", "--duration", "inf"], "give a positive number of seconds"),
+        (["history", "--since", "3000000d"], "at most"),
+    ],
+)
+def test_arguments_that_name_nothing_are_usage_errors(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert words in capsys.readouterr().err
+
+
 def test_invalid_config_exits_2_naming_file_and_key(
     cfg_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -220,3 +238,17 @@ def test_demo_runs_and_delivers_mail(tmp_path: Path) -> None:
     assert "probe dns ok via relay" in result.stderr and "SOA serial" in result.stderr
     delivered = int(result.stderr.split("demo: ")[-1].split()[0])
     assert delivered >= 1, result.stderr
+
+
+def test_a_full_disk_under_a_generator_is_said_not_a_traceback() -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "tunnelkeeper.toml"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tunnelkeeper", "mailertable", "-c", str(example)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+        )
+    assert proc.returncode == 1
+    assert proc.stderr == "tunnelkeeper: cannot write the output: No space left on device\n"

@@ -8,7 +8,10 @@ without loading asyncssh or rich.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -72,11 +75,30 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def path_text(text: str) -> str:
+    """An argument that names a file or folder: not empty (that would quietly mean "here")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path names nothing")
+    return text
+
+
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
+    return value
+
+
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c",
         "--config",
         metavar="PATH",
+        type=path_text,
         help="configuration file (default: $TUNNELKEEPER_CONFIG, ./tunnelkeeper.toml, "
         "$XDG_CONFIG_HOME/tunnelkeeper/config.toml)",
     )
@@ -107,13 +129,35 @@ def _verb_in(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if _verb_in(argv) != "run":
-        return _main(argv)
-    early.hold()
+    if _verb_in(argv) == "run":
+        early.hold()
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # a full disk under `mailertable > FILE` must be said here
+        return code
+    except OSError as exc:
+        # Writing the output failed (the commands report their own files' errors, by name).
+        if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
+            raise
+        _output_to_devnull()
+        if isinstance(exc, BrokenPipeError):
+            return EXIT_OK  # `tunnelkeeper mailertable | head` is not an error
+        print(f"tunnelkeeper: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
     finally:
         early.release()
+
+
+_OUTPUT_ERRNOS = {errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+
+
+def _output_to_devnull() -> None:
+    """Point standard output at /dev/null, so that Python's own flush at exit does not fail
+    a second time."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _main(argv: list[str]) -> int:
@@ -140,5 +184,3 @@ def _main(argv: list[str]) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return EXIT_OK  # `tunnelkeeper mailertable | head` is not an error

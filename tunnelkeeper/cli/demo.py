@@ -9,7 +9,7 @@ import sys
 from .. import logs
 from ..demo import running_demo
 from ..supervisor import serve
-from . import EXIT_OK
+from . import EXIT_OK, seconds
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--duration",
-        type=float,
+        type=seconds,
         metavar="SECONDS",
         help="stop by itself after this long (default: run until Ctrl-C)",
     )

@@ -19,6 +19,7 @@ from ..history_store import connect
 from . import EXIT_OK, EXIT_USAGE, add_config_option
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+MAX_SPAN = 36_500 * 86_400.0  # history_days is at most this: nothing older is kept
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 
 EPILOG = """\
@@ -35,7 +36,10 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a duration like 90m, 24h or 7d (units s, m, h, d, w)"
         )
-    return float(match[1]) * UNITS[match[2]]
+    seconds = float(match[1]) * UNITS[match[2]]
+    if seconds > MAX_SPAN:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most 36500d (history_days' own limit)")
+    return seconds
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import config, safefiles, ssh
 from ..errors import ConfigError
-from . import EXIT_FAILURE, EXIT_OK, add_config_option
+from . import EXIT_FAILURE, EXIT_OK, add_config_option, path_text
 
 DEFAULT_BITS = 4096
 
@@ -22,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--out",
         metavar="PATH",
+        type=path_text,
         help="private key path (default: keys/tunnelkeeper_rsa beside the config)",
     )
     parser.add_argument(
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--passphrase-file",
         metavar="PATH",
+        type=path_text,
         help="encrypt the private key with the passphrase in this file (mode 0600; one "
         "trailing newline is not part of it)",
     )
@@ -61,7 +63,12 @@ def run(args: argparse.Namespace) -> int:
     for path in (out, pub):
         # lexists: a dangling symlink is something too, and writing "to" it would create its
         # target wherever it points.
-        if path.is_symlink():
+        try:
+            is_link = path.is_symlink()
+        except OSError as exc:  # a folder on the way we may not look into
+            print(f"tunnelkeeper: cannot use {path}: {exc.strerror}", file=sys.stderr)
+            return EXIT_FAILURE
+        if is_link:
             print(
                 f"tunnelkeeper: {path} is a symbolic link; keygen never writes through one: "
                 "remove it, or give --out a path of its own",

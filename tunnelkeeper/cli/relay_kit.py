@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import find_config, load
 from ..relaykit.kit import relay_kit, write_kit
-from . import EXIT_FAILURE, EXIT_OK, add_config_option
+from . import EXIT_FAILURE, EXIT_OK, add_config_option, path_text
 from .authorized_keys import add_sshd_option
 
 
@@ -19,7 +19,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "says where each goes and how to test it.",
     )
     add_config_option(parser)
-    parser.add_argument("--out", metavar="DIR", required=True, type=Path, help="folder to write")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        required=True,
+        type=lambda t: Path(path_text(t)),
+        help="folder to write",
+    )
     parser.add_argument("--tunnel", metavar="NAME", help="only this tunnel")
     parser.add_argument(
         "--internal-host", metavar="NAME", help="also write MX records with this internal host"
