@@ -190,7 +190,10 @@ async def running_demo(
 ) -> AsyncIterator[tuple[Supervisor, ssh.EmbeddedRelay, MailStats]]:
     """Everything the demo needs, started; the supervisor is returned not yet running."""
     stats = MailStats()
-    with tempfile.TemporaryDirectory(prefix="tunnelkeeper-demo-") as tmp:
+    # ignore_cleanup_errors: the history thread may still be closing its WAL as the demo ends.
+    with tempfile.TemporaryDirectory(
+        prefix="tunnelkeeper-demo-", ignore_cleanup_errors=True
+    ) as tmp:
         folder = Path(tmp)
         client, host = _throwaway_keys(folder)
         with SmtpService(stats) as smtp:
