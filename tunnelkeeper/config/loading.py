@@ -131,15 +131,41 @@ def _config_error(exc: ValidationError, file: str, prefix: tuple[str, ...] = ())
         key = _key_path(prefix + tuple(err["loc"]))
         if first_key is None:
             first_key = key
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif err["type"] == "missing":
-            message = "required key is missing"
-        lines.append(f"{key}: {message}" if key else message)
+        lines.append(f"{key}: {_in_toml_words(err)}" if key else _in_toml_words(err))
     error = ConfigError("\n  ".join(lines), path=file)
     error.key = first_key
     return error
+
+
+# What pydantic says in Python's words, said in the file's (TOML's) words.
+_TOML_WORDS = {
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+    "tuple_type": "must be an array",
+    "list_type": "must be an array",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "path_type": "must be a path (a string)",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+}
+MESSAGE_MAX = 300  # a bad value is quoted in the message; a huge one is not repeated whole
+
+
+def _in_toml_words(err: Any) -> str:
+    message = _TOML_WORDS.get(err["type"])
+    if message is None and err["type"] == "too_short":
+        least = err.get("ctx", {}).get("min_length", 1)
+        message = "must not be empty" if least == 1 else f"must have at least {least} entries"
+    if message is None:
+        message = str(err["msg"]).removeprefix("Value error, ")
+        message = message.replace("Input should be", "must be")
+    if len(message) > MESSAGE_MAX:
+        message = message[: MESSAGE_MAX - 1] + "…"
+    return message
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
