@@ -252,3 +252,28 @@ def test_a_full_disk_under_a_generator_is_said_not_a_traceback() -> None:
         )
     assert proc.returncode == 1
     assert proc.stderr == "tunnelkeeper: cannot write the output: No space left on device\n"
+
+
+def test_relay_kit_says_which_flag_the_mx_name_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The relay's MX name defaults to the tunnel's host; an address there asks for
+    --relay-host, and a bad --relay-host is named as the flag."""
+    from tests.support.sshd import keygen
+
+    (tmp_path / "keys").mkdir()
+    keygen(tmp_path / "keys" / "tunnelkeeper_rsa")
+    cfg = tmp_path / "tunnelkeeper.toml"
+    cfg.write_text(
+        '[[tunnel]]\nname = "relay1"\nhost = "127.0.0.1"\nuser = "t"\n[[tunnel.forward]]\n'
+        'name = "smtp"\nservice = "smtp"\nlisten = 2525\ntarget = 25\ndomains = ["example.org"]\n'
+    )
+    base = ["relay-kit", "-c", str(cfg), "--out", str(tmp_path / "kit")]
+    assert main([*base, "--internal-host", "mail.example.org"]) == 2
+    err = capsys.readouterr().err
+    assert "tunnel's host" in err and "give --relay-host NAME" in err
+    assert main([*base, "--internal-host", "mail.example.org", "--relay-host", "10.0.0.1"]) == 2
+    assert "--relay-host: '10.0.0.1': an MX target must be a host name" in capsys.readouterr().err
+    assert (
+        main([*base, "--internal-host", "mail.example.org", "--relay-host", "mx.example.net"]) == 0
+    )

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 from ..config import find_config, load
+from ..errors import ConfigError
 from ..relaykit.kit import relay_kit, write_kit
 from . import EXIT_FAILURE, EXIT_OK, add_config_option, path_text
 from .authorized_keys import add_sshd_option
+from .mx_records import FLAGS
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,13 +41,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     config = load(find_config(args.config))
-    files = relay_kit(
-        config,
-        args.tunnel,
-        internal_host=args.internal_host,
-        relay_host=args.relay_host,
-        sshd=args.sshd,
-    )
+    try:
+        files = relay_kit(
+            config,
+            args.tunnel,
+            internal_host=args.internal_host,
+            relay_host=args.relay_host,
+            sshd=args.sshd,
+        )
+    except ConfigError as exc:
+        if exc.key not in FLAGS:
+            raise
+        if exc.key == "relay_host" and args.relay_host is None:  # it came from the tunnel
+            raise ConfigError(
+                f"the MX records name the relay by its tunnel's host, and {exc.detail}: "
+                "give --relay-host NAME"
+            ) from None
+        raise ConfigError(f"{FLAGS[exc.key]}: {exc.detail}") from None
     try:
         written = write_kit(files, args.out)
     except OSError as exc:
