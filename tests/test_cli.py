@@ -54,6 +54,9 @@ def test_help_groups_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
 def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--no-such-flag"]) == 2
     assert main([]) == 2
+    capsys.readouterr()
+    assert main(["check", "--bogus"]) == 2  # told with check's own usage
+    assert "tunnelkeeper check: error: unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         if name == verb:
             module = importlib.import_module(f".{name.replace('-', '_')}", __name__)
             module.register(subparsers)
+            # So that an unknown flag is reported with this command's usage, not the top's.
+            subparsers.choices[name].set_defaults(command_parser=subparsers.choices[name])
         else:
             subparsers.add_parser(name)
     return parser
@@ -163,7 +165,10 @@ def _output_to_devnull() -> None:
 def _main(argv: list[str]) -> int:
     parser = build_parser(_verb_in(argv))
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            usage = getattr(args, "command_parser", parser)
+            usage.error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         code = int(exc.code or 0)
         # status speaks the monitoring-plugin language: a usage error is UNKNOWN (3).
