@@ -90,6 +90,7 @@ def check_tunnel_files(config: Config, env: Mapping[str, str] | None = None) -> 
 
     Raises ConfigError naming the first file or folder at fault.
     """
+    check_credential_names(config, env)
     for tunnel in config.tunnel:
         check_file(tunnel.identity, "private key", secret=True, env=env)
         check_file(Path(f"{tunnel.identity}.pub"), "public key", env=env)
@@ -101,6 +102,20 @@ def check_tunnel_files(config: Config, env: Mapping[str, str] | None = None) -> 
                 if is_credential_name(value):  # a systemd credential: look where it is
                     value = secret_path(value, name, env)
                 check_file(value, what, secret=secret, env=env)
+
+
+def check_credential_names(config: Config, env: Mapping[str, str] | None = None) -> None:
+    """A secret given as a bare name is a systemd credential: refused, naming the config
+    file and the key, when $CREDENTIALS_DIRECTORY is not set."""
+    for index, tunnel in enumerate(config.tunnel):
+        for name, _what, _secret in _OPTIONAL_FILES:
+            value = getattr(tunnel, name, None)
+            if isinstance(value, Path) and is_credential_name(value):
+                try:
+                    secret_path(value, name, env)
+                except ConfigError as exc:
+                    key = f"tunnel[{index}].{name}"
+                    raise ConfigError(exc.detail, path=str(config.path), key=key) from None
 
 
 _OPTIONAL_FILES = (

@@ -106,6 +106,7 @@ def test_credential_name_without_credentials_directory_is_refused(
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "CREDENTIALS_DIRECTORY" in proc.stderr, proc.stderr
+    assert f"{route.cfg}: tunnel[0].passphrase_file:" in proc.stderr, proc.stderr
 
 
 def test_two_hop_chain_pins_every_hop(rigs: Rigs, smtp_sink: SmtpSink) -> None:

@@ -112,6 +112,7 @@ def check_tunnel_files(cfg: Config) -> None:
     is turned off."""
     from .. import filetrust, ssh
 
+    filetrust.check_credential_names(cfg)
     ssh.preflight(cfg.tunnel)
     filetrust.check_tunnel_files(cfg)
     if not filetrust.strict_modes():
