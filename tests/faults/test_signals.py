@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.procs import SupervisorProcess
+from tests.support.procs import SupervisorProcess, history_json
 from tests.support.sshd import free_port, port_open, wait_until
 
 from .kit import (
@@ -232,21 +232,6 @@ def test_sigterm_with_connections_open(
     assert "draining 2 open connection(s)" in sup.log()
 
 
-def _history(cfg: Path) -> dict[str, Any]:
-    import json
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-m", "tunnelkeeper", "history", "--json", "-c", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
 def test_a_clean_stop_is_no_outage_and_pages_nobody(
     make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
@@ -282,7 +267,7 @@ def test_a_clean_stop_is_no_outage_and_pages_nobody(
         if idle is not None:
             idle.close()
         sup.stop()
-    doc = _history(cfg)
+    doc = history_json(cfg)
     outcome.update(exit=code, outages=len(doc["outages"]), paged=paged.exists())
     assert code == 0
     assert "draining 1 open connection(s)" in sup.log()

@@ -3,9 +3,6 @@ away and comes back; the outage lands in the database, in `status` and in the te
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,21 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SmtpSink
 from tests.support.configs import write_config
-from tests.support.procs import SupervisorProcess
+from tests.support.procs import SupervisorProcess, history_json
 from tests.support.sshd import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def history_json(cfg: Path, *args: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "tunnelkeeper", "history", "--json", "-c", str(cfg), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def textfile_samples(path: Path) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tunnelkeeper import control
 from tunnelkeeper.errors import ControlError
@@ -92,3 +94,15 @@ class SupervisorProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
+
+
+def history_json(cfg: Path, *args: str) -> dict[str, Any]:
+    """`tunnelkeeper history --json` for `cfg`, which must succeed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tunnelkeeper", "history", "--json", "-c", str(cfg), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
