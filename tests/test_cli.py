@@ -280,3 +280,24 @@ def test_relay_kit_says_which_flag_the_mx_name_needs(
     assert (
         main([*base, "--internal-host", "mail.example.org", "--relay-host", "mx.example.net"]) == 0
     )
+
+
+def test_one_domain_on_two_forwards_of_a_tunnel_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """mailertable cannot route a domain to two ports: the message says which forwards, and
+    does not send the user to --tunnel, which cannot help."""
+    cfg = tmp_path / "tunnelkeeper.toml"
+    forward = (
+        '[[tunnel.forward]]\nname = "{name}"\nservice = "smtp"\nlisten = {port}\ntarget = 25\n'
+        'domains = ["example.org"]\n'
+    )
+    cfg.write_text(
+        '[[tunnel]]\nname = "relay1"\nhost = "relay.example.net"\nuser = "t"\n'
+        + forward.format(name="smtp", port=2525)
+        + forward.format(name="smtp2", port=2526)
+    )
+    assert main(["mailertable", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "goes to smtp and to smtp2 of tunnel relay1" in err and "keep it in one" in err
+    assert "--tunnel" not in err

@@ -82,13 +82,6 @@ def test_defaults_jump_proxy_and_relay_mta_reach_every_tunnel(tmp_path: Path) ->
     assert other.proxy == first.proxy and other.relay_mta == first.relay_mta
 
 
-def test_one_domain_on_two_smtp_forwards_of_a_tunnel_is_refused(tmp_path: Path) -> None:
-    second = '  [[tunnel.forward]]\n  name = "smtp2"\n  service = "smtp"\n  listen = "2526"\n'
-    second += '  target = "127.0.0.1:2525"\n  domains = ["example.org"]\n'
-    err = error_of(tmp_path, MINIMAL + second)
-    assert err.key == "tunnel[0]" and "duplicate domain" in str(err) and "example.org" in str(err)
-
-
 def test_defaults_host_user_and_from_for_two_accounts_on_one_relay(tmp_path: Path) -> None:
     """Any per-tunnel setting may be given in [defaults]: here the relay and its `from`."""
     one = MINIMAL.replace('host = "relay.example.net"\n', "")

@@ -201,11 +201,6 @@ class Tunnel(TunnelSettings):
         names = [f.name for f in self.forward] + [lc.name for lc in self.local]
         _unique(names, "forward or local name")
         _unique([str(f.listen) for f in self.forward], "listen address")
-        # One relay routes a domain to one port: a second smtp forward for it is a mistake.
-        _unique(
-            [d for f in self.forward if f.service == "smtp" for d in f.domains],
-            "domain among the smtp forwards (each goes to one of them)",
-        )
         if self.proxy_auth_file is not None and self.proxy is None:
             raise ValueError("'proxy_auth_file' needs 'proxy'")
         return self

@@ -81,6 +81,13 @@ def _unique_keys(routes: Iterable[Route], config: Config, what: str) -> tuple[Ro
         first = seen.get(route.key)
         if first is None:
             seen[route.key] = route
+        elif (first.host, first.port) != (route.host, route.port) and first.tunnel is route.tunnel:
+            raise ConfigError(  # no --tunnel can help: the tunnel itself says both
+                f"{what} {route.key!r} goes to {first.forward.name} and to {route.forward.name} "
+                f"of tunnel {route.tunnel.name}, which listen differently; the relay can route it "
+                "only one way: keep it in one of them",
+                path=str(config.path),
+            )
         elif (first.host, first.port) != (route.host, route.port):
             raise ChooseTunnel(
                 f"{what} {route.key!r} goes to {first.tunnel.name}/{first.forward.name} and to "
