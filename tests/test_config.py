@@ -101,6 +101,7 @@ def test_defaults_host_user_and_from_for_two_accounts_on_one_relay(tmp_path: Pat
         ('[supervisor]\nallow_root = "true"\n', "supervisor.allow_root"),  # true, not text
         ("[supervisor]\nhistory = 1\n", "supervisor.history"),
         ("[defaults]\nkeepalive_interval = 1e308\n", "defaults.keepalive_interval"),
+        ("[defaults]\nbackoff_initial = 90\n", "defaults"),  # above backoff_max's default
         ('[defaults]\nidentity = " "\n', "defaults.identity"),
         ('[defaults]\nhost = "bad host"\n', "defaults.host"),
         ('[defaults]\nuser = "-x"\n', "defaults.user"),
