@@ -243,13 +243,14 @@ class TunnelRuntime:
                 fwd.listener.close()
                 fwd.listener = None
             fwd.set_state("down", "stopping")
-        active = sum(f.counters.active for f in self.forwards)
-        if active:
+        if active := sum(f.counters.active for f in self.forwards):
             log.info(
                 "tunnel %s: draining %d open connection(s), up to %gs", self.name, active, grace
             )
-            idle = asyncio.ensure_future(self._all_idle())
-            force = asyncio.ensure_future(forced.wait())
+            idle: asyncio.Future[Any] = asyncio.gather(
+                *(f.counters.idle.wait() for f in self.forwards)
+            )
+            force: asyncio.Future[Any] = asyncio.ensure_future(forced.wait())
             try:
                 await asyncio.wait(
                     [idle, force], timeout=grace, return_when=asyncio.FIRST_COMPLETED
@@ -257,16 +258,11 @@ class TunnelRuntime:
             finally:
                 idle.cancel()
                 force.cancel()
-        left = sum(f.counters.active for f in self.forwards)
-        if left:
+        if left := sum(f.counters.active for f in self.forwards):
             why = "stop forced" if forced.is_set() else f"grace of {grace:g}s over"
             log.warning("tunnel %s: %s: closing %d open connection(s) now", self.name, why, left)
         for fwd in self.forwards:
             fwd.counters.abort_all()
-
-    async def _all_idle(self) -> None:
-        for fwd in self.forwards:
-            await fwd.counters.idle.wait()
 
     def close(self) -> None:
         """Drop the standby connection (the live one closes with `run_once`)."""
