@@ -152,6 +152,19 @@ def supervised(cfg: config.Config, relay: FakeRelay, **more: Any) -> Supervisor:
     return Supervisor(cfg, connector=cast(Connector, relay), **more)
 
 
+async def both_up(
+    tmp_path: Path,
+) -> tuple[config.Config, FakeRelay, Supervisor, Shutdown, asyncio.Task[None]]:
+    """make_config's two tunnels running through a FakeRelay, both connected."""
+    cfg = make_config(tmp_path)
+    relay = FakeRelay([])
+    sup = supervised(cfg, relay)
+    shutdown = Shutdown()
+    task = asyncio.create_task(sup.run(shutdown))
+    await until(lambda: len(relay.live) == 2)
+    return cfg, relay, sup, shutdown, task
+
+
 async def until(predicate: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
@@ -214,12 +227,7 @@ async def test_stable_connection_reconnects_immediately(tmp_path: Path) -> None:
 
 
 async def test_reload_restarts_only_changed_tunnels(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path)
-    relay = FakeRelay([])
-    sup = supervised(cfg, relay)
-    shutdown = Shutdown()
-    task = asyncio.create_task(sup.run(shutdown))
-    await until(lambda: len(relay.live) == 2)
+    cfg, relay, sup, shutdown, task = await both_up(tmp_path)
     changed = cfg.tunnel[1].model_copy(update={"keepalive_interval": 9.0})
     sup.reload(cfg.model_copy(update={"tunnel": (cfg.tunnel[0], changed)}))
     await until(lambda: len(relay.attempts) == 3)
@@ -232,12 +240,7 @@ async def test_reload_restarts_only_changed_tunnels(tmp_path: Path) -> None:
 async def test_reloads_in_a_burst_leave_one_keep_loop_per_tunnel(tmp_path: Path) -> None:
     """A reload that comes while the last one is still draining its tunnels waits for it:
     no tunnel is stopped twice or started twice."""
-    cfg = make_config(tmp_path)
-    relay = FakeRelay([])
-    sup = supervised(cfg, relay)
-    shutdown = Shutdown()
-    task = asyncio.create_task(sup.run(shutdown))
-    await until(lambda: len(relay.live) == 2)
+    cfg, relay, sup, shutdown, task = await both_up(tmp_path)
     for n in range(5):  # each changes tunnel two again, before the last change is done
         changed = cfg.tunnel[1].model_copy(update={"keepalive_interval": 9.0 + n})
         sup.reload(cfg.model_copy(update={"tunnel": (cfg.tunnel[0], changed)}))
@@ -262,12 +265,7 @@ async def test_stop_during_a_reload_drain_ends_run(
         await asyncio.sleep(grace)
 
     monkeypatch.setattr(TunnelRuntime, "drain", slow_drain)
-    cfg = make_config(tmp_path)
-    relay = FakeRelay([])
-    sup = supervised(cfg, relay)
-    shutdown = Shutdown()
-    task = asyncio.create_task(sup.run(shutdown))
-    await until(lambda: len(relay.live) == 2)
+    cfg, relay, sup, shutdown, task = await both_up(tmp_path)
     changed = cfg.tunnel[1].model_copy(update={"keepalive_interval": 9.0})
     sup.reload(cfg.model_copy(update={"tunnel": (cfg.tunnel[0], changed)}))
     await asyncio.sleep(0.1)  # the reload is draining tunnel two (0.5 s)
@@ -290,12 +288,7 @@ async def test_a_bug_in_one_drain_is_reported_and_the_stop_goes_on(
             raise RuntimeError("injected: drain")
 
     monkeypatch.setattr(TunnelRuntime, "drain", drain)
-    cfg = make_config(tmp_path)
-    relay = FakeRelay([])
-    sup = supervised(cfg, relay)
-    shutdown = Shutdown()
-    task = asyncio.create_task(sup.run(shutdown))
-    await until(lambda: len(relay.live) == 2)
+    _, relay, _, shutdown, task = await both_up(tmp_path)
     shutdown.request()
     await asyncio.wait_for(task, 5)
     bugs = [r for r in caplog.records if "internal error in its drain" in r.getMessage()]

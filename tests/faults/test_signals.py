@@ -173,20 +173,24 @@ def test_second_sigterm_forces(make_relay, smtp_sink, fdir: Path, outcome: dict[
     assert "stop forced" in sup.log()
 
 
+def _one_smtp_forward(
+    make_relay: Any, smtp_sink: Any, fdir: Path, grace: float
+) -> tuple[int, Path]:
+    """A relay and a config with one smtp forward to the sink: its listen port and the file."""
+    listen = free_port()
+    sshd = make_relay(permitlisten=[f"127.0.0.1:{listen}"])
+    forwards = [smtp_forward(listen, smtp_sink.port)]
+    cfg = relay_config(fdir / "tk.toml", sshd, forwards, supervisor={"shutdown_grace": grace})
+    return listen, cfg
+
+
 def test_sigterm_with_connections_open(
     make_relay, smtp_sink, fdir: Path, outcome: dict[str, Any]
 ) -> None:
     """SIGTERM mid-transaction: the listener closes at once, the open transaction may finish
     within shutdown_grace (250, delivered), and an idle one is closed when the grace ends."""
-    listen = free_port()
     grace = 3.0
-    sshd = make_relay(permitlisten=[f"127.0.0.1:{listen}"])
-    cfg = relay_config(
-        fdir / "tk.toml",
-        sshd,
-        [smtp_forward(listen, smtp_sink.port)],
-        supervisor={"shutdown_grace": grace},
-    )
+    listen, cfg = _one_smtp_forward(make_relay, smtp_sink, fdir, grace)
     sup = SupervisorProcess(cfg)
     idle = None
     try:
@@ -281,15 +285,8 @@ def test_sigterm_during_a_reload_drain_still_gives_the_grace(
 ) -> None:
     """A SIGHUP restarts the busy tunnel and its drain begins; a SIGTERM a moment later must
     not cut the open transaction: it finishes within shutdown_grace and is delivered."""
-    listen = free_port()
     grace = 3.0
-    sshd = make_relay(permitlisten=[f"127.0.0.1:{listen}"])
-    cfg = relay_config(
-        fdir / "tk.toml",
-        sshd,
-        [smtp_forward(listen, smtp_sink.port)],
-        supervisor={"shutdown_grace": grace},
-    )
+    listen, cfg = _one_smtp_forward(make_relay, smtp_sink, fdir, grace)
     sup = SupervisorProcess(cfg)
     try:
         sup.wait_forward("up", 15)
