@@ -16,7 +16,6 @@ import tenacity
 from tunnelkeeper import config
 from tunnelkeeper.backoff import wait_tunnel
 from tunnelkeeper.cli import early
-from tunnelkeeper.endpoint import EndpointRuntime
 from tunnelkeeper.errors import (
     AuthFailed,
     ConnectRefused,
@@ -25,6 +24,7 @@ from tunnelkeeper.errors import (
     HostKeyMismatch,
     TunnelError,
 )
+from tunnelkeeper.forwarding.endpoint import EndpointRuntime
 from tunnelkeeper.supervisor import Shutdown, Supervisor, serve
 from tunnelkeeper.tunnel import Connector
 

@@ -10,15 +10,16 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import config, dnsnotify, probes, ssh
+from . import config, ssh
+from .checks import dnsnotify, probes
 from .errors import (
     ForwardRefused,
     InternalError,
     TunnelError,
     TunnelkeeperError,
 )
-from .inbound import ForwardRuntime
-from .outbound import LocalRuntime
+from .forwarding.inbound import ForwardRuntime
+from .forwarding.outbound import LocalRuntime
 from .state import StandbyState, TunnelState, TunnelStatus, refused_summary, utcnow
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from tests.observability.obs_snapshots import down, healthy
-from tunnelkeeper import alerts
-from tunnelkeeper.alerts import watch
 from tunnelkeeper.config import SupervisorSettings
+from tunnelkeeper.services import alerts
+from tunnelkeeper.services.alerts import watch
 from tunnelkeeper.state import SupervisorStatus
 
 RECORD = (

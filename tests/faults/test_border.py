@@ -13,7 +13,7 @@ import pytest
 from tunnelkeeper import ssh
 from tunnelkeeper.config import Endpoint
 from tunnelkeeper.errors import ProbeError, StreamLost, TunnelError, TunnelkeeperError
-from tunnelkeeper.forward import Splice
+from tunnelkeeper.forwarding.splice import Splice
 from tunnelkeeper.supervisor import Shutdown, Supervisor
 
 from .embedded import World, forward, wait_for

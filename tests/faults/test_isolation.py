@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from tunnelkeeper import inbound as inbound_mod
-from tunnelkeeper import probes
 from tunnelkeeper import supervisor as supervisor_mod
 from tunnelkeeper import tunnel as tunnel_mod
+from tunnelkeeper.checks import probes
+from tunnelkeeper.forwarding import inbound as inbound_mod
 from tunnelkeeper.supervisor import Shutdown, Supervisor
 
 from .embedded import World, forward, wait_for

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tunnelkeeper import limits
+from tunnelkeeper.forwarding import limits
 from tunnelkeeper.supervisor import Shutdown, Supervisor
 
 from .embedded import World, forward, wait_for

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tunnelkeeper.alerts import watch
 from tunnelkeeper.config import SupervisorSettings
+from tunnelkeeper.services.alerts import watch
 from tunnelkeeper.state import SupervisorStatus
 
 from .obs_snapshots import down, healthy, smtp_failing

@@ -19,8 +19,8 @@ from tunnelkeeper.dashboard.events import describe
 from tunnelkeeper.dashboard.hour import GLYPHS, sparkline, strip
 from tunnelkeeper.dashboard.screen import MIN_LOG_LINES
 from tunnelkeeper.dashboard.trend import MINUTES, minute_of
-from tunnelkeeper.history import Recorder
-from tunnelkeeper.history_store import Event, Writer
+from tunnelkeeper.history.service import Recorder
+from tunnelkeeper.history.store import Event, Writer
 from tunnelkeeper.state import SupervisorStatus
 
 from .obs_snapshots import NOW, RELAY1_UP, healthy, mixed, outage_run

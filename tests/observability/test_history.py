@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from tunnelkeeper import history_report
 from tunnelkeeper.cli import main
-from tunnelkeeper.history import Recorder
-from tunnelkeeper.history_store import SCHEMA_VERSION, Event, HistoryError, Writer, connect
+from tunnelkeeper.history import report as history_report
+from tunnelkeeper.history.service import Recorder
+from tunnelkeeper.history.store import SCHEMA_VERSION, Event, HistoryError, Writer, connect
 from tunnelkeeper.state import (
     ForwardState,
     ProbeResult,
@@ -254,7 +254,7 @@ def test_schema_version_and_migration(tmp_path: Path) -> None:
 def test_an_older_schema_is_migrated_and_keeps_its_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tunnelkeeper import history_store
+    from tunnelkeeper.history import store as history_store
 
     db = tmp_path / "h.db"
     monkeypatch.setattr(history_store, "SCHEMA_VERSION", 1)  # as the first release wrote it
@@ -338,7 +338,7 @@ BURST = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from tunnelkeeper.history_store import Event, Writer
+    from tunnelkeeper.history.store import Event, Writer
     writer = Writer(Path(sys.argv[1]), pid=os.getpid(), config="/x.toml", queue_size=100_000)
     writer.start()
     now = time.time()

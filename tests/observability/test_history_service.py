@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from tests.test_supervisor_loop import FakeRelay, supervised, until
-from tunnelkeeper import config, history
+from tunnelkeeper import config
 from tunnelkeeper.cli import main
 from tunnelkeeper.control import fetch_status
 from tunnelkeeper.errors import ConnectRefused, Disconnected
+from tunnelkeeper.history import service as history
 from tunnelkeeper.supervisor import Shutdown, Supervisor
 
 

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tunnelkeeper.config import Endpoint
 from tunnelkeeper.errors import TunnelkeeperError
-from tunnelkeeper.metrics import serve
+from tunnelkeeper.services.metrics import serve
 from tunnelkeeper.state import SupervisorStatus
 
 from .conftest import free_port

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tunnelkeeper import config
 from tunnelkeeper.cli import main
 from tunnelkeeper.errors import ConfigError, TunnelkeeperError
-from tunnelkeeper.metrics import write_textfile
+from tunnelkeeper.services.metrics import write_textfile
 from tunnelkeeper.state import SupervisorStatus
 
 from .obs_snapshots import mixed, with_history
@@ -102,7 +102,7 @@ async def test_textfile_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture)
         await wait_for(path.exists)
         path.unlink()
         folder.rmdir()  # node_exporter's folder went away: logged, and the writer carries on
-        with caplog.at_level(logging.WARNING, logger="tunnelkeeper.metrics"):
+        with caplog.at_level(logging.WARNING, logger="tunnelkeeper.services.metrics"):
             await wait_for(lambda: "cannot write" in caplog.text)
         folder.mkdir()
         await wait_for(path.exists)

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import need
 from tunnelkeeper.config import Endpoint
-from tunnelkeeper.metrics import serve
+from tunnelkeeper.services.metrics import serve
 
 from .conftest import free_port
 from .obs_snapshots import with_history

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tunnelkeeper.notify import Notifier, serve
+from tunnelkeeper.services.notify import Notifier, serve
 from tunnelkeeper.state import SupervisorStatus
 
 from .obs_snapshots import healthy, smtp_failing

@@ -8,9 +8,9 @@ import json
 import sys
 
 from .. import config, control
-from ..checker import check, check_mail
+from ..checks.checker import check, check_mail
+from ..checks.mailtest import MailTest
 from ..errors import ControlError
-from ..mailtest import MailTest
 from ..state import SupervisorStatus
 from . import EXIT_FAILURE, EXIT_OK, add_config_option, check_tunnel_files
 

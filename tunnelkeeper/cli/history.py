@@ -12,10 +12,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .. import history_report
 from ..config import default_history_path, find_config, load
 from ..errors import ConfigError
-from ..history_store import connect
+from ..history import report as history_report
+from ..history.store import connect
 from . import EXIT_OK, EXIT_USAGE, add_config_option
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}

@@ -9,7 +9,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from .. import config, limits, logs, services
+from .. import config, logs, services
+from ..forwarding import limits
 from ..supervisor import Supervisor, serve
 from . import EXIT_FAILURE, EXIT_OK, add_config_option, check_tunnel_files, early
 

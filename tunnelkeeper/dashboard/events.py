@@ -13,7 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..history_store import Event
+from ..history.store import Event
 from ..peertext import escape, peer_text
 
 # The kinds worth a line; `describe` drops the noise among them (see there).

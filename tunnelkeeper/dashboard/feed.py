@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import history_report
-from ..history import Recorder
-from ..history_store import Event, HistoryError, connect
+from ..history import report as history_report
+from ..history.service import Recorder
+from ..history.store import Event, HistoryError, connect
 from ..state import SupervisorStatus
 from .events import KINDS, SHOWN, EventLine, describe
 from .trend import MINUTES, ForwardTrend, Key, TrendBook

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from ..history_report import Timeline
+from ..history.report import Timeline
 from ..state import ForwardStatus, SupervisorStatus, TunnelStatus
 
 Key = tuple[str, str]  # (tunnel, forward)

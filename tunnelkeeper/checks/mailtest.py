@@ -9,9 +9,9 @@ import time
 from dataclasses import dataclass
 from email.utils import formatdate
 
-from .errors import ProbeError
+from ..errors import ProbeError
+from ..ssh import Stream
 from .probes import read_smtp_reply
-from .ssh import Stream
 
 HEADER = "X-Tunnelkeeper-Test"
 

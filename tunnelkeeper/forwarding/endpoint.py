@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from . import config
-from .forward import ForwardTraffic
-from .state import ForwardState, ForwardStatus, ProbeResult, utcnow
+from .. import config
+from ..state import ForwardState, ForwardStatus, ProbeResult, utcnow
+from .splice import ForwardTraffic
 
 
 class EndpointRuntime:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .history_store import Event, pid_alive
+from .store import Event, pid_alive
 
 WINDOWS = {"24h": 86_400.0, "7d": 7 * 86_400.0, "30d": 30 * 86_400.0}
 # A session without a stop whose heartbeat is this recent is still recording (30 s beats).

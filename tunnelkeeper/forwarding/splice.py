@@ -15,8 +15,8 @@ import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .config import Endpoint
-from .errors import TargetUnavailable
+from ..config import Endpoint
+from ..errors import TargetUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 
-from . import control, mailtest, probes, ssh
-from .config import Config, Forward, Local, Tunnel
-from .errors import ForwardRefused, TunnelkeeperError
-from .inbound import ForwardRuntime
+from .. import control, ssh
+from ..config import Config, Forward, Local, Tunnel
+from ..errors import ForwardRefused, TunnelkeeperError
+from ..forwarding.inbound import ForwardRuntime
+from ..forwarding.outbound import LocalRuntime
+from ..state import ForwardStatus, SupervisorStatus, TunnelStatus, refused_summary, utcnow
+from . import mailtest, probes
 from .mailtest import MailTest
-from .outbound import LocalRuntime
-from .state import ForwardStatus, SupervisorStatus, TunnelStatus, refused_summary, utcnow
 
 
 async def check(config: Config, running: SupervisorStatus | None = None) -> SupervisorStatus:

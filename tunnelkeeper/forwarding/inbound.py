@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import logging
 
-from . import config, ssh
+from .. import config, ssh
+from ..errors import ForwardFull, TunnelkeeperError
 from .endpoint import EndpointRuntime
-from .errors import ForwardFull, TunnelkeeperError
-from .forward import ForwardTraffic, Splice
 from .limits import BUDGET
+from .splice import ForwardTraffic, Splice
 
 log = logging.getLogger(__name__)
 

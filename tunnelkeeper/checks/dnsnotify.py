@@ -8,10 +8,10 @@ import logging
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 
-from .config import Endpoint, Forward
-from .errors import ProbeError, TunnelkeeperError
-from .peertext import peer_text
-from .ssh import Stream
+from ..config import Endpoint, Forward
+from ..errors import ProbeError, TunnelkeeperError
+from ..peertext import peer_text
+from ..ssh import Stream
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import history_report
-from .history_store import Event, HistoryError, Writer, connect
-from .state import ForwardStatus, SupervisorStatus, TunnelStatus
+from ..state import ForwardStatus, SupervisorStatus, TunnelStatus
+from . import report as history_report
+from .store import Event, HistoryError, Writer, connect
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from ..supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
-from .config import Endpoint
-from .errors import ConfigError, ServiceCannotStart
-from .state import SupervisorStatus, TunnelState
+from ..config import Endpoint
+from ..errors import ConfigError, ServiceCannotStart
+from ..state import SupervisorStatus, TunnelState
 
 if TYPE_CHECKING:  # prometheus-client is an optional dependency, imported when serving
     from prometheus_client.metrics_core import Metric

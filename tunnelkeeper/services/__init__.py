@@ -6,8 +6,8 @@ Each is a `Service`: a coroutine given the supervisor, reading only its frozen s
 
 from __future__ import annotations
 
-from .config import Config
-from .supervisor import Service, Supervisor
+from ..config import Config
+from ..supervisor import Service, Supervisor
 
 
 def standard(config: Config, *, dashboard: bool = False) -> list[Service]:
@@ -49,7 +49,7 @@ async def _textfile(supervisor: Supervisor) -> None:
 
 
 async def _history(supervisor: Supervisor) -> None:
-    from . import history
+    from ..history import service as history
 
     await history.record(supervisor)
 
@@ -61,7 +61,7 @@ async def _alerts(supervisor: Supervisor) -> None:
 
 
 async def _dashboard(supervisor: Supervisor) -> None:
-    from .dashboard import LogBuffer, show
+    from ..dashboard import LogBuffer, show
 
     settings = supervisor.config.supervisor
     history = settings.history_file if settings.history else None

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import TunnelkeeperError
+from ..errors import TunnelkeeperError
 
 log = logging.getLogger(__name__)
 

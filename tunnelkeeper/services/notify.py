@@ -9,7 +9,7 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 
-from .state import SupervisorStatus
+from ..state import SupervisorStatus
 
 log = logging.getLogger(__name__)
 

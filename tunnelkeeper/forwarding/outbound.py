@@ -9,11 +9,11 @@ import asyncio
 import contextlib
 import logging
 
-from . import config, ssh
+from .. import config, ssh
+from ..errors import StreamLost, TunnelkeeperError
 from .endpoint import EndpointRuntime
-from .errors import StreamLost, TunnelkeeperError
-from .forward import ForwardTraffic
 from .limits import BUDGET
+from .splice import ForwardTraffic
 
 log = logging.getLogger(__name__)
 

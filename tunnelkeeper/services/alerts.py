@@ -11,8 +11,8 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .config import SupervisorSettings
-from .state import ForwardStatus, SupervisorStatus, TunnelStatus
+from ..config import SupervisorSettings
+from ..state import ForwardStatus, SupervisorStatus, TunnelStatus
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from .config import Endpoint, Forward, Local
-from .errors import ChannelDenied, ProbeError, StreamLost, TargetUnavailable, TunnelError
-from .peertext import peer_text
-from .ssh import Stream, StreamPair
-from .state import ProbeResult, utcnow
+from ..config import Endpoint, Forward, Local
+from ..errors import ChannelDenied, ProbeError, StreamLost, TargetUnavailable, TunnelError
+from ..peertext import peer_text
+from ..ssh import Stream, StreamPair
+from ..state import ProbeResult, utcnow
 
 Opener = Callable[[Endpoint, float], Awaitable[Stream]]
 TCP_SETTLE = 0.3  # seconds a tcp probe waits to see the connection really held
