@@ -128,6 +128,22 @@ class ProbeResult:
 
 
 @dataclass(frozen=True)
+class FlushResult:
+    """The relay MTA's answer to the last ETRN of an smtp forward (`reply` escaped)."""
+
+    at: datetime
+    ok: bool
+    reply: str
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FlushResult:
+        return _from_json(cls, data)
+
+
+@dataclass(frozen=True)
 class ForwardStatus:
     name: str
     service: str
@@ -144,6 +160,9 @@ class ForwardStatus:
     since: datetime | None = None
     availability_24h: float | None = None  # percent, from the history database; None: unknown
     direction: Literal["forward", "local"] = "forward"  # local: this host listens, relay dials
+    source: str | None = None  # the address connections to the target come from; None: kernel's
+    refused_queries: int = 0  # dns: queries answered REFUSED here, not for the forward's zones
+    last_flush: FlushResult | None = None  # smtp: the relay MTA's answer to the last ETRN
 
     @property
     def healthy(self) -> bool:

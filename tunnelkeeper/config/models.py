@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -134,6 +135,15 @@ class Forward(_Endpoints):
     subdomains: Flag = True
     zones: tuple[str, ...] = ()
     notify: Endpoint | None = None  # dns: the relay's named, to NOTIFY of serial changes
+    # The address connections to the target come from; None: the default (see source_address).
+    source: str | None = None
+    proxy_protocol: Literal["v1", "v2"] | None = None
+    etrn: Flag | None = None  # smtp: on unless false
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, value: object) -> str | None:
+        return None if value is None else parse_source(value)
 
     @field_validator("notify", mode="before")
     @classmethod
@@ -160,7 +170,65 @@ class Forward(_Endpoints):
             raise ValueError("a dns forward needs 'zones' (the first one is probed)")
         if self.notify is not None and self.service != "dns":
             raise ValueError("'notify' only applies to service = \"dns\"")
+        if self.proxy_protocol is not None and self.service == "dns":
+            raise ValueError("'proxy_protocol' applies to smtp and tcp forwards, not dns")
+        if self.etrn is not None and self.service != "smtp":
+            raise ValueError("'etrn' only applies to service = \"smtp\"")
+        source = self.source_address
+        if source is not None and _family(source) != _family(self.target.host):
+            raise ValueError(
+                f"source {source} and target {self.target} are of different address families"
+            )
         return self
+
+    @property
+    def source_address(self) -> str | None:
+        """The local address connections to the target come from; None: the kernel's choice.
+
+        By default a target in 127.0.0.0/8 is reached from 127.0.0.2, so that the internal
+        servers never take a tunnelled connection for their own host's (sendmail relays for
+        127.0.0.1, BIND's `localhost` ACL matches it). IPv6 has one loopback address, ::1, so
+        an IPv6 target is reached from the kernel's choice unless `source` says otherwise.
+        """
+        if self.source is not None:
+            return self.source or None
+        return DEFAULT_SOURCE if _in_loopback_v4(self.target.host) else None
+
+    @property
+    def flushes(self) -> bool:
+        """Whether this forward asks the relay's MTA for its held mail when whole again."""
+        return self.service == "smtp" and self.etrn is not False and bool(self.domains)
+
+
+DEFAULT_SOURCE = "127.0.0.2"
+
+
+def parse_source(value: object) -> str:
+    """`source`: an IP address of this host, or "" for the kernel's choice."""
+    if not isinstance(value, str):
+        raise ValueError('must be a string: an IP address of this host, or "" for the kernel\'s')
+    text = value.strip()
+    if not text:
+        return ""
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address (a host name is not accepted)") from None
+
+
+def _family(host: str) -> int | None:
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None  # a name: resolved at connect time, the kernel decides
+
+
+def _in_loopback_v4(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.version == 4 and address.is_loopback
 
 
 class Local(_Endpoints):

@@ -48,4 +48,5 @@ class EndpointRuntime:
             error=self.error,
             since=self.since,
             direction=self.direction,
+            source=cfg.source_address if isinstance(cfg, config.Forward) else None,
         )
