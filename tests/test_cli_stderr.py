@@ -126,7 +126,8 @@ def test_check_against_a_refusing_relay_writes_no_warning(cfg: Path) -> None:
     assert_quiet(tk("check", "-c", str(cfg)), 2)  # no forward up: the tunnel is refused
     proc = tk("check", "-c", str(cfg), "--json")
     assert_quiet(proc, 2)
-    assert json.loads(proc.stdout)["tunnels"][0]["error_kind"] == "connect-refused"
+    tunnel = json.loads(proc.stdout)["tunnels"][0]
+    assert tunnel["error_kind"] == "connect-refused" and tunnel["relay_version"] is None
 
 
 def test_run_status_and_history_write_no_warning(cfg: Path) -> None:
@@ -145,7 +146,8 @@ def test_run_status_and_history_write_no_warning(cfg: Path) -> None:
         assert_quiet(tk("status", "-c", str(cfg)), 2)  # no forward up
         status = tk("status", "-c", str(cfg), "--json")
         assert_quiet(status, 2)
-        assert json.loads(status.stdout)["tunnels"][0]["state"] in ("backoff", "connecting")
+        tunnel = json.loads(status.stdout)["tunnels"][0]
+        assert tunnel["state"] in ("backoff", "connecting") and tunnel["relay_version"] is None
     finally:
         run.send_signal(signal.SIGTERM)
         code = run.wait(20)
