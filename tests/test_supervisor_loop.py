@@ -26,7 +26,7 @@ from tunnelkeeper.errors import (
 )
 from tunnelkeeper.forwarding.endpoint import EndpointRuntime
 from tunnelkeeper.supervisor import Shutdown, Supervisor, serve
-from tunnelkeeper.tunnel import Connector
+from tunnelkeeper.tunnel import Connector, TunnelRuntime
 
 
 def make_config(tmp_path: Path, **settings: Any) -> config.Config:
@@ -322,6 +322,25 @@ async def test_failed_state_reports_kind_and_countdown(tmp_path: Path, kind: str
     assert st.forwards[0].state == "down"
     shutdown.request()
     await asyncio.wait_for(task, 5)
+
+
+async def test_relay_version_is_null_until_said_then_kept(tmp_path: Path) -> None:
+    """The relay's identification shows from the attempt it was said in, through a refused
+    key and later attempts that never reach it."""
+    said = AuthFailed("refused key")
+    said.relay_version = "SSH-2.0-dropbear_2022.83"
+    outcomes: list[TunnelError] = [ConnectRefused("no"), said, ConnectRefused("no again")]
+
+    async def connect(_tunnel: config.Tunnel) -> Any:
+        raise outcomes.pop(0)
+
+    runtime = TunnelRuntime(make_config(tmp_path).tunnel[0], connect)
+    shown = []
+    for _ in range(3):
+        with pytest.raises(TunnelError):
+            await runtime.run_once()
+        shown.append(runtime.snapshot().to_json()["relay_version"])
+    assert shown == [None, "SSH-2.0-dropbear_2022.83", "SSH-2.0-dropbear_2022.83"]
 
 
 def test_signals_before_the_loop_are_noted_not_fatal() -> None:

@@ -74,9 +74,14 @@ class ProbeError(TunnelkeeperError):
 
 
 class TunnelError(TunnelkeeperError):
-    """A connection to the relay failed, or a live one ended."""
+    """A connection to the relay failed, or a live one ended.
+
+    `relay_version`: the relay's SSH identification (escaped) when it sent one before the
+    failure (a refused key, a host key that does not match), so status can keep it.
+    """
 
     error_kind: str | None = "disconnected"
+    relay_version: str | None = None
 
 
 class HostKeyMismatch(TunnelError):

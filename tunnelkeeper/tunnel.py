@@ -150,6 +150,8 @@ class TunnelRuntime:
         loop = asyncio.get_running_loop()
         self.up_for = None if self.connected_at is None else loop.time() - self.connected_at
         self.error_kind, self.last_error = error.error_kind, str(error)
+        if isinstance(error, TunnelError) and error.relay_version is not None:
+            self.relay_version = error.relay_version  # it said who it is, then failed: kept
         self._settle("backoff")
         return error
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.configs import write_config
+from tests.support.socks import SSH
 from tests.support.sshd import SSH_KEYGEN, Sshd, keygen
 from tunnelkeeper import config, ssh
 
@@ -71,6 +72,59 @@ def test_accept_new_pins_nothing_when_any_line_names_the_host(
     tunnel = _tunnel_of(result)
     assert code == 2 and tunnel["error_kind"] in ("host-key-mismatch", "host-key-unknown")
     assert sshd.known_hosts.read_text() == text  # nothing pinned: this was no first contact
+
+
+def _openssh_accept_new(sshd: Sshd, known_hosts: Path) -> tuple[bool, str]:
+    """OpenSSH's own client, `StrictHostKeyChecking accept-new`, with `known_hosts` alone:
+    whether it logged in, and what it said."""
+    options = {
+        "StrictHostKeyChecking": "accept-new",
+        "UserKnownHostsFile": known_hosts,
+        "GlobalKnownHostsFile": "/dev/null",
+        "BatchMode": "yes",
+        "IdentitiesOnly": "yes",
+        "ConnectTimeout": 10,
+    }
+    args = [SSH, "-F", "/dev/null", "-i", str(sshd.client_key), "-p", str(sshd.port)]
+    args += [arg for name, value in options.items() for arg in ("-o", f"{name}={value}")]
+    proc = subprocess.run(
+        [*args, f"{sshd.user}@127.0.0.1", "true"], capture_output=True, text=True, timeout=30
+    )
+    return proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("lines", ["own-key", "own-key-also-trusted-portless", "another-key"])
+def test_accept_new_never_pins_past_a_revoked_line(
+    make_sshd: Any, tmp_path: Path, lines: str, outcome: dict[str, Any]
+) -> None:
+    """known_hosts names the relay only in a @revoked line (for a port other than 22, where
+    asyncssh also looks the host up without the port). Its own key revoked: tunnelkeeper
+    refuses it as revoked, as OpenSSH does. Another key revoked: OpenSSH 9.2 pins the key it
+    is shown; tunnelkeeper does not, as a host that a line names is no first contact."""
+    sshd = make_sshd()
+    key = keygen(tmp_path / "old_host_key", "ed25519") if lines == "another-key" else sshd.host_key
+    kind, body = Path(f"{key}.pub").read_text().split()[:2]
+    text = f"@revoked [127.0.0.1]:{sshd.port} {kind} {body}\n"
+    if lines == "own-key-also-trusted-portless":
+        text += f"127.0.0.1 {kind} {body}\n"
+    sshd.known_hosts.write_text(text)
+    code, result = _check(_config(tmp_path, sshd, host_key_policy="accept-new"))
+    tunnel = _tunnel_of(result)
+    assert sshd.known_hosts.read_text() == text, "pinned past a @revoked line"
+    assert f"userauth-request for user {sshd.user}" not in sshd.log_text()  # no key was sent
+    theirs = tmp_path / "known_hosts.openssh"
+    theirs.write_text(text)
+    openssh_in, said = _openssh_accept_new(sshd, theirs)
+    outcome.update(
+        tunnelkeeper=tunnel["error_kind"], openssh="logged in" if openssh_in else "refused"
+    )
+    assert code == 2
+    if lines == "another-key":
+        assert tunnel["error_kind"] == "host-key-unknown" and "@revoked" in tunnel["last_error"]
+    else:
+        assert tunnel["error_kind"] == "host-key-revoked", tunnel
+        assert not openssh_in and "REVOKED HOST KEY DETECTED" in said, said
+        assert theirs.read_text() == text
 
 
 def test_host_certificate_signed_by_a_cert_authority(make_sshd: Any, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import smtplib
+import socket
 import statistics
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 
 from tests.support.configs import write_config
 from tests.support.procs import SupervisorProcess
-from tests.support.sshd import free_port, wait_until
+from tests.support.sshd import free_port, keygen, wait_until
 from tunnelkeeper.config import load
 from tunnelkeeper.relaykit import dropbear, openssh
 
@@ -174,6 +175,52 @@ def test_refused_key_on_dropbear_names_the_fix(
         assert "Bad public key options" in relay.log_text()
         error = st.tunnels[0].last_error or ""
         assert "Dropbear" in error and "authorized-keys --sshd dropbear" in error, error
+    finally:
+        assert sup.stop() == 0
+
+
+def _identification(port: int) -> str:
+    """The SSH identification line the server on `port` sends first."""
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        for _ in range(64):  # the line is at most 255 bytes; sshd sends it in one segment
+            chunk = sock.recv(256)
+            data += chunk
+            if not chunk or b"\n" in data:
+                break
+    return data.split(b"\n")[0].rstrip(b"\r").decode()
+
+
+@pytest.mark.parametrize("kind", ["dropbear", "openssh"])
+def test_a_refused_key_keeps_the_relays_version(
+    kind: str, make_sshd: Any, make_dropbear: Any, tmp_path: Path
+) -> None:
+    """The relay said who it is before it refused our key: check --json and status --json
+    show that identification, as the relay sent it, beside auth-failed."""
+    relay = make_dropbear() if kind == "dropbear" else make_sshd(start=False)
+    forward = {"name": "smtp", "service": "smtp", "listen": free_port(), "target": free_port()}
+    cfg = write_config(tmp_path / "tk.toml", relay, [forward])
+    stranger = keygen(tmp_path / "stranger_rsa")  # the only key the relay lets in
+    if kind == "dropbear":
+        relay.set_authorized(Path(f"{stranger}.pub").read_text())
+    else:
+        relay.set_authorized(options="", key=stranger)
+    relay.start()
+    version = _identification(relay.port)
+    assert version.startswith("SSH-2.0-"), version
+    check = subprocess.run(
+        [sys.executable, "-m", "tunnelkeeper", "check", "--json", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    tunnel = json.loads(check.stdout)["tunnels"][0]
+    assert (tunnel["error_kind"], tunnel["relay_version"]) == ("auth-failed", version), tunnel
+    sup = SupervisorProcess(cfg)
+    try:
+        sup.wait_status(lambda s: s.tunnels[0].error_kind == "auth-failed", 15, "auth refused")
+        tunnel = status_json(cfg)["tunnels"][0]
+        assert (tunnel["error_kind"], tunnel["relay_version"]) == ("auth-failed", version), tunnel
     finally:
         assert sup.stop() == 0
 

@@ -7,7 +7,7 @@ import os
 
 from .. import control, ssh
 from ..config import Config, Forward, Local, Tunnel
-from ..errors import ForwardRefused, TunnelkeeperError
+from ..errors import ForwardRefused, TunnelError, TunnelkeeperError
 from ..forwarding.inbound import ForwardRuntime
 from ..forwarding.outbound import LocalRuntime
 from ..state import ForwardStatus, SupervisorStatus, TunnelStatus, refused_summary, utcnow
@@ -37,6 +37,7 @@ async def _check_tunnel(cfg: Tunnel, held: TunnelStatus | None) -> TunnelStatus:
             state="stopped",
             error_kind=exc.error_kind,
             last_error=str(exc),
+            relay_version=exc.relay_version if isinstance(exc, TunnelError) else None,
             forwards=forwards,
         )
     async with conn:

@@ -11,6 +11,23 @@ and an embedded relay.
     relay       EmbeddedRelay for the demo and fault tests
 """
 
+import warnings
+
+from cryptography.utils import CryptographyDeprecationWarning
+
+# cryptography 51 warns whenever asyncssh merely names its DSA classes (at import, in type
+# aliases, in key-type checks): blocks on stderr for every verb that touches SSH. tunnelkeeper
+# never uses DSA keys, so that one warning, raised from asyncssh's own modules, says nothing to
+# our users; every other warning, and this one from any other code, is still shown. Installed
+# here, before the first import of asyncssh: every module of this package, and so every asyncssh
+# import in tunnelkeeper, is loaded through this file.
+warnings.filterwarnings(
+    "ignore",
+    message=r"DSA is deprecated",
+    category=CryptographyDeprecationWarning,
+    module=r"asyncssh(\.|$)",
+)
+
 from .connection import WINDOW, Listener, RelayConnection, connect
 from .keys import (
     NewKey,

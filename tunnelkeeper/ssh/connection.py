@@ -357,7 +357,7 @@ async def _connect_one(
                 f"proxy {tunnel.proxy}: timed out, no answer within {tunnel.connect_timeout:g}s"
             ) from exc
         # ValueError: asyncssh parsing garbage from the relay (UnicodeDecodeError included).
-        raise handshake_error(
+        error = handshake_error(
             exc,
             tunnel,
             verdict,
@@ -367,7 +367,10 @@ async def _connect_one(
             where=where,
             user=user,
             who="relay" if hop is None else "the jump host",
-        ) from exc
+        )
+        if hop is None:  # the relay said who it is before it failed (a jump host is not it)
+            error.relay_version = client.relay_version
+        raise error from exc
     try:
         host_key = conn.get_server_host_key()
         fingerprint = host_key.get_fingerprint("sha256") if host_key else "?"

@@ -72,8 +72,15 @@ def read_known_hosts(tunnel: Tunnel, host: str, port: int) -> KnownHosts:
         known = asyncssh.import_known_hosts(_lowercase_names(text))
     except (ValueError, asyncssh.KeyImportError) as exc:
         raise HostKeyUnknown(f"cannot read known_hosts {path}: {exc}") from None
-    trusted, cas, revoked, *_ = known.match(host.lower(), "", port)
-    return KnownHosts(list(trusted), list(cas), list(revoked))
+    host = host.lower()
+    trusted, cas, revoked, *_ = known.match(host, "", port)
+    # When no trusted key or CA names [host]:port, asyncssh looks again under the bare host
+    # and returns only that look's @revoked keys: a key revoked for [host]:port alone would be
+    # taken as trusted (a bare-host line) or as first contact (none). OpenSSH refuses a key
+    # revoked under the name it looked up first; so do we.
+    _, _, revoked_here, *_ = known.match(f"[{host}]:{port}", "", None)
+    revoked = [*revoked, *(key for key in revoked_here if key not in revoked)]
+    return KnownHosts(list(trusted), list(cas), revoked)
 
 
 class HostKeyVerdict:

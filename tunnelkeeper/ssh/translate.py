@@ -71,7 +71,12 @@ def handshake_error(
                 f"{where}: host key does not match {tunnel.known_hosts}{seen}; "
                 "no credentials were sent"
             )
-        return HostKeyUnknown(f"{where}: no host key pinned in {tunnel.known_hosts}{seen}")
+        # Under accept-new, nothing pinned and still refused: known_hosts names the relay, in
+        # @revoked lines only (for another key), so this was no first contact.
+        why = ""
+        if tunnel.host_key_policy == "accept-new":
+            why = "; it names this host only in @revoked lines, so accept-new pins nothing"
+        return HostKeyUnknown(f"{where}: no host key pinned in {tunnel.known_hosts}{seen}{why}")
     if isinstance(exc, asyncssh.PermissionDenied):
         return AuthFailed(
             f"{where}: {who} refused key {tunnel.identity} for user {user}; "
