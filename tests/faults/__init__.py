@@ -1,1 +1,0 @@
-"""The fault and hostile-input suite: real sshd, namespaces, signals, fuzzed input."""
