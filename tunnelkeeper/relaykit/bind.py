@@ -81,8 +81,9 @@ def named_conf(config: Config, tunnel: str | None = None, *, legacy: bool = Fals
     lines = [
         "// BIND secondary zones written by tunnelkeeper: each zone is pulled from the",
         "// internal primary through the SSH tunnel, whose relay end listens on the address",
-        "// and port below. The internal primary sees the transfers come from 127.0.0.1 and",
-        "// must allow them (allow-transfer, better with a TSIG key).",
+        "// and port below. The internal primary sees the transfers come from the dns",
+        "// forward's source address (127.0.0.2 unless `source` says otherwise) and must",
+        "// allow them (allow-transfer, better with a TSIG key; see `tunnelkeeper internal-kit`).",
     ]
     if notified:
         lines += [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import Config, Tunnel
+from ..config import Config, Forward, Tunnel
 from . import outbound_kit
 from .common import SshServer, mail_routes
 from .mailertable import mailer_name
@@ -219,6 +219,12 @@ already have values, add to them rather than replace. Test with `swaks` as in se
 """
 
 
+def _sources(forwards: list[Forward]) -> str:
+    """The addresses the forwards' connections to the primary come from, in words."""
+    named = sorted({f.source_address or "the kernel's choice of address" for f in forwards})
+    return " and ".join(named)
+
+
 def bind(tun: Tunnel) -> str:
     forwards = [f for f in tun.forward if f.service == "dns"]
     zone = forwards[0].zones[0]
@@ -238,8 +244,10 @@ named.conf already has a `server` statement for that address, merge the line int
 files are named relative to named's `directory` (`/var/cache/bind` on Debian), which named must
 be able to write.
 
-The internal primary sees the transfers arrive from 127.0.0.1 (tunnelkeeper hands them over
-there) and must allow them: `allow-transfer {{ 127.0.0.1; }};`, better with a TSIG key.
+The internal primary sees the transfers arrive from {_sources(forwards)} (the dns forward's
+`source`, never its own 127.0.0.1) and must allow them: `allow-transfer {{ tunnelkeeper; }};`
+with the ACL that `tunnelkeeper internal-kit` writes, better with a TSIG key. A primary set up
+with `allow-transfer {{ 127.0.0.1; }};` must add that address; `tunnelkeeper check` says so.
 {outbound_kit.notify_paragraph(forwards, zone)}
 
 ```sh
