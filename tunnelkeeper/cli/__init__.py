@@ -111,10 +111,11 @@ def check_tunnel_files(cfg: Config) -> None:
     makes it act owned and writable as sshd's StrictModes would want; say so when that check
     is turned off."""
     from .. import filetrust, ssh
+    from ..config import vetting
 
-    filetrust.check_credential_names(cfg)
+    vetting.check_credential_names(cfg)  # before preflight reads a secret
     ssh.preflight(cfg.tunnel)
-    filetrust.check_tunnel_files(cfg)
+    vetting.check_tunnel_files(cfg)
     if not filetrust.strict_modes():
         print(
             f"tunnelkeeper: {filetrust.STRICT_MODES_ENV}=no: files other users may change "

@@ -3,6 +3,7 @@
 values   names, durations, endpoints, hops, proxies; control characters refused
 models   the tables: [supervisor], [defaults], [[tunnel]], its forwards and locals
 loading  find_config, load, from_dict; errors that name the file and the key
+vetting  the files a loaded config names: credentials findable, none that others may change
 """
 
 from ..filetrust import is_credential_name, secret_path
