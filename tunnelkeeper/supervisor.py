@@ -22,8 +22,7 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 import tenacity
 
@@ -31,6 +30,7 @@ from .backoff import wait_tunnel
 from .config import Config, Tunnel, load
 from .control import ControlServer
 from .errors import ConfigError, ServiceCannotStart, TunnelkeeperError
+from .publisher import Publisher, Service, ServiceContext
 from .state import SupervisorStatus, utcnow
 from .tunnel import Connector, TunnelRuntime
 
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 PUBLISH_PERIOD = 0.5  # the dashboard refreshes twice a second; more is idle CPU for nothing
 SERVICE_RESTART = 5.0  # seconds before a service that failed on a bug runs again
-Service = Callable[["Supervisor"], Coroutine[Any, Any, None]]
 
 
 class Shutdown:
@@ -75,39 +74,41 @@ class Supervisor:
         self._changing: asyncio.Task[None] | None = None  # the reload being applied
         self._stopping = False
         self.internal_errors = 0  # bugs in services and helpers (tunnels count their own)
-        # Services that add what only they know to every snapshot (history: availability_24h).
-        self.amend: list[Callable[[SupervisorStatus], SupervisorStatus]] = []
-        self._published = self.snapshot()
+        self.publisher = Publisher(self.snapshot)
         self.ready = asyncio.Event()  # every tunnel had its first attempt (sd_notify READY=1)
+        self._context = ServiceContext(
+            published=self.published,
+            ready=self.ready,
+            config=lambda: self.config,
+            pid=self.pid,
+            amending=self.publisher.amending,
+        )
 
     # -- readers -----------------------------------------------------------------------------
 
     def snapshot(self) -> SupervisorStatus:
-        """A fresh frozen status, taken now: what `_publish` hands to `published()` readers.
-        Call from the event loop's thread only."""
-        status = SupervisorStatus(
+        """A fresh frozen status, taken now, before the publisher's amendments: what `_publish`
+        hands to `published()` readers. Call from the event loop's thread only."""
+        return SupervisorStatus(
             pid=self.pid,
             started=self.started,
             config=str(self.config.path),
             tunnels=tuple(t.snapshot() for t in self._tunnels.values()),
             internal_errors=self.internal_errors,
         )
-        for amend in self.amend:
-            status = amend(status)
-        return status
 
     def published(self) -> SupervisorStatus:
         """The last published status: what every reader gets (control socket, dashboard,
         sd_notify, metrics, alerts, history); safe from any thread. At most PUBLISH_PERIOD
         old."""
-        return self._published
+        return self.publisher.latest()
 
     async def _mark_ready(self) -> None:
         for tunnel in list(self._tunnels.values()):
             await tunnel.attempted.wait()
-        self._published = self.snapshot()  # READY=1's STATUS= says how the attempts ended
+        status = self.publisher.publish()  # READY=1's STATUS= says how the attempts ended
         self.ready.set()
-        log.info("every tunnel had its first attempt: %s", self._published.summary())
+        log.info("every tunnel had its first attempt: %s", status.summary())
 
     # -- life --------------------------------------------------------------------------------
 
@@ -298,7 +299,7 @@ class Supervisor:
     async def _publish(self) -> None:
         while True:
             try:
-                self._published = self.snapshot()
+                self.publisher.publish()
             except Exception as exc:  # readers keep the last good one
                 self._bug("publishing the status", exc)
             await asyncio.sleep(PUBLISH_PERIOD)
@@ -308,7 +309,7 @@ class Supervisor:
         start at all (a metrics port in use, its package missing) ends run."""
         while True:
             try:
-                await service(self)
+                await service(self._context)
                 return
             except (ServiceCannotStart, ConfigError):
                 raise

@@ -13,6 +13,7 @@ from tunnelkeeper import supervisor as supervisor_mod
 from tunnelkeeper import tunnel as tunnel_mod
 from tunnelkeeper.checks import probes
 from tunnelkeeper.forwarding import inbound as inbound_mod
+from tunnelkeeper.publisher import ServiceContext
 from tunnelkeeper.supervisor import Shutdown, Supervisor
 
 from .embedded import World, forward, wait_for
@@ -143,7 +144,7 @@ async def test_a_service_that_fails_on_a_bug_is_restarted(
     monkeypatch.setattr(supervisor_mod, "SERVICE_RESTART", 0.1)
     runs: list[int] = []
 
-    async def flaky(sup: Supervisor) -> None:
+    async def flaky(_ctx: ServiceContext) -> None:
         runs.append(len(runs))
         if len(runs) < 3:
             raise RuntimeError("injected: service")
