@@ -14,7 +14,7 @@ import pytest
 import tenacity
 
 from tunnelkeeper import config
-from tunnelkeeper.backoff import wait_tunnel
+from tunnelkeeper.backoff import TunnelBackoff
 from tunnelkeeper.cli import early
 from tunnelkeeper.errors import (
     AuthFailed,
@@ -73,19 +73,46 @@ async def _pauses(wait: Any, errors: list[Exception]) -> list[float]:
 
 async def test_backoff_grows_to_max_with_jitter_and_resets_after_stable(tmp_path: Path) -> None:
     settings = make_config(tmp_path).tunnel[0]
-    wait = wait_tunnel(settings, rng=random.Random(7))
+    up_for: list[float | None] = [None]
+    wait = TunnelBackoff(settings, up_for=lambda: up_for[0], rng=random.Random(7))
     delays = await _pauses(wait, [ConnectRefused("x")] * 7)
     for delay, base in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
         assert min(base, 8.0 / 1.25) <= delay <= min(8.0, base * 1.25)
     assert len(set(delays[3:])) == 3  # still jittered at the cap: tunnels do not move in step
-    # After a stable connection the keep-loop starts a fresh AsyncRetrying: from the bottom.
-    assert 1.0 <= (await _pauses(wait, [Disconnected("x")] * 2))[0] <= 1.25
+
+    # A connection that stayed up stable_after: reconnect at once, then the curve starts over.
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        up_for[0] = None  # the next attempt fails before it connects
+
+    up_for[0] = 30.0
+    retrying = tenacity.AsyncRetrying(wait=wait, sleep=sleep, stop=tenacity.stop_after_attempt(4))
+    with pytest.raises(tenacity.RetryError):
+        async for attempt in retrying:
+            with attempt:
+                raise Disconnected("x")
+    assert pauses[0] == 0.0
+    assert 1.0 <= pauses[1] <= 1.25 and 2.0 <= pauses[2] <= 2.5, pauses
+
+
+async def test_a_ready_standby_means_no_pause(tmp_path: Path) -> None:
+    wait = TunnelBackoff(make_config(tmp_path).tunnel[0], standby_ready=lambda: True)
+    assert await _pauses(wait, [ConnectRefused("x")] * 3) == [0.0, 0.0]
 
 
 async def test_host_key_mismatch_retries_at_backoff_max(tmp_path: Path) -> None:
-    wait = wait_tunnel(make_config(tmp_path).tunnel[0])
+    wait = TunnelBackoff(make_config(tmp_path).tunnel[0])
     pauses = await _pauses(wait, [HostKeyMismatch("x")] * 4)
     assert all(8.0 / 1.25 <= p <= 8.0 for p in pauses) and len(set(pauses)) == 3
+
+
+def test_days_of_failures_stay_at_the_cap(tmp_path: Path) -> None:
+    wait = TunnelBackoff(make_config(tmp_path).tunnel[0])
+    state = tenacity.RetryCallState(tenacity.Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = 100_000
+    assert 8.0 / 1.25 <= wait(state) <= 8.0
 
 
 class FakeListener:

@@ -119,12 +119,9 @@ class TunnelRuntime:
             self.report_bug(what, exc)
 
     def retrying_in(self, delay: float) -> None:
-        """The keep-loop's one word to the tunnel: when the next attempt starts."""
+        """The keep-loop's one word to the tunnel: when the next attempt starts (shown in
+        the status; the rules that chose `delay` are backoff.py's)."""
         self.next_retry_at = datetime.now(UTC) + timedelta(seconds=delay)
-
-    def was_stable(self) -> bool:
-        """The connection that just ended had been up at least stable_after."""
-        return self.up_for is not None and self.up_for >= self.cfg.stable_after
 
     async def run_once(self) -> None:
         """Connect (or take the ready standby), hold every forward until the connection ends,
