@@ -24,7 +24,7 @@ from tunnelkeeper.errors import (
     HostKeyMismatch,
     TunnelError,
 )
-from tunnelkeeper.forwarding.endpoint import EndpointRuntime
+from tunnelkeeper.forwarding.endpoint import ForwarderRuntime
 from tunnelkeeper.supervisor import Shutdown, Supervisor, serve
 from tunnelkeeper.tunnel import Connector
 
@@ -375,7 +375,7 @@ async def test_serve_acts_on_a_stop_that_came_before_it(tmp_path: Path) -> None:
 
 
 def test_a_forward_is_down_since_its_first_failure(tmp_path: Path) -> None:
-    fwd = EndpointRuntime(make_config(tmp_path).tunnel[0].forward[0])
+    fwd = ForwarderRuntime(make_config(tmp_path).tunnel[0].forward[0])
     fwd.set_state("up")
     fwd.set_state("down", "connection lost")
     assert fwd.since is not None

@@ -159,7 +159,7 @@ class Supervisor:
         backoff = TunnelBackoff(
             tunnel.cfg,
             up_for=lambda: tunnel.up_for,
-            standby_ready=lambda: tunnel.spare_ready,
+            standby_ready=lambda: tunnel.standby_ready,
         )
 
         def backing_off(retry_state: tenacity.RetryCallState) -> None:
@@ -303,7 +303,7 @@ class Supervisor:
         """The one live reading readers may ask for: check --mail's token watch."""
         runtime = self._tunnels.get(tunnel)
         found = (f for f in runtime.forwards if f.cfg.name == forward) if runtime else ()
-        return next((f.counters for f in found), None)
+        return next((f.traffic for f in found), None)
 
     async def _publish(self) -> None:
         while True:

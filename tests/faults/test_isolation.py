@@ -63,15 +63,15 @@ def _inject(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
 
         monkeypatch.setattr(inbound_mod.ForwardRuntime, "accept", accept)
     elif where == "standby":
-        real_spare = tunnel_mod.TunnelRuntime._keep_spare
+        real_keep_standby = tunnel_mod.TunnelRuntime._keep_standby
 
-        async def keep_spare(self: Any) -> None:
+        async def keep_standby(self: Any) -> None:
             if self.name == "one":
                 await asyncio.sleep(0.2)
                 raise RuntimeError("injected: standby")
-            await real_spare(self)
+            await real_keep_standby(self)
 
-        monkeypatch.setattr(tunnel_mod.TunnelRuntime, "_keep_spare", keep_spare)
+        monkeypatch.setattr(tunnel_mod.TunnelRuntime, "_keep_standby", keep_standby)
 
 
 @pytest.mark.parametrize("where", ["probe", "accept", "standby"])

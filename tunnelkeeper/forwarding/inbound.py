@@ -8,7 +8,7 @@ import logging
 
 from .. import config, ssh
 from ..errors import ForwardFull, TunnelkeeperError
-from .endpoint import EndpointRuntime
+from .endpoint import ForwarderRuntime
 from .limits import BUDGET
 from .splice import ForwardTraffic, Splice
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 TARGET_CONNECT_TIMEOUT = 10.0
 
 
-class ForwardRuntime(EndpointRuntime):
+class ForwardRuntime(ForwarderRuntime):
     """The live side of one forward: traffic, state, last probe, its relay listener."""
 
     def __init__(self, cfg: config.Forward) -> None:
@@ -36,7 +36,7 @@ class ForwardRuntime(EndpointRuntime):
         burst of refusals), TargetUnavailable when the target does not answer.
         """
         self._admit()
-        splice = Splice(self.counters)
+        splice = Splice(self.traffic)
         self._opening += 1
         try:
             await splice.connect_target(self.cfg.target, TARGET_CONNECT_TIMEOUT)
@@ -48,7 +48,7 @@ class ForwardRuntime(EndpointRuntime):
         return splice
 
     def _admit(self) -> None:
-        held = self.counters.active + self._opening
+        held = self.traffic.active + self._opening
         limit = self.cfg.max_connections
         if held < limit and BUDGET.allows(ForwardTraffic.open_everywhere + self._opening):
             if self._burst:
@@ -59,7 +59,7 @@ class ForwardRuntime(EndpointRuntime):
                 )
                 self._burst = 0
             return
-        self.counters.refused += 1
+        self.traffic.refused += 1
         self._burst += 1
         why = (
             f"{held} connections open (max_connections = {limit})"

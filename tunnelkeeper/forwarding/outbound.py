@@ -11,7 +11,7 @@ import logging
 
 from .. import config, ssh
 from ..errors import StreamLost, TunnelkeeperError
-from .endpoint import EndpointRuntime
+from .endpoint import ForwarderRuntime
 from .limits import BUDGET
 from .splice import ForwardTraffic
 
@@ -34,7 +34,7 @@ class _Pipe:
             self.task.cancel()
 
 
-class LocalRuntime(EndpointRuntime):
+class LocalRuntime(ForwarderRuntime):
     """The live side of one local forward: its listener, traffic, state, last probe."""
 
     direction = "local"
@@ -89,7 +89,7 @@ class LocalRuntime(EndpointRuntime):
         if self._server is not None:
             self._server.close()
             self._server = None
-        self.counters.abort_all()
+        self.traffic.abort_all()
         self.set_state("down", self.error)
 
     async def _carry(
@@ -97,9 +97,9 @@ class LocalRuntime(EndpointRuntime):
     ) -> None:
         pipe = _Pipe(writer)
         pipe.task = asyncio.current_task()
-        held = self.counters.active
+        held = self.traffic.active
         if held >= self.cfg.max_connections or not BUDGET.allows(ForwardTraffic.open_everywhere):
-            self.counters.refused += 1
+            self.traffic.refused += 1
             self._burst += 1
             if self._burst == 1:
                 log.warning(
@@ -111,7 +111,7 @@ class LocalRuntime(EndpointRuntime):
             writer.transport.abort()
             return
         self._burst = 0
-        self.counters.opened(pipe)
+        self.traffic.opened(pipe)
         try:  # whatever happens from here on, even a cancellation, the count goes back down
             try:
                 channel = await conn.open_stream(self.cfg.target, CHANNEL_TIMEOUT)
@@ -134,18 +134,18 @@ class LocalRuntime(EndpointRuntime):
                     if isinstance(result, StreamLost):
                         log.debug("local %s: %s", self.cfg.name, result)
                     elif isinstance(result, Exception):
-                        self.counters.bug(result)  # a bug: reported, the tunnel restarts
+                        self.traffic.bug(result)  # a bug: reported, the tunnel restarts
                 channel.close()
                 local.close()
         finally:
-            self.counters.closed(pipe)
+            self.traffic.closed(pipe)
 
     async def _pump(self, src: ssh.Stream, dst: ssh.Stream, *, outward: bool) -> None:
         while data := await src.read(CHUNK):
             if outward:
-                self.counters.bytes_in += len(data)
+                self.traffic.bytes_in += len(data)
             else:
-                self.counters.bytes_out += len(data)
+                self.traffic.bytes_out += len(data)
             dst.write(data)
             await dst.drain()
         with contextlib.suppress(StreamLost):
