@@ -10,10 +10,9 @@ import contextlib
 import logging
 
 from .. import config, ssh
-from ..errors import StreamLost, TunnelkeeperError
+from ..errors import ForwardFull, StreamLost, TunnelkeeperError
+from .admission import Admission
 from .endpoint import ForwarderRuntime
-from .limits import BUDGET
-from .splice import ForwardTraffic
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ class LocalRuntime(ForwarderRuntime):
         super().__init__(cfg)
         self.cfg = cfg
         self._server: asyncio.Server | None = None
-        self._burst = 0
+        self._admission = Admission(f"local {cfg.name}", cfg.max_connections)
 
     async def hold(self, conn: ssh.RelayConnection, tunnel: str, retry: float) -> None:
         """Listen on this host while `conn` lives; a port in use is retried every `retry`."""
@@ -97,20 +96,11 @@ class LocalRuntime(ForwarderRuntime):
     ) -> None:
         pipe = _Pipe(writer)
         pipe.task = asyncio.current_task()
-        held = self.traffic.active
-        if held >= self.cfg.max_connections or not BUDGET.allows(ForwardTraffic.open_everywhere):
-            self.traffic.refused += 1
-            self._burst += 1
-            if self._burst == 1:
-                log.warning(
-                    "local %s: refusing new connections: %d open (max_connections = %d)",
-                    self.cfg.name,
-                    held,
-                    self.cfg.max_connections,
-                )
+        try:
+            self._admission.admit(self.traffic)
+        except ForwardFull:
             writer.transport.abort()
             return
-        self._burst = 0
         self.traffic.opened(pipe)
         try:  # whatever happens from here on, even a cancellation, the count goes back down
             try:
