@@ -30,6 +30,7 @@ from .values import (
     _domain,
     _Model,
     _unique,
+    host_port,
     parse_endpoint,
     parse_hops,
     parse_proxy,
@@ -275,8 +276,7 @@ class Tunnel(TunnelSettings):
 
     @property
     def relay(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.user}@{host}:{self.port}"
+        return f"{self.user}@{host_port(self.host, self.port)}"
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]

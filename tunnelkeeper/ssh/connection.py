@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncssh
 
-from ..config import Endpoint, Hop, Tunnel
+from ..config import Endpoint, Hop, Tunnel, host_port
 from ..errors import (
     ChannelDenied,
     Disconnected,
@@ -323,7 +323,7 @@ async def _connect_one(
         )
     else:
         transport = ThroughHop(via, verdict, watch)
-    name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = host_port(host, port)
     where = name if hop is None else f"jump host {name}"
     try:
         conn = await asyncssh.connect(
