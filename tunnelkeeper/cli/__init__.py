@@ -84,12 +84,15 @@ def path_text(text: str) -> str:
     return text
 
 
-def seconds(text: str) -> float:
-    """A positive, finite number of seconds."""
+def seconds(text: str, at_most: float | None = None) -> float:
+    """A positive, finite number of seconds (no more than `at_most`, when given). For a bound,
+    pass `functools.partial(seconds, at_most=600)` as the argument's type."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if at_most is not None and not 0 < value <= at_most:
+        raise argparse.ArgumentTypeError(f"give seconds between 0 and {at_most:g}")
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
     return value

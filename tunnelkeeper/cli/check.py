@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 
@@ -12,7 +13,7 @@ from ..checks.checker import check, check_mail
 from ..checks.mailtest import MailTest
 from ..errors import ControlError
 from ..state import SupervisorStatus
-from . import EXIT_FAILURE, EXIT_OK, add_config_option, check_tunnel_files
+from . import EXIT_FAILURE, EXIT_OK, add_config_option, check_tunnel_files, seconds
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,22 +30,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--mail-timeout",
-        type=_seconds,
+        type=functools.partial(seconds, at_most=600.0),
         default=60.0,
         metavar="S",
         help="how long to wait for each test message (default 60)",
     )
     parser.set_defaults(func=run)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= 600:
-        raise argparse.ArgumentTypeError("give seconds between 0 and 600")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
