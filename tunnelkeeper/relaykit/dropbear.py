@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass
 
 from ..config import Config, Tunnel
+from ..pubkey import read_public_key
 from .common import select_tunnels
-from .openssh import listens, open_comments, opens, read_public_key
+from .openssh import listens, open_comments, opens
 
 # Dropbear ends a session once this many -K periods pass without a packet from the client
 # (a compile-time constant there; 2022.83 dropped a frozen client 2.6 s after it froze at -K 1).
