@@ -170,8 +170,7 @@ class TunnelRuntime:
             try:
                 conn = await self._connect(self.cfg)
             except TunnelkeeperError:
-                for fwd in self.forwards:
-                    fwd.set_state("down", fwd.error)
+                self._forwards_down()
                 raise
         else:
             log.info("tunnel %s: moving forwards onto the standby connection", self.name)
@@ -214,9 +213,7 @@ class TunnelRuntime:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for fwd in self.forwards:
-                fwd.listener = None
-                fwd.set_state("down", fwd.error)
+            self._forwards_down()  # their listeners close with the connection
             for local in self.locals:
                 local.close()
             conn.close()
@@ -242,8 +239,7 @@ class TunnelRuntime:
         for fwd in self.forwards:
             if fwd.listener is not None:
                 fwd.listener.close()
-                fwd.listener = None
-            fwd.set_state("down", "stopping")
+        self._forwards_down("stopping")
         if active := sum(f.traffic.active for f in self.forwards):
             log.info(
                 "tunnel %s: draining %d open connection(s), up to %gs", self.name, active, grace
@@ -271,8 +267,13 @@ class TunnelRuntime:
             self._standby.close()
             self._standby = None
         self._set_state("stopped")  # stopped before a first attempt: READY=1 must not wait for it
+        self._forwards_down()
+
+    def _forwards_down(self, error: str | None = None) -> None:
+        """Every forward down, with `error` or else its own last one; listeners let go of."""
         for fwd in self.forwards:
-            fwd.set_state("down", fwd.error)
+            fwd.listener = None
+            fwd.set_state("down", fwd.error if error is None else error)
 
     # -- forwards ----------------------------------------------------------------------------
 
