@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import Config, Endpoint, Tunnel
@@ -73,7 +74,7 @@ def key_options(tunnel: Tunnel) -> str:
 
 def authorized_keys(config: Config, tunnel: str | None = None) -> str:
     """One locked-down authorized_keys line per tunnel, each after a comment naming its account."""
-    lines = [
+    header = [
         "# authorized_keys lines written by tunnelkeeper: the key may hold these reverse forwards",
         "# and open channels to the destinations listed, and nothing else (no shell, pty, agent",
         "# or X11). With any permitopen present sshd refuses channels to every other address.",
@@ -81,20 +82,36 @@ def authorized_keys(config: Config, tunnel: str | None = None) -> str:
         "# here also allows Unix-socket forwards, which permitlisten does not limit; the block's",
         "# AllowStreamLocalForwarding no refuses them.",
     ]
-    for tun in select_tunnels(config, tunnel):
-        key = read_public_key(tun)
-        lines += [
-            f"# tunnel {tun.name}: ~{tun.user}/.ssh/authorized_keys on {tun.host}, "
-            f"key {key.fingerprint}",
-            "# channels (permitopen) only to:",
-            *open_comments((tun,)),
+    return key_lines(select_tunnels(config, tunnel), header, key_options, _notes)
+
+
+def _notes(tun: Tunnel) -> list[str]:
+    notes = ["# channels (permitopen) only to:", *open_comments((tun,))]
+    if not tun.forward:
+        notes += [
+            "# no reverse forwards: a key line cannot say permitlisten none, so the Match",
+            "# block's AllowTcpForwarding local is what refuses every listen of this account",
         ]
-        if not tun.forward:
-            lines += [
-                "# no reverse forwards: a key line cannot say permitlisten none, so the Match",
-                "# block's AllowTcpForwarding local is what refuses every listen of this account",
-            ]
-        lines.append(f"{key_options(tun)} {key}")
+    return notes
+
+
+def key_lines(
+    tunnels: tuple[Tunnel, ...],
+    header: list[str],
+    options: Callable[[Tunnel], str],
+    notes: Callable[[Tunnel], list[str]],
+) -> str:
+    """authorized_keys text: `header`, then per tunnel a comment naming its account and key,
+    its `notes`, and the key line with its `options`. Shared by the OpenSSH and Dropbear kits."""
+    lines = list(header)
+    for tun in tunnels:
+        key = read_public_key(tun)
+        lines.append(
+            f"# tunnel {tun.name}: ~{tun.user}/.ssh/authorized_keys on {tun.host}, "
+            f"key {key.fingerprint}"
+        )
+        lines += notes(tun)
+        lines.append(f"{options(tun)} {key}")
     return "\n".join(lines) + "\n"
 
 
