@@ -13,7 +13,7 @@ import errno
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .. import __version__
@@ -96,6 +96,43 @@ def seconds(text: str, at_most: float | None = None) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
     return value
+
+
+def verb_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    description: str,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
+    """The parser of a verb that reads the configuration, -c/--config first as every such
+    verb has it, and `run` as what it does. An epilog is shown as written."""
+    parser = subparsers.add_parser(
+        name,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter if epilog else argparse.HelpFormatter,
+    )
+    add_config_option(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_dashboard_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dashboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live dashboard (default: on when stdout is a terminal)",
+    )
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The configuration -c/--config names (or the one found where it is looked for).
+    Raises ConfigError."""
+    from ..config import find_config, load
+
+    return load(find_config(args.config))
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
