@@ -13,6 +13,7 @@ from typing import Any, cast
 import pytest
 import tenacity
 
+from tests.support.polling import until
 from tunnelkeeper import config
 from tunnelkeeper.backoff import TunnelBackoff
 from tunnelkeeper.cli import early
@@ -190,12 +191,6 @@ async def both_up(
     task = asyncio.create_task(sup.run(shutdown))
     await until(lambda: len(relay.live) == 2)
     return cfg, relay, sup, shutdown, task
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def test_keep_loop_backs_off_then_holds_the_forwards(tmp_path: Path) -> None:

@@ -9,13 +9,13 @@ import json
 import re
 import sys
 import unicodedata
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.observability.obs_snapshots import down, healthy
+from tests.support.polling import until
 from tunnelkeeper.config import SupervisorSettings
 from tunnelkeeper.services import alerts
 from tunnelkeeper.services.alerts import watch
@@ -37,12 +37,6 @@ def alive(pid: int) -> bool:
     return fields[0] != "Z"
 
 
-async def until(check: Callable[[], bool], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while not check():  # another process writes what we look at: no event to await
-            await asyncio.sleep(0.02)
-
-
 async def stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -62,7 +56,7 @@ async def test_timed_out_hook_takes_its_children_along(
         grandchild = int(pids.read_text())
         assert alive(grandchild)
         await until(lambda: "killed" in caplog.text)
-        await until(lambda: not alive(grandchild), within=3)
+        await until(lambda: not alive(grandchild), timeout=3)
     finally:
         await stop(task)
 
@@ -75,7 +69,7 @@ async def test_hooks_killed_at_shutdown_take_their_children_along(tmp_path: Path
     await until(pids.exists)
     grandchild = int(pids.read_text())
     await stop(task)
-    await until(lambda: not alive(grandchild), within=3)
+    await until(lambda: not alive(grandchild), timeout=3)
 
 
 def with_error(text: str) -> SupervisorStatus:

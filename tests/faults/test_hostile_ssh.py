@@ -20,6 +20,7 @@ import pytest
 from asyncssh.constants import MSG_REQUEST_FAILURE, MSG_REQUEST_SUCCESS
 from asyncssh.packet import UInt32
 
+from tests.support.polling import until
 from tests.support.sshd import free_port
 from tunnelkeeper import config
 from tunnelkeeper.errors import ERROR_KINDS
@@ -27,7 +28,7 @@ from tunnelkeeper.state import SupervisorStatus, TunnelStatus
 from tunnelkeeper.supervisor import Shutdown, Supervisor
 
 from .kit import rss_kb
-from .test_reconnects import _keys, _wait, _write
+from .test_reconnects import _keys, _write
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -196,7 +197,7 @@ class Watch:
             except IndexError:  # no tunnel in the snapshot yet
                 return False
 
-        await _wait(done, timeout, what)
+        await until(done, timeout, what, interval=0.002)
         self.alive(what)
 
     def alive(self, what: str = "") -> None:

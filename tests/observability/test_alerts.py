@@ -7,11 +7,11 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.support.polling import until
 from tunnelkeeper.config import SupervisorSettings
 from tunnelkeeper.services.alerts import watch
 from tunnelkeeper.state import SupervisorStatus
@@ -36,13 +36,6 @@ def events(out: Path) -> list[dict[str, str | None]]:
     if not out.exists():
         return []
     return [json.loads(line) for line in out.read_text().splitlines()]
-
-
-async def until(check: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll `check` (it reads a file that a hook process writes) for at most `within` s."""
-    async with asyncio.timeout(within):
-        while not check():  # another process writes the file: there is no event to await
-            await asyncio.sleep(0.02)
 
 
 async def test_fires_once_and_clears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_supervisor_loop import FakeRelay, supervised, until
+from tests.support.polling import until
+from tests.test_supervisor_loop import FakeRelay, supervised
 from tunnelkeeper import config
 from tunnelkeeper.cli import main
 from tunnelkeeper.control import fetch_status
