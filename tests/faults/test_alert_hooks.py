@@ -37,6 +37,11 @@ def alive(pid: int) -> bool:
     return fields[0] != "Z"
 
 
+def written(out: Path) -> bool:
+    """The hook has written its whole line (it opens the file before it writes)."""
+    return out.exists() and out.read_text().endswith("\n")
+
+
 async def stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -94,7 +99,7 @@ async def test_hook_environment_is_clean_text(tmp_path: Path, error: str) -> Non
     settings = SupervisorSettings(on_down=(sys.executable, "-c", RECORD, str(out)), alert_after=0)
     task = asyncio.create_task(watch(settings, lambda: with_error(error), poll=0.02))
     try:
-        await until(out.exists)
+        await until(lambda: written(out))
     finally:
         await stop(task)
     env: dict[str, str] = json.loads(out.read_text())
@@ -134,7 +139,7 @@ async def test_hook_that_cannot_start_is_logged_and_fires_next_time(
         status = healthy()
         await asyncio.sleep(0.1)
         status = down()
-        await until(out.exists)
+        await until(lambda: written(out))
         assert json.loads(out.read_text())["TUNNELKEEPER_EVENT"] == "down"
         assert not task.done()
     finally:
