@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.fake_relay import FakeRelay, supervised
 from tests.support.polling import until
-from tests.test_supervisor_loop import FakeRelay, supervised
 from tunnelkeeper import config
 from tunnelkeeper.cli import main
 from tunnelkeeper.control import fetch_status

@@ -130,7 +130,7 @@ async def test_serve_returns_when_not_under_systemd() -> None:
 async def test_ready_says_how_the_first_attempts_ended(listener: Listener, tmp_path: Path) -> None:
     """READY=1 comes with a STATUS= of the moment it is sent, not of a snapshot from before
     the attempts ended."""
-    from tests.test_supervisor_loop import FakeRelay, make_config, supervised
+    from tests.support.fake_relay import FakeRelay, make_config, supervised
     from tunnelkeeper.publisher import ServiceContext
     from tunnelkeeper.supervisor import Shutdown
 
