@@ -115,3 +115,21 @@ def test_every_module_imports_first() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", proc.stdout
+
+
+def test_config_leans_on_nothing_but_errors_and_filetrust() -> None:
+    """The configuration is data: loading it must not pull in the rooms that use it."""
+    modules = _modules()
+    known = set(modules)
+    outside = {
+        (m, t)
+        for m in modules
+        if m.startswith("tunnelkeeper.config")
+        for t in _edges(m, known)
+        if not t.startswith("tunnelkeeper.config")
+    }
+    assert {t for _, t in outside} <= {
+        "tunnelkeeper",
+        "tunnelkeeper.errors",
+        "tunnelkeeper.filetrust",
+    }, outside
