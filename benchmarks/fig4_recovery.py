@@ -75,7 +75,7 @@ def run(quick: bool = False) -> Figure:
                     settle(env, clients, sessions=4)
                 times[client.label].append(kill_and_time(env, client.listens[0]))
                 settle(env, clients, sessions=4)
-        spare_log = clients[2].log().count("moving forwards onto the standby connection")
+        standby_moves = clients[2].log().count("moving forwards onto the standby connection")
     base = median(times["autossh"])
     table = [["client", "recovery (median)", "runs (ms)", "vs autossh"]]
     for label, values in times.items():
@@ -108,7 +108,7 @@ def run(quick: bool = False) -> Figure:
             "reconnects at once, as autossh does), defaults otherwise.",
             f"Standby costs a second authenticated session on the relay per tunnel: here one "
             f"sshd session (monitor + child) takes {relay_rss:.1f} MB RSS on the relay. The "
-            f"standby client moved its forwards onto the spare {spare_log} time(s).",
+            f"standby client moved its forwards onto the standby {standby_moves} time(s).",
         ],
     )
 

@@ -14,6 +14,7 @@ from tunnelkeeper import supervisor as supervisor_mod
 from tunnelkeeper import tunnel as tunnel_mod
 from tunnelkeeper.checks import probes
 from tunnelkeeper.forwarding import inbound as inbound_mod
+from tunnelkeeper.publisher import ServiceContext
 from tunnelkeeper.supervisor import Shutdown, Supervisor
 
 pytestmark = pytest.mark.timeout(60)
@@ -61,15 +62,15 @@ def _inject(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
 
         monkeypatch.setattr(inbound_mod.ForwardRuntime, "accept", accept)
     elif where == "standby":
-        real_spare = tunnel_mod.TunnelRuntime._keep_spare
+        real_keep_standby = tunnel_mod.TunnelRuntime._keep_standby
 
-        async def keep_spare(self: Any) -> None:
+        async def keep_standby(self: Any) -> None:
             if self.name == "one":
                 await asyncio.sleep(0.2)
                 raise RuntimeError("injected: standby")
-            await real_spare(self)
+            await real_keep_standby(self)
 
-        monkeypatch.setattr(tunnel_mod.TunnelRuntime, "_keep_spare", keep_spare)
+        monkeypatch.setattr(tunnel_mod.TunnelRuntime, "_keep_standby", keep_standby)
 
 
 @pytest.mark.parametrize("where", ["probe", "accept", "standby"])
@@ -142,7 +143,7 @@ async def test_a_service_that_fails_on_a_bug_is_restarted(
     monkeypatch.setattr(supervisor_mod, "SERVICE_RESTART", 0.1)
     runs: list[int] = []
 
-    async def flaky(sup: Supervisor) -> None:
+    async def flaky(_ctx: ServiceContext) -> None:
         runs.append(len(runs))
         if len(runs) < 3:
             raise RuntimeError("injected: service")

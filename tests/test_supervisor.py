@@ -8,50 +8,30 @@ import random
 import signal
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import tenacity
 
+from tests.support.fake_relay import (
+    FakeRelay,
+    make_config,
+    supervised,
+)
+from tests.support.polling import until
 from tunnelkeeper import config
-from tunnelkeeper.backoff import wait_tunnel
+from tunnelkeeper.backoff import TunnelBackoff
 from tunnelkeeper.cli import early
 from tunnelkeeper.errors import (
     AuthFailed,
     ConnectRefused,
     Disconnected,
-    ForwardRefused,
     HostKeyMismatch,
     TunnelError,
 )
-from tunnelkeeper.forwarding.endpoint import EndpointRuntime
+from tunnelkeeper.forwarding.endpoint import ForwarderRuntime
 from tunnelkeeper.supervisor import Shutdown, Supervisor, serve
-from tunnelkeeper.tunnel import Connector, TunnelRuntime
-
-
-def make_config(tmp_path: Path, **settings: Any) -> config.Config:
-    base: dict[str, Any] = {
-        "backoff_initial": 1.0,
-        "backoff_max": 8.0,
-        "backoff_multiplier": 2.0,
-        "stable_after": 30.0,
-        "probe_interval": 0,
-    }
-    base.update(settings)
-    raw = {
-        "supervisor": {"control_socket": str(tmp_path / "c.sock"), "shutdown_grace": 0.5},
-        "tunnel": [
-            {
-                "name": name,
-                "host": "relay.example.net",
-                "user": "t",
-                **base,
-                "forward": [{"name": "smtp", "listen": 2525 + i, "target": 25}],
-            }
-            for i, name in enumerate(("one", "two"))
-        ],
-    }
-    return config.from_dict(raw, tmp_path / "tk.toml")
+from tunnelkeeper.tunnel import TunnelRuntime
 
 
 async def _pauses(wait: Any, errors: list[Exception]) -> list[float]:
@@ -73,83 +53,46 @@ async def _pauses(wait: Any, errors: list[Exception]) -> list[float]:
 
 async def test_backoff_grows_to_max_with_jitter_and_resets_after_stable(tmp_path: Path) -> None:
     settings = make_config(tmp_path).tunnel[0]
-    wait = wait_tunnel(settings, rng=random.Random(7))
+    up_for: list[float | None] = [None]
+    wait = TunnelBackoff(settings, up_for=lambda: up_for[0], rng=random.Random(7))
     delays = await _pauses(wait, [ConnectRefused("x")] * 7)
     for delay, base in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
         assert min(base, 8.0 / 1.25) <= delay <= min(8.0, base * 1.25)
     assert len(set(delays[3:])) == 3  # still jittered at the cap: tunnels do not move in step
-    # After a stable connection the keep-loop starts a fresh AsyncRetrying: from the bottom.
-    assert 1.0 <= (await _pauses(wait, [Disconnected("x")] * 2))[0] <= 1.25
+
+    # A connection that stayed up stable_after: reconnect at once, then the curve starts over.
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        up_for[0] = None  # the next attempt fails before it connects
+
+    up_for[0] = 30.0
+    retrying = tenacity.AsyncRetrying(wait=wait, sleep=sleep, stop=tenacity.stop_after_attempt(4))
+    with pytest.raises(tenacity.RetryError):
+        async for attempt in retrying:
+            with attempt:
+                raise Disconnected("x")
+    assert pauses[0] == 0.0
+    assert 1.0 <= pauses[1] <= 1.25 and 2.0 <= pauses[2] <= 2.5, pauses
+
+
+async def test_a_ready_standby_means_no_pause(tmp_path: Path) -> None:
+    wait = TunnelBackoff(make_config(tmp_path).tunnel[0], standby_ready=lambda: True)
+    assert await _pauses(wait, [ConnectRefused("x")] * 3) == [0.0, 0.0]
 
 
 async def test_host_key_mismatch_retries_at_backoff_max(tmp_path: Path) -> None:
-    wait = wait_tunnel(make_config(tmp_path).tunnel[0])
+    wait = TunnelBackoff(make_config(tmp_path).tunnel[0])
     pauses = await _pauses(wait, [HostKeyMismatch("x")] * 4)
     assert all(8.0 / 1.25 <= p <= 8.0 for p in pauses) and len(set(pauses)) == 3
 
 
-class FakeListener:
-    def close(self) -> None:
-        pass
-
-    async def wait_closed(self) -> None:
-        pass
-
-
-class FakeConnection:
-    """Stands in for ssh.RelayConnection: up until `lose()`."""
-
-    cipher = "aes128-gcm@openssh.com"
-    host_key = "SHA256:fake"
-    relay_version = "SSH-2.0-OpenSSH_9.2p1 fake"
-
-    def __init__(self, refuse: int = 0) -> None:
-        self._lost: asyncio.Future[TunnelError] = asyncio.get_running_loop().create_future()
-        self.refuse = refuse
-
-    @property
-    def is_closing(self) -> bool:
-        return self._lost.done()
-
-    def lose(self, error: TunnelError | None = None) -> None:
-        if not self._lost.done():
-            self._lost.set_result(error or Disconnected("cut"))
-
-    async def wait_lost(self) -> TunnelError:
-        return await self._lost
-
-    async def listen(self, listen: Any, accept: Any, on_bug: Any = None) -> FakeListener:
-        if self.refuse:
-            self.refuse -= 1
-            raise ForwardRefused(f"relay refused to listen on {listen}")
-        return FakeListener()
-
-    def close(self) -> None:
-        self.lose()
-
-
-class FakeRelay:
-    """A connector whose outcomes the test scripts: a list of errors or "ok"."""
-
-    def __init__(self, outcomes: list[Any]) -> None:
-        self.outcomes = outcomes
-        self.attempts: list[tuple[str, float]] = []
-        self.live: list[FakeConnection] = []
-
-    async def __call__(self, tunnel: config.Tunnel) -> FakeConnection:
-        self.attempts.append((tunnel.name, asyncio.get_running_loop().time()))
-        outcome = self.outcomes.pop(0) if self.outcomes else "ok"
-        if isinstance(outcome, Exception):
-            raise outcome
-        conn = FakeConnection(refuse=outcome if isinstance(outcome, int) else 0)
-        self.live.append(conn)
-        return conn
-
-
-def supervised(cfg: config.Config, relay: FakeRelay, **more: Any) -> Supervisor:
-    """A Supervisor whose tunnels connect through `relay`. The cast is the one lie: a
-    FakeConnection has only the RelayConnection methods a tunnel's run uses."""
-    return Supervisor(cfg, connector=cast(Connector, relay), **more)
+def test_days_of_failures_stay_at_the_cap(tmp_path: Path) -> None:
+    wait = TunnelBackoff(make_config(tmp_path).tunnel[0])
+    state = tenacity.RetryCallState(tenacity.Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = 100_000
+    assert 8.0 / 1.25 <= wait(state) <= 8.0
 
 
 async def both_up(
@@ -163,12 +106,6 @@ async def both_up(
     task = asyncio.create_task(sup.run(shutdown))
     await until(lambda: len(relay.live) == 2)
     return cfg, relay, sup, shutdown, task
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def test_keep_loop_backs_off_then_holds_the_forwards(tmp_path: Path) -> None:
@@ -367,7 +304,7 @@ async def test_serve_acts_on_a_stop_that_came_before_it(tmp_path: Path) -> None:
 
 
 def test_a_forward_is_down_since_its_first_failure(tmp_path: Path) -> None:
-    fwd = EndpointRuntime(make_config(tmp_path).tunnel[0].forward[0])
+    fwd = ForwarderRuntime(make_config(tmp_path).tunnel[0].forward[0])
     fwd.set_state("up")
     fwd.set_state("down", "connection lost")
     assert fwd.since is not None

@@ -20,11 +20,11 @@ import stat
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from . import filetrust
 from .errors import AlreadyRunning, ControlError
+from .resources import Resource
 from .state import SupervisorStatus
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ MailWatch = Callable[[str, str, str, float], Awaitable[float | None]]
 MAX_WATCH = 600.0
 
 
-class ControlServer:
+class ControlServer(Resource):
     """Serves `get_status()` on `path` while open, and `watch` for check --mail. Use as
     `async with ControlServer(...)`."""
 
@@ -54,19 +54,6 @@ class ControlServer:
         self._watch = watch
         self._server: asyncio.base_events.Server | None = None
         self._lock_fd: int | None = None
-
-    async def __aenter__(self) -> ControlServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        await self.wait_closed()
 
     async def start(self) -> None:
         """Take the lock and listen. Raises AlreadyRunning, ControlError on a bad path, or

@@ -28,7 +28,8 @@ import dns.rdatatype
 import dns.rrset
 
 from . import config, services, ssh
-from .supervisor import Service, Supervisor
+from .publisher import Service, ServiceContext
+from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +224,8 @@ def _throwaway_keys(folder: Path) -> tuple[ssh.NewKey, ssh.NewKey]:
 def _sender(stats: MailStats) -> Service:
     """Plays the relay's sendmail: hands a message to the tunnel port every MAIL_EVERY s."""
 
-    async def send(supervisor: Supervisor) -> None:
-        forward = supervisor.config.tunnel[0].forward[0]
+    async def send(ctx: ServiceContext) -> None:
+        forward = ctx.config().tunnel[0].forward[0]
         for number in itertools.count(1):
             await asyncio.sleep(MAIL_EVERY)
             started = time.monotonic()
@@ -268,7 +269,7 @@ def _chaos(relay: ssh.EmbeddedRelay, dns_service: DnsService) -> Service:
     """Cuts every relay connection now and then, so the dashboard shows recovery; now and
     then the name server fails instead, so it shows a failing probe on a tunnel that is up."""
 
-    async def cut(supervisor: Supervisor) -> None:
+    async def cut(_ctx: ServiceContext) -> None:
         while True:
             for _ in range(CUTS_PER_ROUND):
                 await asyncio.sleep(CHAOS_EVERY)

@@ -15,13 +15,8 @@ import os
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import ConfigError
-
-if TYPE_CHECKING:  # config imports this module to check the file it loads
-    from .config import Config
-
 
 STRICT_MODES_ENV = "TUNNELKEEPER_STRICT_MODES"
 _OFF = ("no", "false", "off", "0")
@@ -83,46 +78,6 @@ def check_file(
         raise ConfigError(f"{what} {fault}; {_fix(path, st)} {_HINT}", path=str(path))
     for folder in _folders(path):
         _check_folder(folder, f"the folder holding the {what}", path)
-
-
-def check_tunnel_files(config: Config, env: Mapping[str, str] | None = None) -> None:
-    """`check_file` for every file a tunnel reads: keys, known_hosts, certificates, secrets.
-
-    Raises ConfigError naming the first file or folder at fault.
-    """
-    check_credential_names(config, env)
-    for tunnel in config.tunnel:
-        check_file(tunnel.identity, "private key", secret=True, env=env)
-        check_file(Path(f"{tunnel.identity}.pub"), "public key", env=env)
-        check_file(tunnel.known_hosts, "known_hosts file", env=env)
-        # Settings that not every version of the config has: checked when present.
-        for name, what, secret in _OPTIONAL_FILES:
-            value = getattr(tunnel, name, None)
-            if isinstance(value, Path):
-                if is_credential_name(value):  # a systemd credential: look where it is
-                    value = secret_path(value, name, env)
-                check_file(value, what, secret=secret, env=env)
-
-
-def check_credential_names(config: Config, env: Mapping[str, str] | None = None) -> None:
-    """A secret given as a bare name is a systemd credential: refused, naming the config
-    file and the key, when $CREDENTIALS_DIRECTORY is not set."""
-    for index, tunnel in enumerate(config.tunnel):
-        for name, _what, _secret in _OPTIONAL_FILES:
-            value = getattr(tunnel, name, None)
-            if isinstance(value, Path) and is_credential_name(value):
-                try:
-                    secret_path(value, name, env)
-                except ConfigError as exc:
-                    key = f"tunnel[{index}].{name}"
-                    raise ConfigError(exc.detail, path=str(config.path), key=key) from None
-
-
-_OPTIONAL_FILES = (
-    ("certificate", "certificate", False),
-    ("passphrase_file", "passphrase file", True),
-    ("proxy_auth_file", "proxy-auth file", True),
-)
 
 
 def check_private_folder(folder: Path, what: str, env: Mapping[str, str] | None = None) -> None:

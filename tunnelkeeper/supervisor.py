@@ -4,33 +4,37 @@ SIGHUP, and a graceful stop (close the relay listeners, drain, exit) on SIGTERM/
     Supervisor.run(shutdown, reload)
       ├── ControlServer             `status` (the published snapshot), `check --mail` watches
       └── TaskGroup
-          ├── _keep(tunnel) x N     tenacity.AsyncRetrying over run_once(), wait_tunnel pauses
-          ├── _publish()            a fresh frozen SupervisorStatus every PUBLISH_PERIOD
+          ├── _keep(tunnel) x N     tenacity.AsyncRetrying over run_once(), TunnelBackoff pauses
           ├── _reloads(reload)      SIGHUP: re-read the file, apply one change at a time
+          ├── _publish()            a fresh frozen SupervisorStatus every PUBLISH_PERIOD
           ├── _service(s) x M       sd_notify, metrics, alerts, history, dashboard: readers
           └── (body)                waits for shutdown, drains, cancels the rest
 
+The file reads in that order: run, keep, reload, stop, then what readers get.
+
 Nothing a relay, a target or a bug in one task does ends the process: a keep-loop turns any
-exception into that tunnel's next backoff, and a service that fails on a bug is restarted.
-Only a clean stop, or a service that cannot start at all (a metrics port in use), ends run.
+tunnelkeeper error into that tunnel's next backoff, and a service that fails on a bug is
+restarted. Only a clean stop, or a service that cannot start at all (a metrics port in use),
+ends run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 import tenacity
 
-from .backoff import wait_tunnel
+from .backoff import TunnelBackoff
+from .checks import mailtest
 from .config import Config, Tunnel, load
 from .control import ControlServer
 from .errors import ConfigError, ServiceCannotStart, TunnelkeeperError
+from .forwarding.splice import ForwardTraffic
+from .publisher import Publisher, Service, ServiceContext
 from .state import SupervisorStatus, utcnow
 from .tunnel import Connector, TunnelRuntime
 
@@ -38,7 +42,6 @@ log = logging.getLogger(__name__)
 
 PUBLISH_PERIOD = 0.5  # the dashboard refreshes twice a second; more is idle CPU for nothing
 SERVICE_RESTART = 5.0  # seconds before a service that failed on a bug runs again
-Service = Callable[["Supervisor"], Coroutine[Any, Any, None]]
 
 
 class Shutdown:
@@ -75,41 +78,17 @@ class Supervisor:
         self._changing: asyncio.Task[None] | None = None  # the reload being applied
         self._stopping = False
         self.internal_errors = 0  # bugs in services and helpers (tunnels count their own)
-        # Services that add what only they know to every snapshot (history: availability_24h).
-        self.amend: list[Callable[[SupervisorStatus], SupervisorStatus]] = []
-        self._published = self.snapshot()
+        self.publisher = Publisher(self.snapshot)
         self.ready = asyncio.Event()  # every tunnel had its first attempt (sd_notify READY=1)
-
-    # -- readers -----------------------------------------------------------------------------
-
-    def snapshot(self) -> SupervisorStatus:
-        """A fresh frozen status, taken now: what `_publish` hands to `published()` readers.
-        Call from the event loop's thread only."""
-        status = SupervisorStatus(
+        self._context = ServiceContext(
+            published=self.published,
+            ready=self.ready,
+            config=lambda: self.config,
             pid=self.pid,
-            started=self.started,
-            config=str(self.config.path),
-            tunnels=tuple(t.snapshot() for t in self._tunnels.values()),
-            internal_errors=self.internal_errors,
+            amending=self.publisher.amending,
         )
-        for amend in self.amend:
-            status = amend(status)
-        return status
 
-    def published(self) -> SupervisorStatus:
-        """The last published status: what every reader gets (control socket, dashboard,
-        sd_notify, metrics, alerts, history); safe from any thread. At most PUBLISH_PERIOD
-        old."""
-        return self._published
-
-    async def _mark_ready(self) -> None:
-        for tunnel in list(self._tunnels.values()):
-            await tunnel.attempted.wait()
-        self._published = self.snapshot()  # READY=1's STATUS= says how the attempts ended
-        self.ready.set()
-        log.info("every tunnel had its first attempt: %s", self._published.summary())
-
-    # -- life --------------------------------------------------------------------------------
+    # -- run ---------------------------------------------------------------------------------
 
     async def run(self, shutdown: Shutdown, reload: asyncio.Event | None = None) -> None:
         """Run until `shutdown` is requested, then stop gracefully.
@@ -126,7 +105,8 @@ class Supervisor:
             raise first from group
 
     async def _run(self, shutdown: Shutdown, reload: asyncio.Event | None) -> None:
-        async with ControlServer(self.config.control_socket, self.published, self.watch_mail):
+        watch = mailtest.watcher(self._traffic_of)
+        async with ControlServer(self.config.control_socket, self.published, watch):
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 for cfg in self.config.tunnel:
@@ -156,27 +136,84 @@ class Supervisor:
             self._tg = None
         log.info("supervisor stopped")
 
-    async def watch_mail(
-        self, tunnel: str, forward: str, token: str, timeout: float
-    ) -> float | None:
-        """check --mail: seconds until `token` passed the forward (None: not within
-        `timeout`). Raises LookupError for a tunnel or forward this supervisor has not."""
-        runtime = self._tunnels.get(tunnel)
-        fwd = (
-            next((f for f in runtime.forwards if f.cfg.name == forward), None) if runtime else None
+    # -- keep --------------------------------------------------------------------------------
+
+    def _start(self, cfg: Tunnel) -> None:
+        assert self._tg is not None
+        if self._stopping:
+            return
+        old = self._tasks.get(cfg.name)
+        if old is not None and not old.done():  # cannot happen: say so, and keep just one
+            self._bug(f"starting tunnel {cfg.name}", RuntimeError("a second keep-loop"))
+            old.cancel()
+        tunnel = (
+            TunnelRuntime(cfg) if self._connector is None else TunnelRuntime(cfg, self._connector)
         )
-        if fwd is None:
-            raise LookupError(f"no forward {tunnel}/{forward} here")
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        future = fwd.counters.watch(token.encode("ascii", "replace"))
-        try:
-            async with asyncio.timeout(timeout):
-                return await future - started
-        except TimeoutError:
-            return None
-        finally:
-            future.cancel()
+        self._tunnels[cfg.name] = tunnel
+        self._tasks[cfg.name] = self._tg.create_task(self._keep(tunnel), name=cfg.name)
+
+    async def _keep(self, tunnel: TunnelRuntime) -> None:
+        """Keep one tunnel up for as long as it is configured: run a connection, back off by
+        TunnelBackoff's rules, run the next. run_once raises only tunnelkeeper errors (a bug
+        comes as InternalError); anything else is not retried and ends run, loudly."""
+        backoff = TunnelBackoff(
+            tunnel.cfg,
+            up_for=lambda: tunnel.up_for,
+            standby_ready=lambda: tunnel.standby_ready,
+        )
+
+        def backing_off(retry_state: tenacity.RetryCallState) -> None:
+            self._backing_off(tunnel, backoff, retry_state)
+
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(TunnelkeeperError),
+            wait=backoff,
+            before_sleep=backing_off,
+        )
+        await retrying(tunnel.run_once)
+
+    def _backing_off(
+        self, tunnel: TunnelRuntime, backoff: TunnelBackoff, retry_state: tenacity.RetryCallState
+    ) -> None:
+        delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        tunnel.retrying_in(delay)
+        kind = getattr(error, "error_kind", None)
+        if backoff.restarted(retry_state):
+            log.info(
+                "tunnel %s: %s [%s]; retrying now (it had been up %.0fs)",
+                tunnel.name,
+                error,
+                kind,
+                tunnel.up_for or 0.0,
+            )
+            return
+        log.log(
+            logging.WARNING if delay else logging.INFO,
+            "tunnel %s: %s [%s]; %s",
+            tunnel.name,
+            error,
+            kind,
+            f"retry #{backoff.retry_number(retry_state)} in {delay:.1f}s"
+            if delay
+            else "retrying now",
+        )
+
+    # -- reload ------------------------------------------------------------------------------
+
+    async def _reloads(self, reload: asyncio.Event) -> None:
+        while True:
+            await reload.wait()
+            reload.clear()
+            try:
+                new = load(self.config.path)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running configuration: %s", exc)
+                continue
+            try:
+                self.reload(new)
+            except Exception as exc:
+                self._bug("reload", exc)
 
     def reload(self, new: Config) -> None:
         """Apply a re-read configuration: restart only tunnels whose settings changed."""
@@ -223,19 +260,7 @@ class Supervisor:
         for cfg in start:
             self._start(cfg)
 
-    def _start(self, cfg: Tunnel) -> None:
-        assert self._tg is not None
-        if self._stopping:
-            return
-        old = self._tasks.get(cfg.name)
-        if old is not None and not old.done():  # cannot happen: say so, and keep just one
-            self._bug(f"starting tunnel {cfg.name}", RuntimeError("a second keep-loop"))
-            old.cancel()
-        tunnel = (
-            TunnelRuntime(cfg) if self._connector is None else TunnelRuntime(cfg, self._connector)
-        )
-        self._tunnels[cfg.name] = tunnel
-        self._tasks[cfg.name] = self._tg.create_task(self._keep(tunnel), name=cfg.name)
+    # -- stop --------------------------------------------------------------------------------
 
     async def _stop_tunnels(self, names: list[str], forced: asyncio.Event) -> None:
         """Drain the named tunnels together (until grace ends or `forced`), then end them.
@@ -255,60 +280,52 @@ class Supervisor:
             if name in self._tunnels:
                 self._tunnels.pop(name).close()
 
-    async def _keep(self, tunnel: TunnelRuntime) -> None:
-        """Keep one tunnel up forever: run a connection, back off, run the next."""
-        wait = wait_tunnel(tunnel.cfg, lambda: tunnel.spare_ready)
-        while True:
-            # A fresh AsyncRetrying after every stable connection: the curve starts over.
-            retrying = tenacity.AsyncRetrying(
-                wait=wait,
-                retry=tenacity.retry_if_exception(
-                    lambda exc: isinstance(exc, TunnelkeeperError) and not tunnel.was_stable()
-                ),
-                before_sleep=functools.partial(self._backing_off, tunnel),
-                reraise=True,
-            )
-            try:
-                async for attempt in retrying:
-                    with attempt:
-                        await tunnel.run_once()
-            except TunnelkeeperError as exc:
-                tunnel.retrying_in(0.0)
-                log.info(
-                    "tunnel %s: %s [%s]; retrying now (it had been up %.0fs)",
-                    tunnel.name,
-                    exc,
-                    exc.error_kind,
-                    tunnel.up_for or 0.0,
-                )
+    # -- what readers get --------------------------------------------------------------------
 
-    def _backing_off(self, tunnel: TunnelRuntime, retry_state: tenacity.RetryCallState) -> None:
-        delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
-        error = retry_state.outcome.exception() if retry_state.outcome else None
-        tunnel.retrying_in(delay)
-        log.log(
-            logging.WARNING if delay else logging.INFO,
-            "tunnel %s: %s [%s]; %s",
-            tunnel.name,
-            error,
-            getattr(error, "error_kind", None),
-            f"retry #{retry_state.attempt_number} in {delay:.1f}s" if delay else "retrying now",
+    def snapshot(self) -> SupervisorStatus:
+        """A fresh frozen status, taken now, before the publisher's amendments: what `_publish`
+        hands to `published()` readers. Call from the event loop's thread only."""
+        return SupervisorStatus(
+            pid=self.pid,
+            started=self.started,
+            config=str(self.config.path),
+            tunnels=tuple(t.snapshot() for t in self._tunnels.values()),
+            internal_errors=self.internal_errors,
         )
+
+    def published(self) -> SupervisorStatus:
+        """The last published status: what every reader gets (control socket, dashboard,
+        sd_notify, metrics, alerts, history); safe from any thread. At most PUBLISH_PERIOD
+        old."""
+        return self.publisher.latest()
+
+    def _traffic_of(self, tunnel: str, forward: str) -> ForwardTraffic | None:
+        """The one live reading readers may ask for: check --mail's token watch."""
+        runtime = self._tunnels.get(tunnel)
+        found = (f for f in runtime.forwards if f.cfg.name == forward) if runtime else ()
+        return next((f.traffic for f in found), None)
 
     async def _publish(self) -> None:
         while True:
             try:
-                self._published = self.snapshot()
+                self.publisher.publish()
             except Exception as exc:  # readers keep the last good one
                 self._bug("publishing the status", exc)
             await asyncio.sleep(PUBLISH_PERIOD)
+
+    async def _mark_ready(self) -> None:
+        for tunnel in list(self._tunnels.values()):
+            await tunnel.attempted.wait()
+        status = self.publisher.publish()  # READY=1's STATUS= says how the attempts ended
+        self.ready.set()
+        log.info("every tunnel had its first attempt: %s", status.summary())
 
     async def _service(self, service: Service) -> None:
         """Run a service; one that fails is logged, counted and started again. One that cannot
         start at all (a metrics port in use, its package missing) ends run."""
         while True:
             try:
-                await service(self)
+                await service(self._context)
                 return
             except (ServiceCannotStart, ConfigError):
                 raise
@@ -319,20 +336,6 @@ class Supervisor:
     def _bug(self, what: str, exc: Exception) -> None:
         self.internal_errors += 1
         log.error("internal error in %s (a bug; it carries on): %s", what, exc, exc_info=exc)
-
-    async def _reloads(self, reload: asyncio.Event) -> None:
-        while True:
-            await reload.wait()
-            reload.clear()
-            try:
-                new = load(self.config.path)
-            except ConfigError as exc:
-                log.error("reload refused, keeping the running configuration: %s", exc)
-                continue
-            try:
-                self.reload(new)
-            except Exception as exc:
-                self._bug("reload", exc)
 
 
 async def serve(

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 Connector = Callable[[config.Tunnel], Awaitable[ssh.RelayConnection]]
 PROBE_START_DELAY = 0.5  # let the relay settle a fresh listener before the first probe
-SPARE_RETRY = 5.0
+STANDBY_RETRY = 5.0
 QUICK_RETRY = 0.05  # first retry of a refused listen; doubles up to forward_retry
 
 
@@ -49,24 +49,25 @@ class TunnelRuntime:
         self.up_for: float | None = None  # seconds the last connection was up (None: never)
         self.relay_version: str | None = None
         self.internal_errors = 0
-        self.attempted = asyncio.Event()  # set by _settle: the first attempt had its outcome
-        self._spare: ssh.RelayConnection | None = None
-        self._spare_state: StandbyState = "off"
+        self.attempted = asyncio.Event()  # set by _set_state: the first attempt had its outcome
+        self._standby: ssh.RelayConnection | None = None
+        self._standby_state: StandbyState = "off"
         self._draining = False
-        self._ended: asyncio.Future[TunnelkeeperError] | None = None  # a task ended the connection
+        # Why a task of ours ended the live connection (None: no connection up).
+        self._end_reason: asyncio.Future[TunnelkeeperError] | None = None
 
     @property
     def name(self) -> str:
         return self.cfg.name
 
     @property
-    def endpoints(self) -> list[ForwardRuntime | LocalRuntime]:
+    def forwarders(self) -> list[ForwardRuntime | LocalRuntime]:
         """The forwards, then the locals."""
         return [*self.forwards, *self.locals]
 
     @property
-    def spare_ready(self) -> bool:
-        return self._spare is not None and not self._spare.is_closing
+    def standby_ready(self) -> bool:
+        return self._standby is not None and not self._standby.is_closing
 
     def snapshot(self) -> TunnelStatus:
         return TunnelStatus(
@@ -79,8 +80,8 @@ class TunnelRuntime:
             error_kind=self.error_kind,
             last_error=self.last_error,
             cipher=self.cipher,
-            standby="ready" if self.spare_ready else self._spare_state,
-            forwards=tuple(f.snapshot() for f in self.endpoints),
+            standby="ready" if self.standby_ready else self._standby_state,
+            forwards=tuple(f.snapshot() for f in self.forwarders),
             relay_version=self.relay_version,
             internal_errors=self.internal_errors,
         )
@@ -99,12 +100,13 @@ class TunnelRuntime:
         )
         error = InternalError(f"internal error in {what}: {type(exc).__name__}: {exc}")
         error.__cause__ = exc
-        self._end(error)
+        self._end_connection(error)
         return error
 
-    def _end(self, error: TunnelkeeperError) -> None:
-        if self._ended is not None and not self._ended.done():
-            self._ended.set_result(error)
+    def _end_connection(self, error: TunnelkeeperError) -> None:
+        """End the live connection from inside, saying why (the first reason wins)."""
+        if self._end_reason is not None and not self._end_reason.done():
+            self._end_reason.set_result(error)
 
     async def _task(self, what: str, body: Coroutine[Any, Any, None]) -> None:
         """Run one of the connection's tasks. A TunnelError means the connection is failing
@@ -112,19 +114,16 @@ class TunnelRuntime:
         try:
             await body
         except TunnelError as exc:
-            self._end(exc)
+            self._end_connection(exc)
         except TunnelkeeperError as exc:
             self.report_bug(what, exc)  # our tasks handle their own errors: this one escaped
         except Exception as exc:
             self.report_bug(what, exc)
 
     def retrying_in(self, delay: float) -> None:
-        """The keep-loop's one word to the tunnel: when the next attempt starts."""
+        """The keep-loop's one word to the tunnel: when the next attempt starts (shown in
+        the status; the rules that chose `delay` are backoff.py's)."""
         self.next_retry_at = datetime.now(UTC) + timedelta(seconds=delay)
-
-    def was_stable(self) -> bool:
-        """The connection that just ended had been up at least stable_after."""
-        return self.up_for is not None and self.up_for >= self.cfg.stable_after
 
     async def run_once(self) -> None:
         """Connect (or take the ready standby), hold every forward until the connection ends,
@@ -138,24 +137,25 @@ class TunnelRuntime:
         try:
             await self._run_once()
         except TunnelkeeperError as exc:
-            self._ended_with(exc)
+            self._record_end(exc)
             raise
         except Exception as exc:  # a bug in the tunnel itself: restart it, never die
             error = self.report_bug("the connection's life", exc)
-            self._ended_with(error)
+            self._record_end(error)
             raise error from exc
-        raise self._ended_with(InternalError("run_once returned without an error"))
+        raise self._record_end(InternalError("run_once returned without an error"))
 
-    def _ended_with(self, error: TunnelkeeperError) -> TunnelkeeperError:
+    def _record_end(self, error: TunnelkeeperError) -> TunnelkeeperError:
+        """The connection (or the attempt) is over: keep why and how long it was up."""
         loop = asyncio.get_running_loop()
         self.up_for = None if self.connected_at is None else loop.time() - self.connected_at
         self.error_kind, self.last_error = error.error_kind, str(error)
         if isinstance(error, TunnelError) and error.relay_version is not None:
             self.relay_version = error.relay_version  # it said who it is, then failed: kept
-        self._settle("backoff")
+        self._set_state("backoff")
         return error
 
-    def _settle(self, state: TunnelState) -> None:
+    def _set_state(self, state: TunnelState) -> None:
         """Out of `connecting`, to up, backoff or stopped: an attempt has had its outcome.
         A draining tunnel stays `stopped`, whatever its last connection does."""
         if self.state == "up" and state != "up":
@@ -167,13 +167,12 @@ class TunnelRuntime:
         self.state, self.next_retry_at, self.connected_at = "connecting", None, None
         for fwd in self.forwards:
             fwd.set_state("pending")
-        conn = self._take_spare()
+        conn = self._take_standby()
         if conn is None:
             try:
                 conn = await self._connect(self.cfg)
             except TunnelkeeperError:
-                for fwd in self.forwards:
-                    fwd.set_state("down", fwd.error)
+                self._forwards_down()
                 raise
         else:
             log.info("tunnel %s: moving forwards onto the standby connection", self.name)
@@ -181,7 +180,7 @@ class TunnelRuntime:
         self.connected_at = asyncio.get_running_loop().time()
         self.cipher, self.relay_version = conn.cipher, conn.relay_version
         self.error_kind = self.last_error = None
-        self._settle("up")
+        self._set_state("up")
         self.since = utcnow()
         log.info(
             "tunnel %s: connected to %s (%s), host key %s verified, cipher %s",
@@ -191,9 +190,9 @@ class TunnelRuntime:
             conn.host_key,
             conn.cipher,
         )
-        self._ended = asyncio.get_running_loop().create_future()
+        self._end_reason = asyncio.get_running_loop().create_future()
         for fwd in self.forwards:
-            fwd.counters.on_bug = functools.partial(self.report_bug, f"forward {fwd.cfg.name}")
+            fwd.traffic.on_bug = functools.partial(self.report_bug, f"forward {fwd.cfg.name}")
         tasks = [
             self._spawn(f"forward {f.cfg.name}", self._hold_forward(conn, f)) for f in self.forwards
         ]
@@ -204,25 +203,23 @@ class TunnelRuntime:
         if self.cfg.probe_interval > 0:
             tasks += [
                 self._spawn(f"probe {f.cfg.name}", self._probe_loop(conn, f))
-                for f in self.endpoints
+                for f in self.forwarders
             ]
         if self.cfg.standby:
-            tasks.append(self._spawn("standby", self._keep_spare()))
+            tasks.append(self._spawn("standby", self._keep_standby()))
         lost: asyncio.Future[TunnelkeeperError] = asyncio.ensure_future(conn.wait_lost())
-        ended = self._ended
+        ended = self._end_reason  # kept: the finally clears the attribute
         try:
             await asyncio.wait([lost, ended], return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for fwd in self.forwards:
-                fwd.listener = None
-                fwd.set_state("down", fwd.error)
+            self._forwards_down()  # their listeners close with the connection
             for local in self.locals:
                 local.close()
             conn.close()
-            self._ended = None
+            self._end_reason = None
             if not lost.done():
                 lost.cancel()
         bug = ended.done() and isinstance(ended.result(), InternalError)
@@ -240,18 +237,17 @@ class TunnelRuntime:
         (less if `forced` is set) before those left are closed. Cancelled, it closes nothing:
         the stop that cancelled it drains the tunnel itself."""
         self._draining = True
-        self._settle("stopped")
+        self._set_state("stopped")
         for fwd in self.forwards:
             if fwd.listener is not None:
                 fwd.listener.close()
-                fwd.listener = None
-            fwd.set_state("down", "stopping")
-        if active := sum(f.counters.active for f in self.forwards):
+        self._forwards_down("stopping")
+        if active := sum(f.traffic.active for f in self.forwards):
             log.info(
                 "tunnel %s: draining %d open connection(s), up to %gs", self.name, active, grace
             )
             idle: asyncio.Future[Any] = asyncio.gather(
-                *(f.counters.idle.wait() for f in self.forwards)
+                *(f.traffic.idle.wait() for f in self.forwards)
             )
             force: asyncio.Future[Any] = asyncio.ensure_future(forced.wait())
             try:
@@ -261,20 +257,25 @@ class TunnelRuntime:
             finally:
                 idle.cancel()
                 force.cancel()
-        if left := sum(f.counters.active for f in self.forwards):
+        if left := sum(f.traffic.active for f in self.forwards):
             why = "stop forced" if forced.is_set() else f"grace of {grace:g}s over"
             log.warning("tunnel %s: %s: closing %d open connection(s) now", self.name, why, left)
         for fwd in self.forwards:
-            fwd.counters.abort_all()
+            fwd.traffic.abort_all()
 
     def close(self) -> None:
         """Drop the standby connection (the live one closes with `run_once`)."""
-        if self._spare is not None:
-            self._spare.close()
-            self._spare = None
-        self._settle("stopped")  # stopped before a first attempt: READY=1 must not wait for it
+        if self._standby is not None:
+            self._standby.close()
+            self._standby = None
+        self._set_state("stopped")  # stopped before a first attempt: READY=1 must not wait for it
+        self._forwards_down()
+
+    def _forwards_down(self, error: str | None = None) -> None:
+        """Every forward down, with `error` or else its own last one; listeners let go of."""
         for fwd in self.forwards:
-            fwd.set_state("down", fwd.error)
+            fwd.listener = None
+            fwd.set_state("down", fwd.error if error is None else error)
 
     # -- forwards ----------------------------------------------------------------------------
 
@@ -379,25 +380,25 @@ class TunnelRuntime:
 
     # -- standby -----------------------------------------------------------------------------
 
-    def _take_spare(self) -> ssh.RelayConnection | None:
-        spare, self._spare = self._spare, None
-        if spare is not None and spare.is_closing:
+    def _take_standby(self) -> ssh.RelayConnection | None:
+        standby, self._standby = self._standby, None
+        if standby is not None and standby.is_closing:
             return None
-        return spare
+        return standby
 
-    async def _keep_spare(self) -> None:
+    async def _keep_standby(self) -> None:
         """Hold a second authenticated connection, ready to take the forwards over."""
         while True:
-            if not self.spare_ready:
-                self._spare_state = "connecting"
+            if not self.standby_ready:
+                self._standby_state = "connecting"
                 try:
-                    self._spare = await self._connect(self.cfg)
+                    self._standby = await self._connect(self.cfg)
                 except TunnelkeeperError as exc:
                     log.warning("tunnel %s: standby connection failed: %s", self.name, exc)
-                    await asyncio.sleep(SPARE_RETRY)
+                    await asyncio.sleep(STANDBY_RETRY)
                     continue
                 log.info("tunnel %s: standby connection ready", self.name)
-            assert self._spare is not None
-            reason = await self._spare.wait_lost()
+            assert self._standby is not None
+            reason = await self._standby.wait_lost()
             log.warning("tunnel %s: standby connection lost: %s", self.name, reason)
-            self._spare = None
+            self._standby = None

@@ -7,13 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.control import write_config
+from tests.support.polling import until_blocking
 
 REPO = Path(__file__).parents[2]
 
@@ -34,14 +34,19 @@ class Tmux:
         return self("capture-pane", "-p", "-t", "watch")
 
     def wait_for(self, text: str, within: float = 15.0) -> str:
-        deadline = time.monotonic() + within
-        screen = ""
-        while time.monotonic() < deadline:
-            screen = self.screen()
-            if text in " ".join(screen.split()):  # rich wraps long lines itself
-                return screen
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} not on screen within {within} s:\n{screen}")
+        return self.wait_until(lambda screen: text in " ".join(screen.split()), within, repr(text))
+
+    def wait_until(self, good: Callable[[str], bool], within: float, what: str) -> str:
+        """The screen once `good` holds for it (rich wraps long lines itself)."""
+        screens = [""]
+
+        def shown() -> str:
+            screens.append(self.screen())
+            return screens[-1] if good(screens[-1]) else ""
+
+        return until_blocking(
+            shown, within, lambda: f"{what} on screen; it shows:\n{screens[-1]}", interval=0.1
+        )
 
     def kill(self) -> None:
         subprocess.run([*self.base, "kill-server"], capture_output=True, timeout=10, check=False)

@@ -13,6 +13,7 @@ import pytest
 from tests.support.sshd import keygen
 from tunnelkeeper import config, filetrust
 from tunnelkeeper.cli import main
+from tunnelkeeper.config import vetting
 from tunnelkeeper.control import ControlServer
 from tunnelkeeper.errors import ConfigError, ControlError
 from tunnelkeeper.state import SupervisorStatus
@@ -63,7 +64,7 @@ def setup(fdir: Path) -> Iterator[Path]:
 
 def test_files_as_they_should_be_pass(setup: Path) -> None:
     cfg = config.load(setup)
-    filetrust.check_tunnel_files(cfg)
+    vetting.check_tunnel_files(cfg)
     filetrust.check_private_folder(cfg.control_socket.parent, "control socket folder")
 
 
@@ -144,7 +145,7 @@ def test_key_files_others_may_write_are_refused(
     path = setup.parent / target
     path.chmod(stat.S_IMODE(path.stat().st_mode) | 0o020)
     with pytest.raises(ConfigError, match=words) as info:
-        filetrust.check_tunnel_files(config.load(setup))
+        vetting.check_tunnel_files(config.load(setup))
     assert str(path) in str(info.value)
     assert main(["check", "-c", str(setup)]) == 2
     assert str(path) in capsys.readouterr().err
@@ -154,7 +155,7 @@ def test_key_of_another_user_is_refused(setup: Path) -> None:
     need_root()
     os.chown(setup.parent / "keys" / "id_rsa", NOBODY, -1)
     with pytest.raises(ConfigError, match=f"private key belongs to uid {NOBODY}"):
-        filetrust.check_tunnel_files(config.load(setup))
+        vetting.check_tunnel_files(config.load(setup))
 
 
 def test_generators_refuse_it_too(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -172,11 +173,11 @@ def test_strict_modes_no_is_the_named_way_out(
     (setup.parent / "keys").chmod(0o770)
     monkeypatch.setenv(filetrust.STRICT_MODES_ENV, "no")
     cfg = config.load(setup)
-    filetrust.check_tunnel_files(cfg)
+    vetting.check_tunnel_files(cfg)
     key = setup.parent / "keys" / "id_rsa"
     key.chmod(0o640)
     with pytest.raises(ConfigError, match="chmod 600"):
-        filetrust.check_tunnel_files(cfg)
+        vetting.check_tunnel_files(cfg)
     key.chmod(0o600)
     main(["check", "-c", str(setup)])
     assert f"{filetrust.STRICT_MODES_ENV}=no" in capsys.readouterr().err

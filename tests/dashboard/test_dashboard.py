@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from tests.support.polling import until, until_blocking
 from tests.support.snapshots import NOW, SNAPSHOTS, mixed
 from tunnelkeeper.dashboard import (
     Dashboard,
@@ -195,10 +196,7 @@ def test_live_dashboard_redraws_from_snapshots() -> None:
         return mixed()
 
     with LiveDashboard(get_status, console=console, refresh_per_second=20):
-        deadline = time.monotonic() + 3
-        while len(calls) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-    assert len(calls) >= 3
+        until_blocking(lambda: len(calls) >= 3, 3, "three refreshes", interval=0.02)
     assert "DEGRADED" in out.getvalue() and "relay2" in out.getvalue()
 
 
@@ -212,11 +210,10 @@ async def test_show_takes_snapshots_on_the_event_loop() -> None:
         return mixed()
 
     task = asyncio.create_task(show(get_status, console=console, refresh_per_second=20))
-    await asyncio.sleep(0.3)
+    await until(lambda: len(threads) >= 3, 5, "three snapshots taken")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert len(threads) >= 3
     assert set(threads) == {threading.current_thread()}  # never rich's refresh thread
     assert "DEGRADED" in out.getvalue()
 

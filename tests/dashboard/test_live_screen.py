@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -75,14 +74,7 @@ def test_the_live_screen_shows_the_pictures(demo_screen: Tmux) -> None:
 
 
 def wait_until(server: Tmux, good: Callable[[str], bool], within: float) -> str:
-    deadline = time.monotonic() + within
-    screen = ""
-    while time.monotonic() < deadline:
-        screen = server.screen()
-        if good(screen):
-            return screen
-        time.sleep(0.5)
-    raise AssertionError(f"not on screen within {within} s:\n{screen}")
+    return server.wait_until(good, within, getattr(good, "__name__", "the picture"))
 
 
 def dns_degraded(screen: str) -> bool:

@@ -11,7 +11,10 @@ from typing import Any
 import pytest
 
 from tests.support.embedded import World, forward, wait_for
+from tunnelkeeper.errors import ForwardFull
 from tunnelkeeper.forwarding import limits
+from tunnelkeeper.forwarding.admission import Admission
+from tunnelkeeper.forwarding.splice import ForwardTraffic
 from tunnelkeeper.supervisor import Shutdown, Supervisor
 
 pytestmark = pytest.mark.timeout(60)
@@ -80,3 +83,29 @@ def test_descriptor_budget_keeps_a_reserve() -> None:
     raised, _ = limits.raise_nofile()
     assert raised >= soft and (hard == resource.RLIM_INFINITY or raised <= hard)
     assert limits.BUDGET.limit is not None and limits.BUDGET.limit < raised
+
+
+def test_a_refusal_names_its_real_cause_for_forwards_and_locals(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both directions share one door: the descriptor reserve is blamed when it refused, not
+    max_connections, and a burst is one warning plus one line when it ends."""
+    caplog.set_level(logging.INFO, logger="tunnelkeeper")
+    monkeypatch.setattr(limits.BUDGET, "limit", 0)
+    traffic = ForwardTraffic()
+    door = Admission("local out", max_connections=10)
+    for _ in range(3):
+        with pytest.raises(ForwardFull, match="local out: the process is short of file desc"):
+            door.admit(traffic)
+    monkeypatch.setattr(limits.BUDGET, "limit", None)
+    door.admit(traffic)
+    traffic.active = 10
+    with pytest.raises(ForwardFull, match=r"10 connections open \(max_connections = 10\)"):
+        door.admit(traffic)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "local out: refusing new connections: the process is short of file descriptors",
+        "local out: accepting again after refusing 3 connection(s)",
+        "local out: refusing new connections: 10 connections open (max_connections = 10)",
+    ]
+    assert traffic.refused == 4

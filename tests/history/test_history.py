@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.polling import until_blocking
 from tests.support.snapshots import DNS_OK, NOW, RELAY1_UP, SMTP_OK, STARTED, with_probe
 from tunnelkeeper.cli import main
 from tunnelkeeper.history import report as history_report
@@ -322,9 +323,7 @@ def test_a_reader_never_blocks_the_writer(tmp_path: Path) -> None:
     before = reader.execute("SELECT count(*) FROM events").fetchone()[0]
     for i in range(50):
         writer.record(Event(T0 + i, "tunnel", "relay1", state="up"))
-    deadline = time.monotonic() + 5
-    while writer.written < 50 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    until_blocking(lambda: writer.written >= 50, 5, "50 events committed", interval=0.01)
     assert writer.written == 50  # committed while the reader holds its snapshot open
     assert reader.execute("SELECT count(*) FROM events").fetchone()[0] == before
     reader.execute("COMMIT")

@@ -10,13 +10,15 @@ from typing import Any
 
 import pytest
 
-from tests.test_supervisor import FakeRelay, supervised, until
+from tests.support.fake_relay import FakeRelay, supervised
+from tests.support.polling import until
 from tunnelkeeper import config
 from tunnelkeeper.cli import main
 from tunnelkeeper.control import fetch_status
 from tunnelkeeper.errors import ConnectRefused, Disconnected
 from tunnelkeeper.history import service as history
-from tunnelkeeper.supervisor import Shutdown, Supervisor
+from tunnelkeeper.publisher import ServiceContext
+from tunnelkeeper.supervisor import Shutdown
 
 
 def make_config(folder: Path) -> config.Config:
@@ -72,8 +74,8 @@ async def test_outages_reach_the_database_and_status(short_tmp: Path) -> None:
     cfg = make_config(short_tmp)
     relay = FakeRelay([ConnectRefused("127.0.0.1:22: connection refused"), "ok", "ok"])
 
-    async def service(sup: Supervisor) -> None:
-        await history.record(sup, poll=0.05, refresh=0.2)
+    async def service(ctx: ServiceContext) -> None:
+        await history.record(ctx, poll=0.05, refresh=0.2)
 
     sup = supervised(cfg, relay, services=[service])
     shutdown = Shutdown()
@@ -83,7 +85,7 @@ async def test_outages_reach_the_database_and_status(short_tmp: Path) -> None:
         await asyncio.sleep(0.3)
         relay.live[0].lose(Disconnected("the relay went away"))
         await until(lambda: len(relay.live) == 2 and sup.published().forwards[0].state == "up")
-        await until(lambda: sup.snapshot().forwards[0].availability_24h is not None)
+        await until(lambda: sup.published().forwards[0].availability_24h is not None)
         # The control socket answers with the same numbers (status --json).
         status = await fetch_status(cfg.control_socket)
         values = [f.availability_24h for f in status.forwards]
@@ -115,7 +117,7 @@ async def test_outages_reach_the_database_and_status(short_tmp: Path) -> None:
     assert 0 < rows["smtp"]["recorded_s"]["24h"] < 30
     code, other = await run_history("-c", str(cfg.path), "--tunnel", "elsewhere")
     assert code == 2 and other == {}  # neither configured nor recorded: a usage error
-    assert sup.amend == []  # the service took its amendment away when it stopped
+    assert sup.publisher.amenders == ()  # the service took its amendment away when it stopped
 
 
 async def test_an_unusable_database_turns_history_off_not_the_supervisor(

@@ -7,13 +7,13 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.polling import until_blocking
 from tunnelkeeper.config import Config, load
 
 HERE = Path(__file__).parent
@@ -131,17 +131,17 @@ def banner(port: int, timeout: float = 5.0) -> bytes:
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc.poll() is not None:
             stderr = proc.stderr.read() if proc.stderr else b""
             raise AssertionError(f"ssh exited {proc.returncode}: {stderr!r}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
         except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port} after {timeout}s")
+            return False
+        return True
+
+    until_blocking(listening, timeout, f"a listener on port {port}")
 
 
 @contextlib.contextmanager

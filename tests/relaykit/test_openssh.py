@@ -11,7 +11,8 @@ import pytest
 
 from tests.support.sshd import free_port, wait_until
 from tunnelkeeper.config import Config, load
-from tunnelkeeper.relaykit.openssh import authorized_keys, read_public_key, sshd_config
+from tunnelkeeper.pubkey import read_public_key
+from tunnelkeeper.relaykit.openssh import authorized_keys, sshd_config
 
 from .conftest import (
     TWO_RELAYS,

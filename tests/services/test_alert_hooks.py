@@ -9,12 +9,12 @@ import json
 import re
 import sys
 import unicodedata
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.polling import until
 from tests.support.snapshots import down, healthy
 from tunnelkeeper.config import SupervisorSettings
 from tunnelkeeper.services import alerts
@@ -37,10 +37,9 @@ def alive(pid: int) -> bool:
     return fields[0] != "Z"
 
 
-async def until(check: Callable[[], bool], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while not check():  # another process writes what we look at: no event to await
-            await asyncio.sleep(0.02)
+def written(out: Path) -> bool:
+    """The hook has written its whole line (it opens the file before it writes)."""
+    return out.exists() and out.read_text().endswith("\n")
 
 
 async def stop(task: asyncio.Task[None]) -> None:
@@ -62,7 +61,7 @@ async def test_timed_out_hook_takes_its_children_along(
         grandchild = int(pids.read_text())
         assert alive(grandchild)
         await until(lambda: "killed" in caplog.text)
-        await until(lambda: not alive(grandchild), within=3)
+        await until(lambda: not alive(grandchild), timeout=3)
     finally:
         await stop(task)
 
@@ -75,7 +74,7 @@ async def test_hooks_killed_at_shutdown_take_their_children_along(tmp_path: Path
     await until(pids.exists)
     grandchild = int(pids.read_text())
     await stop(task)
-    await until(lambda: not alive(grandchild), within=3)
+    await until(lambda: not alive(grandchild), timeout=3)
 
 
 def with_error(text: str) -> SupervisorStatus:
@@ -100,7 +99,7 @@ async def test_hook_environment_is_clean_text(tmp_path: Path, error: str) -> Non
     settings = SupervisorSettings(on_down=(sys.executable, "-c", RECORD, str(out)), alert_after=0)
     task = asyncio.create_task(watch(settings, lambda: with_error(error), poll=0.02))
     try:
-        await until(out.exists)
+        await until(lambda: written(out))
     finally:
         await stop(task)
     env: dict[str, str] = json.loads(out.read_text())
@@ -140,7 +139,7 @@ async def test_hook_that_cannot_start_is_logged_and_fires_next_time(
         status = healthy()
         await asyncio.sleep(0.1)
         status = down()
-        await until(out.exists)
+        await until(lambda: written(out))
         assert json.loads(out.read_text())["TUNNELKEEPER_EVENT"] == "down"
         assert not task.done()
     finally:

@@ -7,14 +7,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.support.polling import until
 from tests.support.snapshots import down, healthy, smtp_failing
 from tunnelkeeper.config import SupervisorSettings
-from tunnelkeeper.services.alerts import watch
+from tunnelkeeper.services.alerts import Alert, Alerts, watch
 from tunnelkeeper.state import SupervisorStatus
 
 # Appends the hook's view (event, names, error) as one JSON line to the file it is given.
@@ -34,14 +34,8 @@ def hook(out: Path) -> tuple[str, ...]:
 def events(out: Path) -> list[dict[str, str | None]]:
     if not out.exists():
         return []
-    return [json.loads(line) for line in out.read_text().splitlines()]
-
-
-async def until(check: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll `check` (it reads a file that a hook process writes) for at most `within` s."""
-    async with asyncio.timeout(within):
-        while not check():  # another process writes the file: there is no event to await
-            await asyncio.sleep(0.02)
+    lines = out.read_text().splitlines(keepends=True)
+    return [json.loads(line) for line in lines if line.endswith("\n")]  # whole lines only
 
 
 async def test_fires_once_and_clears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,11 +58,10 @@ async def test_fires_once_and_clears(tmp_path: Path, monkeypatch: pytest.MonkeyP
             "ERROR_KIND": "probe-failed",
             "NOTIFY_SOCKET": None,
         }
-        await asyncio.sleep(0.3)  # still down: no second alert
-        assert len(events(out)) == 1
         status = healthy()
         await until(lambda: len(events(out)) == 2)
-        up = events(out)[1]
+        down_, up = events(out)
+        assert down_["EVENT"] == "down"  # one down, however many polls saw it still down
         assert (up["EVENT"], up["TUNNEL"], up["FORWARD"]) == ("up", "relay1", "smtp")
     finally:
         task.cancel()
@@ -76,20 +69,27 @@ async def test_fires_once_and_clears(tmp_path: Path, monkeypatch: pytest.MonkeyP
             await task
 
 
-async def test_a_short_blip_does_not_alert(tmp_path: Path) -> None:
-    out = tmp_path / "events"
-    settings = SupervisorSettings(on_down=hook(out), on_up=hook(out), alert_after=0.5)
-    status: SupervisorStatus = smtp_failing()
-    task = asyncio.create_task(watch(settings, lambda: status, poll=0.02))
-    try:
-        await asyncio.sleep(0.2)
-        status = healthy()
-        await asyncio.sleep(0.5)
-        assert events(out) == []
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+def said(alerts: list[Alert]) -> list[tuple[str, str, str]]:
+    return [(event, tunnel.name, fwd.name) for event, tunnel, fwd in alerts]
+
+
+def test_a_short_blip_does_not_alert() -> None:
+    """Failing for less than alert_after, then healthy: nothing, then or ever after. The
+    clock is given, so "ever after" is an hour without waiting one."""
+    alerts = Alerts(alert_after=0.5)
+    assert alerts.observe(smtp_failing(), now=0.0) == []
+    assert alerts.observe(smtp_failing(), now=0.49) == []
+    assert alerts.observe(healthy(), now=0.5) == []
+    assert alerts.observe(healthy(), now=3600.0) == []
+
+
+def test_down_once_however_long_it_stays_down_then_up_once() -> None:
+    alerts = Alerts(alert_after=60.0)
+    assert alerts.observe(smtp_failing(), now=0.0) == []
+    assert said(alerts.observe(smtp_failing(), now=60.0)) == [("down", "relay1", "smtp")]
+    assert all(alerts.observe(smtp_failing(), now=60.0 + m * 60) == [] for m in range(1, 60))
+    assert said(alerts.observe(healthy(), now=4000.0)) == [("up", "relay1", "smtp")]
+    assert alerts.observe(healthy(), now=8000.0) == []
 
 
 async def test_tunnel_down_names_its_error_kind(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.polling import until
 from tests.support.snapshots import healthy, mixed
 from tests.support.sshd import free_port
 from tunnelkeeper.config import Endpoint
@@ -33,13 +34,14 @@ def fwd(tunnel: str, forward: str, service: str, **extra: str) -> frozenset[tupl
 
 
 async def wait_listening(port: int) -> None:
-    async with asyncio.timeout(5):
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return
-            except OSError:
-                await asyncio.sleep(0.02)
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
+    await until(listening, 5.0, f"a listener on port {port}", interval=0.02)
 
 
 async def test_scrape_reads_the_current_snapshot() -> None:

@@ -7,12 +7,12 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.polling import until as wait_for
 from tests.support.snapshots import mixed, with_history
 from tunnelkeeper import config
 from tunnelkeeper.cli import main
@@ -27,12 +27,6 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-
-
-async def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def test_textfile_holds_the_snapshot_and_is_replaced_whole(tmp_path: Path) -> None:

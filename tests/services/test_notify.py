@@ -129,11 +129,12 @@ async def test_serve_returns_when_not_under_systemd() -> None:
 async def test_ready_says_how_the_first_attempts_ended(listener: Listener, tmp_path: Path) -> None:
     """READY=1 comes with a STATUS= of the moment it is sent, not of a snapshot from before
     the attempts ended."""
-    from tests.test_supervisor import FakeRelay, make_config, supervised
-    from tunnelkeeper.supervisor import Shutdown, Supervisor
+    from tests.support.fake_relay import FakeRelay, make_config, supervised
+    from tunnelkeeper.publisher import ServiceContext
+    from tunnelkeeper.supervisor import Shutdown
 
-    async def notify(sup: Supervisor) -> None:
-        await serve(Notifier(listener.address), sup.published, sup.ready, poll=0.05)
+    async def notify(ctx: ServiceContext) -> None:
+        await serve(Notifier(listener.address), ctx.published, ctx.ready, poll=0.05)
 
     class SlowRelay(FakeRelay):  # attempts that end between two published snapshots
         async def __call__(self, tunnel: Any) -> Any:

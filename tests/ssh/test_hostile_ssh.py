@@ -21,8 +21,9 @@ from asyncssh.constants import MSG_REQUEST_FAILURE, MSG_REQUEST_SUCCESS
 from asyncssh.packet import UInt32
 
 from tests.support.faults import rss_kb
+from tests.support.polling import until
 from tests.support.sshd import free_port
-from tests.system.test_reconnects import _keys, _wait, _write
+from tests.system.test_reconnects import _keys, _write
 from tunnelkeeper import config
 from tunnelkeeper.errors import ERROR_KINDS
 from tunnelkeeper.state import SupervisorStatus, TunnelStatus
@@ -195,7 +196,7 @@ class Watch:
             except IndexError:  # no tunnel in the snapshot yet
                 return False
 
-        await _wait(done, timeout, what)
+        await until(done, timeout, what, interval=0.002)
         self.alive(what)
 
     def alive(self, what: str = "") -> None:

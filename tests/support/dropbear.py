@@ -15,10 +15,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from .sshd import descendants, free_port, keygen, port_open
+from .polling import until_listening
+from .sshd import descendants, free_port, keygen
 
 DROPBEAR = shutil.which("dropbear") or "/usr/sbin/dropbear"
 DROPBEARKEY = shutil.which("dropbearkey") or "/usr/bin/dropbearkey"
@@ -127,13 +127,7 @@ class Dropbear:
             stdin=subprocess.DEVNULL,
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while not port_open(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dropbear exited {self.proc.returncode}:\n{self.log_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"dropbear did not listen in {timeout}s:\n{self.log_text()}")
-            time.sleep(0.05)
+        until_listening(self.proc, self.port, timeout, "dropbear", self.log_text)
 
     def stop(self) -> None:
         """Stop the listener and kill every session (Dropbear leaves sessions running)."""

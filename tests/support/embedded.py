@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.polling import until
 from tests.support.sshd import free_port, keygen
 from tunnelkeeper import config, ssh
 
@@ -75,10 +75,4 @@ def forward(name: str, target_port: int, service: str = "tcp", **more: Any) -> d
     return fwd
 
 
-async def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+wait_for = until  # the name its users know

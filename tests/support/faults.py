@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.support.configs import _toml_value, write_config
+from tests.support.polling import until_listening
 from tests.support.procs import SupervisorProcess
-from tests.support.sshd import SSHD, Sshd, port_open
+from tests.support.sshd import SSHD, Sshd
 
 T = TypeVar("T")
 
@@ -221,13 +222,7 @@ class FaultSshd(Sshd):
                 stderr=log,
                 stdin=subprocess.DEVNULL,
             )
-        deadline = time.monotonic() + timeout
-        while not port_open(self.port, self.address):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sshd exited {self.proc.returncode}:\n{self.log_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"sshd did not listen within {timeout}s:\n{self.log_text()}")
-            time.sleep(0.05)
+        until_listening(self.proc, self.port, timeout, "sshd", self.log_text, self.address)
 
 
 def relay_config(

@@ -8,10 +8,10 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 
-from .sshd import free_port, port_open
+from .polling import until_listening
+from .sshd import free_port
 
 TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
 
@@ -85,13 +85,7 @@ class Tinyproxy:
             stdin=subprocess.DEVNULL,
         )
         out.close()
-        deadline = time.monotonic() + timeout
-        while not port_open(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tinyproxy exited {self.proc.returncode}:\n{self.log_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"tinyproxy did not listen in {timeout}s:\n{self.log_text()}")
-            time.sleep(0.05)
+        until_listening(self.proc, self.port, timeout, "tinyproxy", self.log_text)
 
     def stop(self) -> None:
         """The proxy goes away: the port refuses connections, open tunnels through it break."""

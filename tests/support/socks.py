@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
-from .sshd import Sshd, free_port, port_open
+from .polling import until_listening
+from .sshd import Sshd, free_port
 
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
 
@@ -66,13 +66,7 @@ class SshSocks:
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + timeout
-        while not port_open(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ssh -D exited {self.proc.returncode}:\n{self.log_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ssh -D did not listen in {timeout}s:\n{self.log_text()}")
-            time.sleep(0.05)
+        until_listening(self.proc, self.port, timeout, "ssh -D", self.log_text)
 
     def stop(self) -> None:
         if self.proc is None:

@@ -9,9 +9,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterable
 from pathlib import Path
+
+from .polling import port_open as port_open  # its users import it from here too
+from .polling import until_blocking, until_listening
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
@@ -23,24 +25,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
-    """Poll `predicate` until true or `timeout` seconds pass (then AssertionError)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """`polling.until_blocking` with the argument order its callers use."""
+    return until_blocking(predicate, timeout, what, interval=interval)
 
 
 def keygen(path: Path, kind: str = "rsa", bits: int = 2048) -> Path:
@@ -175,13 +162,7 @@ class Sshd:
             stdin=subprocess.DEVNULL,
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while not port_open(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sshd exited {self.proc.returncode}:\n{self.log_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"sshd did not listen within {timeout}s:\n{self.log_text()}")
-            time.sleep(0.05)
+        until_listening(self.proc, self.port, timeout, "sshd", self.log_text)
 
     def stop(self) -> None:
         """Stop the listener and every session, like `systemctl stop ssh` + killed sessions."""

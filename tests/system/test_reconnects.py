@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.support.faults import rss_kb
+from tests.support.polling import until
 from tests.support.sshd import free_port, keygen
 from tunnelkeeper import config, ssh
 from tunnelkeeper.supervisor import Shutdown, Supervisor
@@ -30,12 +31,7 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 async def _wait(predicate: Any, timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.002)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+    await until(predicate, timeout, what, interval=0.002)  # a fine grain: outages are timed
 
 
 def _usage() -> tuple[int, int, int]:

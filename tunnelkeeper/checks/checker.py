@@ -176,7 +176,7 @@ async def _mail_one(
             )
             await remote.start()
         else:
-            local = runtime.counters.watch(token.encode("ascii"))
+            local = runtime.traffic.watch(token.encode("ascii"))
         started = loop.time()
         stream = await conn.open_stream(cfg.relay_mta, cfg.probe_timeout)
         try:

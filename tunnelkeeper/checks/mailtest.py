@@ -4,14 +4,20 @@ that mail for DOMAIN reaches the internal server through the tunnel, not over po
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
+from typing import TYPE_CHECKING
 
 from ..errors import ProbeError
 from ..ssh import Stream
 from .probes import read_smtp_reply
+
+if TYPE_CHECKING:
+    from ..forwarding.splice import ForwardTraffic
 
 HEADER = "X-Tunnelkeeper-Test"
 
@@ -112,3 +118,29 @@ def not_delivered(timeout: float) -> str:
         "queue-only mode? If the relay delivered it elsewhere (its own MX lookup, a local "
         "mailbox), its mail log shows where"
     )
+
+
+TrafficOf = Callable[[str, str], "ForwardTraffic | None"]
+
+
+def watcher(traffic_of: TrafficOf) -> Callable[[str, str, str, float], Awaitable[float | None]]:
+    """What a running supervisor's control socket answers check --mail with: watch the named
+    forward's traffic for a token. `traffic_of(tunnel, forward)` finds it (None: not here)."""
+
+    async def watch(tunnel: str, forward: str, token: str, timeout: float) -> float | None:
+        """Seconds until `token` passed the forward (None: not within `timeout`). Raises
+        LookupError for a tunnel or forward the supervisor has not."""
+        traffic = traffic_of(tunnel, forward)
+        if traffic is None:
+            raise LookupError(f"no forward {tunnel}/{forward} here")
+        started = asyncio.get_running_loop().time()
+        future = traffic.watch(token.encode("ascii", "replace"))
+        try:
+            async with asyncio.timeout(timeout):
+                return await future - started
+        except TimeoutError:
+            return None
+        finally:
+            future.cancel()
+
+    return watch

@@ -13,7 +13,7 @@ import errno
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .. import __version__
@@ -84,15 +84,55 @@ def path_text(text: str) -> str:
     return text
 
 
-def seconds(text: str) -> float:
-    """A positive, finite number of seconds."""
+def seconds(text: str, at_most: float | None = None) -> float:
+    """A positive, finite number of seconds (no more than `at_most`, when given). For a bound,
+    pass `functools.partial(seconds, at_most=600)` as the argument's type."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if at_most is not None and not 0 < value <= at_most:
+        raise argparse.ArgumentTypeError(f"give seconds between 0 and {at_most:g}")
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
     return value
+
+
+def verb_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    description: str,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
+    """The parser of a verb that reads the configuration, -c/--config first as every such
+    verb has it, and `run` as what it does. An epilog is shown as written."""
+    parser = subparsers.add_parser(
+        name,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter if epilog else argparse.HelpFormatter,
+    )
+    add_config_option(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_dashboard_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dashboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live dashboard (default: on when stdout is a terminal)",
+    )
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The configuration -c/--config names (or the one found where it is looked for).
+    Raises ConfigError."""
+    from ..config import find_config, load
+
+    return load(find_config(args.config))
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -111,10 +151,11 @@ def check_tunnel_files(cfg: Config) -> None:
     makes it act owned and writable as sshd's StrictModes would want; say so when that check
     is turned off."""
     from .. import filetrust, ssh
+    from ..config import vetting
 
-    filetrust.check_credential_names(cfg)
+    vetting.check_credential_names(cfg)  # before preflight reads a secret
     ssh.preflight(cfg.tunnel)
-    filetrust.check_tunnel_files(cfg)
+    vetting.check_tunnel_files(cfg)
     if not filetrust.strict_modes():
         print(
             f"tunnelkeeper: {filetrust.STRICT_MODES_ENV}=no: files other users may change "

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import find_config, load
 from ..relaykit import dropbear, openssh
 from ..relaykit.common import SSH_SERVERS
-from . import EXIT_OK, add_config_option
+from . import EXIT_OK, load_config, verb_parser
 
 
 def add_sshd_option(parser: argparse.ArgumentParser) -> None:
@@ -21,19 +20,19 @@ def add_sshd_option(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
+    parser = verb_parser(
+        subparsers,
         "authorized-keys",
-        description="The line for the relay account's authorized_keys: restrict, the "
+        run,
+        "The line for the relay account's authorized_keys: restrict, the "
         "configured listens and nothing else, then the public key from IDENTITY.pub. "
         "With --sshd dropbear, the options Dropbear accepts, and what it cannot limit.",
     )
-    add_config_option(parser)
     parser.add_argument("--tunnel", metavar="NAME", help="only this tunnel")
     add_sshd_option(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     generate = dropbear.authorized_keys if args.sshd == "dropbear" else openssh.authorized_keys
-    sys.stdout.write(generate(load(find_config(args.config)), args.tunnel))
+    sys.stdout.write(generate(load_config(args), args.tunnel))
     return EXIT_OK

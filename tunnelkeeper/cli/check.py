@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 
@@ -12,12 +13,11 @@ from ..checks.checker import check, check_mail
 from ..checks.mailtest import MailTest
 from ..errors import ControlError
 from ..state import SupervisorStatus
-from . import EXIT_FAILURE, EXIT_OK, add_config_option, check_tunnel_files
+from . import EXIT_FAILURE, EXIT_OK, check_tunnel_files, load_config, seconds, verb_parser
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("check", description=__doc__)
-    add_config_option(parser)
+    parser = verb_parser(subparsers, "check", run, __doc__)
     parser.add_argument(
         "--json", action="store_true", help="print the result as JSON (the status schema)"
     )
@@ -29,26 +29,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--mail-timeout",
-        type=_seconds,
+        type=functools.partial(seconds, at_most=600.0),
         default=60.0,
         metavar="S",
         help="how long to wait for each test message (default 60)",
     )
-    parser.set_defaults(func=run)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= 600:
-        raise argparse.ArgumentTypeError("give seconds between 0 and 600")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config.load(config.find_config(args.config))
+    cfg = load_config(args)
     check_tunnel_files(cfg)
     result, mail = asyncio.run(_check(cfg, args.mail_timeout if args.mail else None))
     if args.json:

@@ -9,17 +9,12 @@ import sys
 from .. import logs
 from ..demo import running_demo
 from ..supervisor import serve
-from . import EXIT_OK, seconds
+from . import EXIT_OK, add_dashboard_option, seconds
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("demo", description=__doc__)
-    parser.add_argument(
-        "--dashboard",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="live dashboard (default: on when stdout is a terminal)",
-    )
+    add_dashboard_option(parser)
     parser.add_argument(
         "--duration",
         type=seconds,

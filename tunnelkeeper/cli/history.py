@@ -16,7 +16,7 @@ from ..config import default_history_path, find_config, load
 from ..errors import ConfigError
 from ..history import report as history_report
 from ..history.store import connect
-from . import EXIT_OK, EXIT_USAGE, add_config_option
+from . import EXIT_OK, EXIT_USAGE, verb_parser
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 MAX_SPAN = 36_500 * 86_400.0  # history_days is at most this: nothing older is kept
@@ -43,13 +43,7 @@ def parse_duration(text: str) -> float:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "history",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_option(parser)
+    parser = verb_parser(subparsers, "history", run, __doc__, EPILOG)
     parser.add_argument(
         "--since",
         metavar="DURATION",
@@ -59,7 +53,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--tunnel", metavar="NAME", help="only this tunnel's forwards")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.set_defaults(func=run)
 
 
 def database(explicit: str | None) -> tuple[Path, set[str]]:

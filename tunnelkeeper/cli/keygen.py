@@ -11,14 +11,13 @@ from pathlib import Path
 
 from .. import config, safefiles, ssh
 from ..errors import ConfigError
-from . import EXIT_FAILURE, EXIT_OK, add_config_option, path_text
+from . import EXIT_FAILURE, EXIT_OK, path_text, verb_parser
 
 DEFAULT_BITS = 4096
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("keygen", description=__doc__)
-    add_config_option(parser)
+    parser = verb_parser(subparsers, "keygen", run, __doc__)
     parser.add_argument(
         "--out",
         metavar="PATH",
@@ -42,7 +41,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="encrypt the private key with the passphrase in this file (mode 0600; one "
         "trailing newline is not part of it)",
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,18 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import find_config, load
 from ..relaykit.mailertable import mailertable
-from . import EXIT_OK, add_config_option
+from . import EXIT_OK, load_config, verb_parser
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("mailertable", description=__doc__)
-    add_config_option(parser)
+    parser = verb_parser(subparsers, "mailertable", run, __doc__)
     parser.add_argument("--tunnel", metavar="NAME", help="only this tunnel's forwards")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    sys.stdout.write(mailertable(load(find_config(args.config)), args.tunnel))
+    sys.stdout.write(mailertable(load_config(args), args.tunnel))
     return EXIT_OK

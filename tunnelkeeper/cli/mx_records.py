@@ -5,32 +5,31 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import find_config, load
 from ..errors import ConfigError
 from ..relaykit.mx import mx_records
-from . import EXIT_OK, add_config_option
+from . import EXIT_OK, load_config, verb_parser
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
+    parser = verb_parser(
+        subparsers,
         "mx-records",
-        description="Zone-file MX lines for every smtp forward's domains: the internal host at "
+        run,
+        "Zone-file MX lines for every smtp forward's domains: the internal host at "
         "preference 0, the relay at 10, every name absolute.",
     )
-    add_config_option(parser)
     parser.add_argument(
         "--internal-host", metavar="NAME", required=True, help="the internal mail host's name"
     )
     parser.add_argument("--relay-host", metavar="NAME", required=True, help="the relay's name")
     parser.add_argument("--tunnel", metavar="NAME", help="only this tunnel's forwards")
-    parser.set_defaults(func=run)
 
 
 FLAGS = {"internal_host": "--internal-host", "relay_host": "--relay-host"}
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load(find_config(args.config))
+    config = load_config(args)
     try:
         records = mx_records(config, args.internal_host, args.relay_host, args.tunnel)
     except ConfigError as exc:

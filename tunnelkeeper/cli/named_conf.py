@@ -5,26 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import find_config, load
 from ..relaykit.bind import named_conf
-from . import EXIT_OK, add_config_option
+from . import EXIT_OK, load_config, verb_parser
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
+    parser = verb_parser(
+        subparsers,
         "named-conf",
-        description="BIND secondary-zone stanzas that pull every dns forward's zones through "
+        run,
+        "BIND secondary-zone stanzas that pull every dns forward's zones through "
         "the tunnel (BIND 9.16 and later).",
     )
-    add_config_option(parser)
     parser.add_argument(
         "--legacy", action="store_true", help="write type slave / masters for BIND before 9.16"
     )
     parser.add_argument("--tunnel", metavar="NAME", help="only this tunnel's forwards")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load(find_config(args.config))
+    config = load_config(args)
     sys.stdout.write(named_conf(config, args.tunnel, legacy=args.legacy))
     return EXIT_OK

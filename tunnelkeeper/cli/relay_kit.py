@@ -6,21 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import find_config, load
 from ..errors import ConfigError
 from ..relaykit.kit import relay_kit, write_kit
-from . import EXIT_FAILURE, EXIT_OK, add_config_option, path_text
+from . import EXIT_FAILURE, EXIT_OK, load_config, path_text, verb_parser
 from .authorized_keys import add_sshd_option
 from .mx_records import FLAGS
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
+    parser = verb_parser(
+        subparsers,
         "relay-kit",
-        description="Write every file the relay's admin needs, one each, with a README that "
+        run,
+        "Write every file the relay's admin needs, one each, with a README that "
         "says where each goes and how to test it.",
     )
-    add_config_option(parser)
     parser.add_argument(
         "--out",
         metavar="DIR",
@@ -36,11 +36,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--relay-host", metavar="NAME", help="the relay's MX name (default: its SSH host)"
     )
     add_sshd_option(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load(find_config(args.config))
+    config = load_config(args)
     try:
         files = relay_kit(
             config,

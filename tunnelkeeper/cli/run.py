@@ -9,31 +9,32 @@ import os
 import sys
 from collections.abc import Callable
 
-from .. import config, logs, services
+from .. import logs, services
 from ..forwarding import limits
 from ..supervisor import Supervisor, serve
-from . import EXIT_FAILURE, EXIT_OK, add_config_option, check_tunnel_files, early
+from . import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_dashboard_option,
+    check_tunnel_files,
+    early,
+    load_config,
+    verb_parser,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("run", description=__doc__)
-    add_config_option(parser)
-    parser.add_argument(
-        "--dashboard",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="live dashboard (default: on when stdout is a terminal)",
-    )
+    parser = verb_parser(subparsers, "run", run, __doc__)
+    add_dashboard_option(parser)
     parser.add_argument(
         "--allow-root",
         action="store_true",
         help="run even as uid 0 (not recommended: use an unprivileged user)",
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config.load(config.find_config(args.config))
+    cfg = load_config(args)
     if os.geteuid() == 0 and not (args.allow_root or cfg.supervisor.allow_root):
         print(
             "tunnelkeeper: refusing to run as root: the tunnels need no privilege (relay "

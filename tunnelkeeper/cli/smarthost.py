@@ -5,19 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import find_config, load
 from ..relaykit.smarthost import ChooseLocal, postfix_relayhost, sendmail_mc
-from . import EXIT_OK, EXIT_USAGE, add_config_option
+from . import EXIT_OK, EXIT_USAGE, load_config, verb_parser
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
+    parser = verb_parser(
+        subparsers,
         "smarthost",
-        description="For the INTERNAL mail server: the sendmail.mc lines (before the MAILER "
+        run,
+        "For the INTERNAL mail server: the sendmail.mc lines (before the MAILER "
         "lines) that send all outgoing mail to an smtp [[tunnel.local]]'s listen port, and so "
         "through the tunnel to the relay's MTA; with --postfix the main.cf relayhost line.",
     )
-    add_config_option(parser)
     parser.add_argument(
         "--postfix", action="store_true", help="write Postfix's relayhost line instead"
     )
@@ -25,11 +25,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--local", metavar="NAME", help="the smtp local to use when there are several"
     )
     parser.add_argument("--tunnel", metavar="NAME", help="only this tunnel's locals")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load(find_config(args.config))
+    config = load_config(args)
     generate = postfix_relayhost if args.postfix else sendmail_mc
     try:
         text = generate(config, args.local, args.tunnel)

@@ -16,7 +16,7 @@ from ..config import default_control_socket, find_config, load
 from ..control import fetch_status
 from ..errors import ConfigError, ControlError
 from ..state import SupervisorStatus
-from . import add_config_option
+from . import verb_parser
 
 if TYPE_CHECKING:  # rich is imported only when something is shown
     from rich.console import Console
@@ -33,19 +33,12 @@ exit status: 0 every forward up, 1 some down (a failed probe counts as down), 2 
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "status",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_option(parser)
+    parser = verb_parser(subparsers, "status", run, __doc__, EPILOG)
     shown = parser.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true", help="print the status as JSON")
     shown.add_argument(
         "--watch", action="store_true", help="live dashboard, refreshed every second"
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

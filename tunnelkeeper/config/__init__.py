@@ -3,6 +3,7 @@
 values   names, durations, endpoints, hops, proxies; control characters refused
 models   the tables: [supervisor], [defaults], [[tunnel]], its forwards and locals
 loading  find_config, load, from_dict; errors that name the file and the key
+vetting  the files a loaded config names: credentials findable, none that others may change
 """
 
 from ..filetrust import is_credential_name, secret_path
@@ -25,6 +26,7 @@ from .values import (
     Proxy,
     ServiceKind,
     control_character,
+    host_port,
     is_domain_name,
     is_ip,
     parse_endpoint,
@@ -50,6 +52,7 @@ __all__ = [
     "default_history_path",
     "find_config",
     "from_dict",
+    "host_port",
     "is_credential_name",
     "is_domain_name",
     "is_ip",

@@ -30,6 +30,7 @@ from .values import (
     _domain,
     _Model,
     _unique,
+    host_port,
     parse_endpoint,
     parse_hops,
     parse_proxy,
@@ -95,7 +96,18 @@ class Defaults(TunnelSettings):
     relay_mta: Endpoint | None = None
 
 
-class _Endpoints(_Model):
+def _loopback_unless(value: object, info: ValidationInfo, allow: str, exposes: str) -> Endpoint:
+    """A listen address on loopback, or anywhere when the setting `allow` (declared before it,
+    so that the validator sees it) says so; `exposes` says what a public one would open."""
+    listen = parse_endpoint(value)
+    if not listen.is_loopback and not info.data.get(allow, False):
+        raise ValueError(
+            f"{listen} is not a loopback address: {exposes}; set {allow} = true if that is intended"
+        )
+    return listen
+
+
+class _Forwarder(_Model):
     """What a forward and a local forward share: a name, a service, a listen that stays on
     loopback unless allowed, a target, and a cap on connections at once."""
 
@@ -118,16 +130,10 @@ class _Endpoints(_Model):
     @field_validator("listen", mode="before")
     @classmethod
     def _listen(cls, value: object, info: ValidationInfo) -> Endpoint:
-        listen = parse_endpoint(value)
-        if not listen.is_loopback and not info.data.get("allow_public_listen", False):
-            raise ValueError(
-                f"{listen} is not a loopback address: {cls.EXPOSES}; set "
-                "allow_public_listen = true if that is intended"
-            )
-        return listen
+        return _loopback_unless(value, info, "allow_public_listen", cls.EXPOSES)
 
 
-class Forward(_Endpoints):
+class Forward(_Forwarder):
     """One `[[tunnel.forward]]`: a listen on the relay handed to a target on this host."""
 
     EXPOSES: ClassVar[str] = "the relay would expose this port to the network"
@@ -231,7 +237,7 @@ def _in_loopback_v4(host: str) -> bool:
     return address.version == 4 and address.is_loopback
 
 
-class Local(_Endpoints):
+class Local(_Forwarder):
     """One `[[tunnel.local]]`: a listen on this host whose connections go out through the
     relay to `target` (as the relay sees it): the internal MTA's smarthost, say."""
 
@@ -275,8 +281,7 @@ class Tunnel(TunnelSettings):
 
     @property
     def relay(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.user}@{host}:{self.port}"
+        return f"{self.user}@{host_port(self.host, self.port)}"
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -305,13 +310,8 @@ class SupervisorSettings(_Model):
     def _metrics(cls, value: object, info: ValidationInfo) -> Endpoint | None:
         if value is None:
             return None
-        listen = parse_endpoint(value)
-        if not listen.is_loopback and not info.data.get("allow_public_metrics", False):
-            raise ValueError(
-                f"{listen} is not a loopback address: anyone who can reach it would read the "
-                "tunnels' state; set allow_public_metrics = true if that is intended"
-            )
-        return listen
+        exposes = "anyone who can reach it would read the tunnels' state"
+        return _loopback_unless(value, info, "allow_public_metrics", exposes)
 
     @property
     def history_file(self) -> Path:

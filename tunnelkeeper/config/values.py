@@ -118,6 +118,11 @@ class _Model(BaseModel):
         return value
 
 
+def host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 address in brackets (`[::1]:25`): the one spelling everywhere."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Endpoint(_Model):
     """An address:port pair; `str()` gives it back in the canonical `host:port` form."""
 
@@ -125,7 +130,7 @@ class Endpoint(_Model):
     port: Port
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
     @property
     def is_loopback(self) -> bool:
@@ -177,8 +182,7 @@ class Hop(_Model):
     port: Port = 22
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.user + '@' if self.user else ''}{host}:{self.port}"
+        return f"{self.user + '@' if self.user else ''}{host_port(self.host, self.port)}"
 
 
 def parse_hop(value: object) -> Hop:
@@ -215,8 +219,7 @@ class Proxy(_Model):
     port: Port
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{host_port(self.host, self.port)}"
 
 
 def parse_proxy(value: object) -> Proxy | None:

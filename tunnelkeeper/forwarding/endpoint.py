@@ -1,5 +1,5 @@
-"""What a forward and a local forward have alike at run time: traffic, state, last probe, and
-the snapshot readers get of them."""
+"""What a forward and a local forward have alike at run time (a forwarder): traffic, state,
+last probe, and the snapshot readers get of them."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ from ..state import ForwardState, ForwardStatus, ProbeResult, utcnow
 from .splice import ForwardTraffic
 
 
-class EndpointRuntime:
-    """The live side of one forward (`direction` "forward") or local forward ("local")."""
+class ForwarderRuntime:
+    """A forwarder: the live side of one forward (`direction` "forward") or local ("local")."""
 
     direction: Literal["forward", "local"] = "forward"
 
     def __init__(self, cfg: config.Forward | config.Local) -> None:
-        self.counters = ForwardTraffic()
+        self.traffic = ForwardTraffic()
         self.state: ForwardState = "down"
         self.error: str | None = None
         self.since: datetime | None = None
         self.probe: ProbeResult | None = None
-        self._endpoint = cfg
+        self._cfg = cfg
 
     def set_state(self, state: ForwardState, error: str | None = None) -> None:
         """`since` moves when the forward comes up or stops being up: a forward that goes on
@@ -32,7 +32,7 @@ class EndpointRuntime:
         self.state, self.error = state, error
 
     def snapshot(self) -> ForwardStatus:
-        c, cfg = self.counters, self._endpoint
+        c, cfg = self.traffic, self._cfg
         return ForwardStatus(
             name=cfg.name,
             service=cfg.service,

@@ -10,10 +10,9 @@ import contextlib
 import logging
 
 from .. import config, ssh
-from ..errors import StreamLost, TunnelkeeperError
-from .endpoint import EndpointRuntime
-from .limits import BUDGET
-from .splice import ForwardTraffic
+from ..errors import ForwardFull, StreamLost, TunnelkeeperError
+from .admission import Admission
+from .endpoint import ForwarderRuntime
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ class _Pipe:
             self.task.cancel()
 
 
-class LocalRuntime(EndpointRuntime):
+class LocalRuntime(ForwarderRuntime):
     """The live side of one local forward: its listener, traffic, state, last probe."""
 
     direction = "local"
@@ -43,7 +42,7 @@ class LocalRuntime(EndpointRuntime):
         super().__init__(cfg)
         self.cfg = cfg
         self._server: asyncio.Server | None = None
-        self._burst = 0
+        self._admission = Admission(f"local {cfg.name}", cfg.max_connections)
 
     async def hold(self, conn: ssh.RelayConnection, tunnel: str, retry: float) -> None:
         """Listen on this host while `conn` lives; a port in use is retried every `retry`."""
@@ -89,7 +88,7 @@ class LocalRuntime(EndpointRuntime):
         if self._server is not None:
             self._server.close()
             self._server = None
-        self.counters.abort_all()
+        self.traffic.abort_all()
         self.set_state("down", self.error)
 
     async def _carry(
@@ -97,21 +96,12 @@ class LocalRuntime(EndpointRuntime):
     ) -> None:
         pipe = _Pipe(writer)
         pipe.task = asyncio.current_task()
-        held = self.counters.active
-        if held >= self.cfg.max_connections or not BUDGET.allows(ForwardTraffic.open_everywhere):
-            self.counters.refused += 1
-            self._burst += 1
-            if self._burst == 1:
-                log.warning(
-                    "local %s: refusing new connections: %d open (max_connections = %d)",
-                    self.cfg.name,
-                    held,
-                    self.cfg.max_connections,
-                )
+        try:
+            self._admission.admit(self.traffic)
+        except ForwardFull:
             writer.transport.abort()
             return
-        self._burst = 0
-        self.counters.opened(pipe)
+        self.traffic.opened(pipe)
         try:  # whatever happens from here on, even a cancellation, the count goes back down
             try:
                 channel = await conn.open_stream(self.cfg.target, CHANNEL_TIMEOUT)
@@ -134,18 +124,18 @@ class LocalRuntime(EndpointRuntime):
                     if isinstance(result, StreamLost):
                         log.debug("local %s: %s", self.cfg.name, result)
                     elif isinstance(result, Exception):
-                        self.counters.bug(result)  # a bug: reported, the tunnel restarts
+                        self.traffic.bug(result)  # a bug: reported, the tunnel restarts
                 channel.close()
                 local.close()
         finally:
-            self.counters.closed(pipe)
+            self.traffic.closed(pipe)
 
     async def _pump(self, src: ssh.Stream, dst: ssh.Stream, *, outward: bool) -> None:
         while data := await src.read(CHUNK):
             if outward:
-                self.counters.bytes_in += len(data)
+                self.traffic.bytes_in += len(data)
             else:
-                self.counters.bytes_out += len(data)
+                self.traffic.bytes_out += len(data)
             dst.write(data)
             await dst.drain()
         with contextlib.suppress(StreamLost):

@@ -1,4 +1,5 @@
-"""The splice between one relay channel and one local TCP connection, with its counters.
+"""The splice between one relay channel and one local TCP connection, and the traffic of a
+forwarder it counts into.
 
 The channel side is duck-typed to asyncssh's SSHTCPSession (connection_made, data_received,
 eof_received, connection_lost, pause/resume_writing), so this module needs no asyncssh import.
@@ -35,13 +36,15 @@ WATCH_TAIL = 64  # longer than any token a mail test watches for
 
 
 class Connection(Protocol):
-    """What counters hold of an open connection: a way to end it at once."""
+    """What a forwarder's traffic holds of an open connection: a way to end it at once."""
 
     def abort(self) -> None: ...
 
 
 class ForwardTraffic:
-    """Live counters of one forward (or local); the tunnel reads them into frozen snapshots."""
+    """What one forwarder (a forward or a local) carries and holds open: counts, bytes, the
+    open splices and whether there are none, the tokens check --mail watches for, and where a
+    bug in a splice is reported. The forwarder reads it into frozen snapshots."""
 
     open_everywhere = 0  # local sockets held by every forward of the process together
 
@@ -135,8 +138,8 @@ class _LocalSide(asyncio.Protocol):
 class Splice:
     """One forwarded connection: relay channel <-> local target."""
 
-    def __init__(self, counters: ForwardTraffic) -> None:
-        self._counters = counters
+    def __init__(self, traffic: ForwardTraffic) -> None:
+        self._traffic = traffic
         self._chan: Channel | None = None
         self._local: asyncio.Transport | None = None
         self._pending: list[bytes] = []  # target data that came before the channel opened
@@ -160,7 +163,7 @@ class Splice:
             reason = getattr(exc, "strerror", None) or "no answer"
             raise TargetUnavailable(f"target {target} unavailable: {reason}") from exc
         self._local = transport
-        self._counters.opened(self)
+        self._traffic.opened(self)
 
     # -- channel side (called by asyncssh) --------------------------------------------------
 
@@ -184,9 +187,9 @@ class Splice:
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         try:
-            self._counters.bytes_in += len(data)
-            if self._counters.watches:
-                self._watch_tail = self._counters.scan(self._watch_tail, data)
+            self._traffic.bytes_in += len(data)
+            if self._traffic.watches:
+                self._watch_tail = self._traffic.scan(self._watch_tail, data)
             if self._local is not None:
                 self._local.write(data)
         except Exception as exc:
@@ -225,7 +228,7 @@ class Splice:
             self._failed(exc)
 
     def _failed(self, exc: Exception) -> None:
-        self._counters.bug(exc)
+        self._traffic.bug(exc)
         with contextlib.suppress(Exception):
             self.abort()
 
@@ -233,7 +236,7 @@ class Splice:
 
     def from_target(self, data: bytes) -> None:
         try:
-            self._counters.bytes_out += len(data)
+            self._traffic.bytes_out += len(data)
             if self._chan is None:
                 self._pending.append(data)
             else:
@@ -289,7 +292,7 @@ class Splice:
             self._local.close()
         if self._chan is not None:
             self._chan.close()
-        self._counters.closed(self)
+        self._traffic.closed(self)
 
     def abort(self) -> None:
         if self._local is not None:

@@ -23,7 +23,8 @@ from . import report as history_report
 from .store import Event, HistoryError, Writer, connect
 
 if TYPE_CHECKING:
-    from ..supervisor import Supervisor
+    from ..config import Config
+    from ..publisher import ServiceContext
 
 log = logging.getLogger(__name__)
 
@@ -221,14 +222,15 @@ class Availability:
             conn.close()
 
 
-async def record(supervisor: Supervisor, *, poll: float = POLL, refresh: float = REFRESH) -> None:
-    """Record `supervisor`'s state changes until cancelled. A database that cannot be opened
-    turns history off (logged); it never stops the supervisor."""
-    settings = supervisor.config.supervisor
-    if not settings.history:
+async def record(ctx: ServiceContext, *, poll: float = POLL, refresh: float = REFRESH) -> None:
+    """Record the published status's changes until cancelled, and amend what is published
+    with availability_24h. A database that cannot be opened turns history off (logged); it
+    never stops the supervisor."""
+    config = ctx.config()
+    if not config.supervisor.history:
         return
-    path = settings.history_file
-    writer = Writer(path, pid=supervisor.pid, config=str(supervisor.config.path))
+    path = config.supervisor.history_file
+    writer = Writer(path, pid=ctx.pid, config=str(config.path))
     try:
         await asyncio.to_thread(writer.start)
     except HistoryError as exc:
@@ -236,41 +238,38 @@ async def record(supervisor: Supervisor, *, poll: float = POLL, refresh: float =
         return
     log.info("history: recording state changes in %s", path)
     avail = Availability()
-    supervisor.amend.append(avail.amend)
     recorder = Recorder()
-    config = supervisor.config
     refreshing: asyncio.Task[None] | None = None
     beat = pruned = 0.0
     # First figures soon after start, and soon after each outage begins or ends (once the
     # writer had time to commit it); else every `refresh` seconds.
     refreshed = time.time() - refresh + SOON
     try:
-        while True:
-            now = time.time()
-            if supervisor.config is not config:
-                config = supervisor.config
-                writer.record(Event(now, "reload", reason=str(config.path)))
-            for event in recorder.observe(supervisor.published(), now, _probes_on(supervisor)):
-                writer.record(event)
-                if event.kind == "outage":
-                    refreshed = min(refreshed, now - refresh + SOON)
-            if now - pruned >= PRUNE_EVERY:
-                pruned = now
-                writer.prune(now - config.supervisor.history_days * 86_400.0)
-            if now - beat >= HEARTBEAT:
-                beat = now
-                writer.heartbeat(now)
-            if now - refreshed >= refresh and (refreshing is None or refreshing.done()):
-                refreshed = now
-                refreshing = asyncio.create_task(_refresh(avail, path, now))
-            await asyncio.sleep(poll)
+        with ctx.amending(avail.amend):
+            while True:
+                now = time.time()
+                if ctx.config() is not config:
+                    config = ctx.config()
+                    writer.record(Event(now, "reload", reason=str(config.path)))
+                for event in recorder.observe(ctx.published(), now, _probes_on(config)):
+                    writer.record(event)
+                    if event.kind == "outage":
+                        refreshed = min(refreshed, now - refresh + SOON)
+                if now - pruned >= PRUNE_EVERY:
+                    pruned = now
+                    writer.prune(now - config.supervisor.history_days * 86_400.0)
+                if now - beat >= HEARTBEAT:
+                    beat = now
+                    writer.heartbeat(now)
+                if now - refreshed >= refresh and (refreshing is None or refreshing.done()):
+                    refreshed = now
+                    refreshing = asyncio.create_task(_refresh(avail, path, now))
+                await asyncio.sleep(poll)
     finally:
         if refreshing is not None:
             refreshing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refreshing
-        with contextlib.suppress(ValueError):
-            supervisor.amend.remove(avail.amend)
         # Shielded: the stop event must reach the disk even though we are being cancelled.
         await asyncio.shield(asyncio.to_thread(writer.close))
         if writer.dropped:
@@ -284,6 +283,6 @@ async def _refresh(avail: Availability, path: Path, now: float) -> None:
         log.warning("history: availability not refreshed: %s", exc)
 
 
-def _probes_on(supervisor: Supervisor) -> Callable[[str], bool]:
-    intervals = {t.name: t.probe_interval for t in supervisor.config.tunnel}
+def _probes_on(config: Config) -> Callable[[str], bool]:
+    intervals = {t.name: t.probe_interval for t in config.tunnel}
     return lambda name: intervals.get(name, 1.0) > 0

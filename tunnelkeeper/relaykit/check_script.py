@@ -5,11 +5,12 @@ from __future__ import annotations
 import shlex
 
 from ..config import Config, Tunnel
+from ..pubkey import read_public_key
 from .common import SshServer, mail_routes
 from .dropbear import keepalive
 from .dropbear import key_options as dropbear_key_options
 from .mailertable import mailer_name
-from .openssh import key_options, match_settings, read_public_key
+from .openssh import key_options, match_settings
 from .postfix import nexthop
 
 _HEAD = """\

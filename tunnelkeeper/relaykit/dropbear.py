@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..config import Config, Tunnel
 from .common import select_tunnels
-from .openssh import listens, open_comments, opens, read_public_key
+from .openssh import key_lines, listens, open_comments, opens
 
 # Dropbear ends a session once this many -K periods pass without a packet from the client
 # (a compile-time constant there; 2022.83 dropped a frozen client 2.6 s after it froze at -K 1).
@@ -35,7 +35,7 @@ def key_options(tunnel: Tunnel) -> str:
 
 def authorized_keys(config: Config, tunnel: str | None = None) -> str:
     """One authorized_keys line per tunnel for a Dropbear relay, with what it cannot limit."""
-    lines = [
+    header = [
         "# authorized_keys lines for a Dropbear relay, written by tunnelkeeper. Dropbear refuses",
         "# a whole line with an option it does not know (port-forwarding, permitlisten, from),",
         "# so each line has only what Dropbear understands: no pty, agent or X11, no command",
@@ -47,26 +47,25 @@ def authorized_keys(config: Config, tunnel: str | None = None) -> str:
         "# and without -k (no remote forwards: no tunnel) or -j (no channels: the end-to-end",
         "# checks fail). The relay kit's README (relay-kit --sshd dropbear) says more.",
     ]
-    for tun in select_tunnels(config, tunnel):
-        key = read_public_key(tun)
-        lines += [
-            f"# tunnel {tun.name}: ~{tun.user}/.ssh/authorized_keys on {tun.host}, "
-            f"key {key.fingerprint}",
-            (
-                f"# it listens on {', '.join(listens((tun,)))} (not enforced by Dropbear)"
-                if tun.forward
-                else "# it holds no reverse forwards (Dropbear would still let it listen)"
-            ),
-            "# channels (permitopen) only to:",
-            *open_comments((tun,)),
-        ]
-        if tun.from_:
-            lines.append(
-                f"# from = {', '.join(tun.from_)} is not in the line (Dropbear has no from=): "
-                f"allow only those to port {tun.port} in the relay's firewall"
-            )
-        lines.append(f"{key_options(tun)} {key}")
-    return "\n".join(lines) + "\n"
+    return key_lines(select_tunnels(config, tunnel), header, key_options, _notes)
+
+
+def _notes(tun: Tunnel) -> list[str]:
+    notes = [
+        (
+            f"# it listens on {', '.join(listens((tun,)))} (not enforced by Dropbear)"
+            if tun.forward
+            else "# it holds no reverse forwards (Dropbear would still let it listen)"
+        ),
+        "# channels (permitopen) only to:",
+        *open_comments((tun,)),
+    ]
+    if tun.from_:
+        notes.append(
+            f"# from = {', '.join(tun.from_)} is not in the line (Dropbear has no from=): "
+            f"allow only those to port {tun.port} in the relay's firewall"
+        )
+    return notes
 
 
 @dataclass(frozen=True)

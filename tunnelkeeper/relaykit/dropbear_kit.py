@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ..config import Tunnel
+from ..pubkey import read_public_key
 from .dropbear import KEEPALIVE_LIMIT, flags, keepalive, public_listen
-from .openssh import listens, read_public_key
+from .openssh import listens
 
 
 def account(tun: Tunnel, authorized_keys: str) -> str:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import Config, Forward, Tunnel
+from ..pubkey import read_public_key
 from . import outbound_kit
 from .common import SshServer, mail_routes
 from .mailertable import mailer_name
-from .openssh import client_alive, listens, opens, read_public_key
+from .openssh import client_alive, listens, opens
 from .postfix import relay_domains
 from .sendmail import ports
 

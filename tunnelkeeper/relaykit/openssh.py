@@ -2,74 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import math
-import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..config import Config, Endpoint, Tunnel
-from ..errors import ConfigError
+from ..pubkey import read_public_key
 from .common import select_tunnels
-
-
-@dataclass(frozen=True)
-class PublicKey:
-    """An OpenSSH public key line: `ssh-rsa AAAA… comment`."""
-
-    kind: str
-    blob: str
-    comment: str
-
-    @property
-    def fingerprint(self) -> str:
-        """The SHA256 fingerprint as `ssh-keygen -l` prints it."""
-        digest = hashlib.sha256(base64.b64decode(self.blob)).digest()
-        return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
-
-    def __str__(self) -> str:
-        return " ".join(part for part in (self.kind, self.blob, self.comment) if part)
-
-
-def public_key_path(tunnel: Tunnel) -> Path:
-    return Path(f"{tunnel.identity}.pub")
-
-
-def read_public_key(tunnel: Tunnel) -> PublicKey:
-    """The tunnel's public key from `<identity>.pub`; ConfigError naming the file otherwise."""
-    path = public_key_path(tunnel)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"public key not found (tunnel {tunnel.name!r}): create the key pair with "
-            "`tunnelkeeper keygen`, or put the .pub file beside the identity",
-            path=str(path),
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the public key: {exc}", path=str(path)) from None
-    lines = [line.strip() for line in text.splitlines()]
-    fields = next((line.split(None, 2) for line in lines if line and not line.startswith("#")), [])
-    if len(fields) < 2 or not _blob_matches(fields[0], fields[1]):
-        raise ConfigError(
-            "not an OpenSSH public key (expected one line like 'ssh-rsa AAAA… comment')",
-            path=str(path),
-        )
-    return PublicKey(fields[0], fields[1], fields[2] if len(fields) > 2 else "")
-
-
-def _blob_matches(kind: str, blob: str) -> bool:
-    """Whether `blob` is base64 of a key blob that starts with the length-prefixed `kind`."""
-    try:
-        raw = base64.b64decode(blob, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    if len(raw) < 4:
-        return False
-    (size,) = struct.unpack(">I", raw[:4])
-    return raw[4 : 4 + size] == kind.encode("ascii", "replace")
 
 
 def listens(tunnels: tuple[Tunnel, ...]) -> list[str]:
@@ -135,7 +74,7 @@ def key_options(tunnel: Tunnel) -> str:
 
 def authorized_keys(config: Config, tunnel: str | None = None) -> str:
     """One locked-down authorized_keys line per tunnel, each after a comment naming its account."""
-    lines = [
+    header = [
         "# authorized_keys lines written by tunnelkeeper: the key may hold these reverse forwards",
         "# and open channels to the destinations listed, and nothing else (no shell, pty, agent",
         "# or X11). With any permitopen present sshd refuses channels to every other address.",
@@ -143,20 +82,36 @@ def authorized_keys(config: Config, tunnel: str | None = None) -> str:
         "# here also allows Unix-socket forwards, which permitlisten does not limit; the block's",
         "# AllowStreamLocalForwarding no refuses them.",
     ]
-    for tun in select_tunnels(config, tunnel):
-        key = read_public_key(tun)
-        lines += [
-            f"# tunnel {tun.name}: ~{tun.user}/.ssh/authorized_keys on {tun.host}, "
-            f"key {key.fingerprint}",
-            "# channels (permitopen) only to:",
-            *open_comments((tun,)),
+    return key_lines(select_tunnels(config, tunnel), header, key_options, _notes)
+
+
+def _notes(tun: Tunnel) -> list[str]:
+    notes = ["# channels (permitopen) only to:", *open_comments((tun,))]
+    if not tun.forward:
+        notes += [
+            "# no reverse forwards: a key line cannot say permitlisten none, so the Match",
+            "# block's AllowTcpForwarding local is what refuses every listen of this account",
         ]
-        if not tun.forward:
-            lines += [
-                "# no reverse forwards: a key line cannot say permitlisten none, so the Match",
-                "# block's AllowTcpForwarding local is what refuses every listen of this account",
-            ]
-        lines.append(f"{key_options(tun)} {key}")
+    return notes
+
+
+def key_lines(
+    tunnels: tuple[Tunnel, ...],
+    header: list[str],
+    options: Callable[[Tunnel], str],
+    notes: Callable[[Tunnel], list[str]],
+) -> str:
+    """authorized_keys text: `header`, then per tunnel a comment naming its account and key,
+    its `notes`, and the key line with its `options`. Shared by the OpenSSH and Dropbear kits."""
+    lines = list(header)
+    for tun in tunnels:
+        key = read_public_key(tun)
+        lines.append(
+            f"# tunnel {tun.name}: ~{tun.user}/.ssh/authorized_keys on {tun.host}, "
+            f"key {key.fingerprint}"
+        )
+        lines += notes(tun)
+        lines.append(f"{options(tun)} {key}")
     return "\n".join(lines) + "\n"
 
 

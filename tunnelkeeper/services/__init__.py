@@ -1,13 +1,14 @@
 """The optional companions of a running supervisor: sd_notify, history, metrics, alert hooks,
 dashboard.
 
-Each is a `Service`: a coroutine given the supervisor, reading only its frozen snapshots.
+Each is a `Service`: a coroutine given a `ServiceContext` (the published snapshot, the running
+configuration, and a way to amend what is published), never the supervisor itself.
 """
 
 from __future__ import annotations
 
 from ..config import Config
-from ..supervisor import Service, Supervisor
+from ..publisher import Service, ServiceContext
 
 
 def standard(config: Config, *, dashboard: bool = False) -> list[Service]:
@@ -26,43 +27,43 @@ def standard(config: Config, *, dashboard: bool = False) -> list[Service]:
     return services
 
 
-async def _notify(supervisor: Supervisor) -> None:
+async def _notify(ctx: ServiceContext) -> None:
     from . import notify
 
-    await notify.serve(notify.Notifier.from_env(), supervisor.published, supervisor.ready)
+    await notify.serve(notify.Notifier.from_env(), ctx.published, ctx.ready)
 
 
-async def _metrics(supervisor: Supervisor) -> None:
+async def _metrics(ctx: ServiceContext) -> None:
     from . import metrics
 
-    listen = supervisor.config.supervisor.metrics_listen
+    listen = ctx.config().supervisor.metrics_listen
     assert listen is not None
-    await metrics.serve(listen, supervisor.published)
+    await metrics.serve(listen, ctx.published)
 
 
-async def _textfile(supervisor: Supervisor) -> None:
+async def _textfile(ctx: ServiceContext) -> None:
     from . import metrics
 
-    path = supervisor.config.supervisor.metrics_textfile
+    path = ctx.config().supervisor.metrics_textfile
     assert path is not None
-    await metrics.write_textfile(path, supervisor.published)
+    await metrics.write_textfile(path, ctx.published)
 
 
-async def _history(supervisor: Supervisor) -> None:
+async def _history(ctx: ServiceContext) -> None:
     from ..history import service as history
 
-    await history.record(supervisor)
+    await history.record(ctx)
 
 
-async def _alerts(supervisor: Supervisor) -> None:
+async def _alerts(ctx: ServiceContext) -> None:
     from . import alerts
 
-    await alerts.watch(supervisor.config.supervisor, supervisor.published)
+    await alerts.watch(ctx.config().supervisor, ctx.published)
 
 
-async def _dashboard(supervisor: Supervisor) -> None:
+async def _dashboard(ctx: ServiceContext) -> None:
     from ..dashboard import LogBuffer, show
 
-    settings = supervisor.config.supervisor
+    settings = ctx.config().supervisor
     history = settings.history_file if settings.history else None
-    await show(supervisor.published, logs=LogBuffer(), history=history)
+    await show(ctx.published, logs=LogBuffer(), history=history)

@@ -10,6 +10,7 @@ import signal
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from ..config import SupervisorSettings
 from ..state import ForwardStatus, SupervisorStatus, TunnelStatus
@@ -23,8 +24,48 @@ _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 @dataclass
 class _Track:
-    down_since: float  # loop time when this forward was first seen unhealthy
+    down_since: float  # when this forward was first seen unhealthy
     alerted: bool = False
+
+
+Alert = tuple[Literal["down", "up"], TunnelStatus, ForwardStatus]
+
+
+class Alerts:
+    """Which hooks a sequence of snapshots calls for: a forward unhealthy for `alert_after`
+    seconds is "down" once, and "up" when it is healthy again. Pure: the caller gives the time,
+    so a test can say "a minute later" without waiting a minute."""
+
+    def __init__(self, alert_after: float) -> None:
+        self.alert_after = alert_after
+        self._tracks: dict[tuple[str, str], _Track] = {}
+
+    def observe(self, status: SupervisorStatus, now: float) -> list[Alert]:
+        alerts: list[Alert] = []
+        seen: set[tuple[str, str]] = set()
+        for tunnel in status.tunnels:
+            if tunnel.state == "stopped":  # being stopped on purpose: nothing to page for
+                seen.update((tunnel.name, fwd.name) for fwd in tunnel.forwards)
+                continue
+            for fwd in tunnel.forwards:
+                key = (tunnel.name, fwd.name)
+                seen.add(key)
+                track = self._tracks.get(key)
+                if not fwd.healthy:
+                    if track is None:
+                        track = self._tracks[key] = _Track(down_since=now)
+                    if not track.alerted and now - track.down_since >= self.alert_after:
+                        track.alerted = True
+                        alerts.append(("down", tunnel, fwd))
+                elif track is not None:
+                    del self._tracks[key]
+                    if track.alerted:
+                        alerts.append(("up", tunnel, fwd))
+        for key in self._tracks.keys() - seen:
+            # Removed by a reload: we cannot say it recovered, so no "up" for it.
+            if self._tracks.pop(key).alerted:
+                log.info("%s/%s left the configuration while down; no on_up sent", *key)
+        return alerts
 
 
 async def watch(
@@ -41,34 +82,13 @@ async def watch(
     if not settings.on_down and not settings.on_up:
         return
     loop = asyncio.get_running_loop()
-    tracks: dict[tuple[str, str], _Track] = {}
+    alerts = Alerts(settings.alert_after)
     hooks = _Hooks(hook_timeout)
     try:
         while True:
-            now = loop.time()
-            seen: set[tuple[str, str]] = set()
-            for tunnel in get_status().tunnels:
-                if tunnel.state == "stopped":  # being stopped on purpose: nothing to page for
-                    seen.update((tunnel.name, fwd.name) for fwd in tunnel.forwards)
-                    continue
-                for fwd in tunnel.forwards:
-                    key = (tunnel.name, fwd.name)
-                    seen.add(key)
-                    track = tracks.get(key)
-                    if not fwd.healthy:
-                        if track is None:
-                            track = tracks[key] = _Track(down_since=now)
-                        if not track.alerted and now - track.down_since >= settings.alert_after:
-                            track.alerted = True
-                            hooks.fire(settings.on_down, "down", tunnel, fwd)
-                    elif track is not None:
-                        del tracks[key]
-                        if track.alerted:
-                            hooks.fire(settings.on_up, "up", tunnel, fwd)
-            for key in tracks.keys() - seen:
-                # Removed by a reload: we cannot say it recovered, so no "up" for it.
-                if tracks.pop(key).alerted:
-                    log.info("%s/%s left the configuration while down; no on_up sent", *key)
+            for event, tunnel, fwd in alerts.observe(get_status(), loop.time()):
+                argv = settings.on_down if event == "down" else settings.on_up
+                hooks.fire(argv, event, tunnel, fwd)
             await asyncio.sleep(poll)
     finally:
         await hooks.cancel()

@@ -14,10 +14,13 @@ from typing import TYPE_CHECKING, get_args
 
 from ..config import Endpoint
 from ..errors import ConfigError, ServiceCannotStart
-from ..state import SupervisorStatus, TunnelState
+from ..state import ForwardStatus, ProbeResult, SupervisorStatus, TunnelState, TunnelStatus
 
 if TYPE_CHECKING:  # prometheus-client is an optional dependency, imported when serving
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.metrics_core import Metric
+
+    Family = CounterMetricFamily | GaugeMetricFamily
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ class StatusCollector:
         self._get_status = get_status
 
     def collect(self) -> Iterator[Metric]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import GaugeMetricFamily
 
         status = self._get_status()
         start = GaugeMetricFamily(
@@ -49,88 +52,158 @@ class StatusCollector:
         taken.add_metric([], time.time())
         yield taken
 
-        tl = ["tunnel"]
-        up = GaugeMetricFamily(
-            "tunnelkeeper_tunnel_up", "1 when the SSH connection is up", labels=tl
-        )
+        tunnel_labels = ["tunnel"]
+        families = [_family(*spec[:3], tunnel_labels) for spec in _TUNNEL_FAMILIES]
         state = GaugeMetricFamily(
-            "tunnelkeeper_tunnel_state", "1 for the tunnel's current state", labels=[*tl, "state"]
-        )
-        connects = CounterMetricFamily(
-            "tunnelkeeper_tunnel_connects", "Successful connections to the relay", labels=tl
-        )
-        reconnects = CounterMetricFamily(
-            "tunnelkeeper_tunnel_reconnects", "Connections to the relay after the first", labels=tl
-        )
-        retry = GaugeMetricFamily(
-            "tunnelkeeper_tunnel_next_retry_seconds", "Seconds until the next attempt", labels=tl
+            "tunnelkeeper_tunnel_state",
+            "1 for the tunnel's current state",
+            labels=[*tunnel_labels, "state"],
         )
         for tunnel in status.tunnels:
-            up.add_metric([tunnel.name], 1.0 if tunnel.state == "up" else 0.0)
+            for family, (*_, sample) in zip(families, _TUNNEL_FAMILIES, strict=True):
+                _add(family, [tunnel.name], sample(tunnel))
             for name in TUNNEL_STATES:
                 state.add_metric([tunnel.name, name], 1.0 if tunnel.state == name else 0.0)
-            connects.add_metric([tunnel.name], tunnel.connects)
-            reconnects.add_metric([tunnel.name], max(tunnel.connects - 1, 0))
-            seconds = tunnel.next_retry_in()
-            if seconds is not None:
-                retry.add_metric([tunnel.name], seconds)
-        yield from (up, state, connects, reconnects, retry)
+        yield families[0]
+        yield state
+        yield from families[1:]
 
-        fl = ["tunnel", "forward", "service"]
-        pl = [*fl, "via"]
-        fwd_up = GaugeMetricFamily(
-            "tunnelkeeper_forward_up",
-            "1 when the forward is up and its last probe (if any) got through",
-            labels=fl,
-        )
-        probe_ok = GaugeMetricFamily(
-            "tunnelkeeper_probe_ok", "1 when the last end-to-end probe got through", labels=pl
-        )
-        latency = GaugeMetricFamily(
-            "tunnelkeeper_probe_latency_seconds", "How long the last probe took", labels=pl
-        )
-        probe_at = GaugeMetricFamily(
-            "tunnelkeeper_probe_timestamp_seconds",
-            "When the last probe ran, in Unix time",
-            labels=pl,
-        )
-        active = GaugeMetricFamily(
-            "tunnelkeeper_forward_connections_active", "Forwarded connections open now", labels=fl
-        )
-        total = CounterMetricFamily(
-            "tunnelkeeper_forward_connections", "Forwarded connections accepted", labels=fl
-        )
-        bytes_in = CounterMetricFamily(
-            "tunnelkeeper_forward_bytes_in", "Bytes from the relay to the local target", labels=fl
-        )
-        bytes_out = CounterMetricFamily(
-            "tunnelkeeper_forward_bytes_out", "Bytes from the local target to the relay", labels=fl
-        )
-        avail = GaugeMetricFamily(
-            "tunnelkeeper_forward_availability_24h_percent",
-            "Share of the last 24 h the forward was not in an outage (history database)",
-            labels=fl,
-        )
-        for tunnel in status.tunnels:
-            for fwd in tunnel.forwards:
-                values = [tunnel.name, fwd.name, fwd.service]
-                fwd_up.add_metric(values, 1.0 if fwd.healthy else 0.0)
-                active.add_metric(values, fwd.connections_active)
-                total.add_metric(values, fwd.connections_total)
-                bytes_in.add_metric(values, fwd.bytes_in)
-                bytes_out.add_metric(values, fwd.bytes_out)
-                if fwd.availability_24h is not None:
-                    avail.add_metric(values, fwd.availability_24h)
-                probe = fwd.probe
-                if probe is None:
-                    continue  # no sample rather than a fake 0 before the first probe
-                probe_values = [*values, probe.via]
-                probe_ok.add_metric(probe_values, 1.0 if probe.ok else 0.0)
-                probe_at.add_metric(probe_values, probe.at.timestamp())
-                if probe.latency_ms is not None:
-                    latency.add_metric(probe_values, probe.latency_ms / 1000)
-        yield from (fwd_up, probe_ok, latency, probe_at, active, total, bytes_in, bytes_out)
-        yield avail
+        forward_labels = ["tunnel", "forward", "service"]
+        for spec in _FORWARD_FAMILIES:
+            name, help_, counter, by_probe, forward_sample = spec
+            labels = [*forward_labels, "via"] if by_probe else forward_labels
+            family = _family(name, help_, counter, labels)
+            for tunnel in status.tunnels:
+                for fwd in tunnel.forwards:
+                    values = [tunnel.name, fwd.name, fwd.service]
+                    if by_probe:
+                        if fwd.probe is None:
+                            continue  # no sample rather than a fake 0 before the first probe
+                        values.append(fwd.probe.via)
+                    _add(family, values, forward_sample(fwd))
+            yield family
+
+
+TunnelSample = Callable[[TunnelStatus], float | None]
+ForwardSample = Callable[[ForwardStatus], float | None]
+
+# name, help, counter (else gauge), the value for one tunnel (None: no sample); tunnel_up
+# first: the per-state family is yielded after it.
+_TUNNEL_FAMILIES: tuple[tuple[str, str, bool, TunnelSample], ...] = (
+    (
+        "tunnelkeeper_tunnel_up",
+        "1 when the SSH connection is up",
+        False,
+        lambda t: 1.0 if t.state == "up" else 0.0,
+    ),
+    (
+        "tunnelkeeper_tunnel_connects",
+        "Successful connections to the relay",
+        True,
+        lambda t: t.connects,
+    ),
+    (
+        "tunnelkeeper_tunnel_reconnects",
+        "Connections to the relay after the first",
+        True,
+        lambda t: max(t.connects - 1, 0),
+    ),
+    (
+        "tunnelkeeper_tunnel_next_retry_seconds",
+        "Seconds until the next attempt",
+        False,
+        lambda t: t.next_retry_in(),
+    ),
+)
+
+
+def _probe(fwd: ForwardStatus) -> ProbeResult:
+    assert fwd.probe is not None  # asked only of forwards that have one
+    return fwd.probe
+
+
+def _seconds(ms: float | None) -> float | None:
+    return None if ms is None else ms / 1000
+
+
+# name, help, counter, one sample per probe (labelled by its `via`), the value for a forward.
+_FORWARD_FAMILIES: tuple[tuple[str, str, bool, bool, ForwardSample], ...] = (
+    (
+        "tunnelkeeper_forward_up",
+        "1 when the forward is up and its last probe (if any) got through",
+        False,
+        False,
+        lambda f: 1.0 if f.healthy else 0.0,
+    ),
+    (
+        "tunnelkeeper_probe_ok",
+        "1 when the last end-to-end probe got through",
+        False,
+        True,
+        lambda f: 1.0 if _probe(f).ok else 0.0,
+    ),
+    (
+        "tunnelkeeper_probe_latency_seconds",
+        "How long the last probe took",
+        False,
+        True,
+        lambda f: _seconds(_probe(f).latency_ms),
+    ),
+    (
+        "tunnelkeeper_probe_timestamp_seconds",
+        "When the last probe ran, in Unix time",
+        False,
+        True,
+        lambda f: _probe(f).at.timestamp(),
+    ),
+    (
+        "tunnelkeeper_forward_connections_active",
+        "Forwarded connections open now",
+        False,
+        False,
+        lambda f: f.connections_active,
+    ),
+    (
+        "tunnelkeeper_forward_connections",
+        "Forwarded connections accepted",
+        True,
+        False,
+        lambda f: f.connections_total,
+    ),
+    (
+        "tunnelkeeper_forward_bytes_in",
+        "Bytes from the relay to the local target",
+        True,
+        False,
+        lambda f: f.bytes_in,
+    ),
+    (
+        "tunnelkeeper_forward_bytes_out",
+        "Bytes from the local target to the relay",
+        True,
+        False,
+        lambda f: f.bytes_out,
+    ),
+    (
+        "tunnelkeeper_forward_availability_24h_percent",
+        "Share of the last 24 h the forward was not in an outage (history database)",
+        False,
+        False,
+        lambda f: f.availability_24h,
+    ),
+)
+
+
+def _family(name: str, help_: str, counter: bool, labels: list[str]) -> Family:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    kind = CounterMetricFamily if counter else GaugeMetricFamily
+    return kind(name, help_, labels=labels)
+
+
+def _add(family: Family, labels: list[str], value: float | None) -> None:
+    if value is not None:
+        family.add_metric(labels, value)
 
 
 def render(status: SupervisorStatus) -> bytes:

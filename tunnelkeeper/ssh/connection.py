@@ -10,12 +10,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import asyncssh
 
-from ..config import Endpoint, Hop, Tunnel
+from ..config import Endpoint, Hop, Tunnel, host_port
 from ..errors import (
     ChannelDenied,
     Disconnected,
@@ -26,6 +25,7 @@ from ..errors import (
     TunnelError,
 )
 from ..peertext import peer_text, quoted
+from ..resources import Resource
 from .credentials import Credentials, credentials
 from .hostkeys import HostKeyVerdict, KnownHosts, accept_first_contact, pin, read_known_hosts
 from .keys import read_secret
@@ -99,7 +99,7 @@ class _Client(asyncssh.SSHClient):
         return peer_text(version) if version else None
 
 
-class RelayConnection:
+class RelayConnection(Resource):
     """One authenticated SSH connection to a relay. `async with` closes it."""
 
     def __init__(
@@ -113,18 +113,6 @@ class RelayConnection:
         self.host_key = step.host_key
         self.cipher = peer_text(str(step.conn.get_extra_info("send_cipher", "?")))
         self.relay_version = step.client.relay_version
-
-    async def __aenter__(self) -> RelayConnection:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        await self.wait_closed()
 
     @property
     def is_closing(self) -> bool:
@@ -323,7 +311,7 @@ async def _connect_one(
         )
     else:
         transport = ThroughHop(via, verdict, watch)
-    name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = host_port(host, port)
     where = name if hop is None else f"jump host {name}"
     try:
         conn = await asyncssh.connect(

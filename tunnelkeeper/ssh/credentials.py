@@ -16,7 +16,7 @@ from asyncssh.public_key import CERT_TYPE_USER, SSHOpenSSHCertificate
 from ..config import Tunnel
 from ..errors import AuthFailed, KeyFileError
 from ..peertext import peer_text
-from .keys import load_identity, read_public_key, read_secret
+from .keys import agent_public_key, tunnel_identity
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,9 @@ async def credentials(tunnel: Tunnel) -> Credentials:
     that is gone or lacks the key, or an expired certificate."""
     cert = read_certificate(tunnel)
     if not tunnel.agent:
-        passphrase = (
-            None
-            if tunnel.passphrase_file is None
-            else read_secret(tunnel.passphrase_file, "passphrase_file")
-        )
-        key = load_identity(tunnel.identity, passphrase)
+        key = tunnel_identity(tunnel)
         return Credentials(keys=[(key, cert) if cert is not None else key])
-    wanted = read_public_key(tunnel)
+    wanted = agent_public_key(tunnel)
     sock = os.environ.get("SSH_AUTH_SOCK")
     if not sock:
         raise AuthFailed("agent = true, but SSH_AUTH_SOCK is not set: no ssh-agent to sign with")

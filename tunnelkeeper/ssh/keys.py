@@ -12,7 +12,8 @@ import asyncssh
 
 from .. import safefiles
 from ..config import Tunnel, secret_path
-from ..errors import KeyFileError
+from ..errors import ConfigError, KeyFileError
+from ..pubkey import public_key_path, read_public_key
 
 
 def check_identity_file(path: Path) -> None:
@@ -137,6 +138,17 @@ class NewKey:
     fingerprint: str
 
 
+def tunnel_identity(tunnel: Tunnel) -> asyncssh.SSHKey:
+    """The tunnel's private key, decrypted with its passphrase_file when it has one. Raises
+    KeyFileError or ConfigError naming the file."""
+    passphrase = (
+        None
+        if tunnel.passphrase_file is None
+        else read_secret(tunnel.passphrase_file, "passphrase_file")
+    )
+    return load_identity(tunnel.identity, passphrase)
+
+
 def generate_rsa_key(bits: int, comment: str, passphrase: str | None = None) -> NewKey:
     """A new RSA key; with `passphrase`, the private key is encrypted (OpenSSH's bcrypt KDF).
 
@@ -161,26 +173,24 @@ def preflight(tunnels: Sequence[Tunnel]) -> None:
     """
     for tunnel in tunnels:
         if tunnel.agent:
-            read_public_key(tunnel)
+            agent_public_key(tunnel)
         else:
-            passphrase = (
-                None
-                if tunnel.passphrase_file is None
-                else read_secret(tunnel.passphrase_file, "passphrase_file")
-            )
-            load_identity(tunnel.identity, passphrase)
+            tunnel_identity(tunnel)
         if tunnel.proxy_auth_file is not None:
             read_secret(tunnel.proxy_auth_file, "proxy_auth_file")
         check_known_hosts(tunnel.known_hosts, tunnel.host_key_policy)
 
 
-def read_public_key(tunnel: Tunnel) -> asyncssh.SSHKey:
-    """identity + ".pub": what the agent's key must match. Raises KeyFileError."""
-    path = Path(f"{tunnel.identity}.pub")
+def agent_public_key(tunnel: Tunnel) -> asyncssh.SSHKey:
+    """identity + ".pub" (read by pubkey.read_public_key): what the agent's key must match.
+    Raises KeyFileError."""
+    path = public_key_path(tunnel)
     try:
-        return asyncssh.read_public_key(str(path))
-    except (OSError, asyncssh.KeyImportError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise KeyFileError(
-            f"agent = true needs the public key beside the identity: {reason}", path=str(path)
-        ) from None
+        return asyncssh.import_public_key(str(read_public_key(tunnel)))
+    except ConfigError as exc:
+        reason = exc.detail
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        reason = str(exc)
+    raise KeyFileError(
+        f"agent = true needs the public key beside the identity: {reason}", path=str(path)
+    )

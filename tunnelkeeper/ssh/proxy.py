@@ -11,7 +11,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import Proxy
+from ..config import Proxy, host_port
 from ..errors import ProxyFailed
 from ..peertext import quoted
 
@@ -99,7 +99,7 @@ async def _http_connect(
     auth: str | None,
     where: str,
 ) -> bytes:
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    target = host_port(host, port)
     request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
     if auth is not None:
         token = base64.b64encode(auth.encode("utf-8")).decode("ascii")

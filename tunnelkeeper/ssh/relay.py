@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
 import asyncssh
+
+from ..resources import Resource
 
 
 class _RelayServer(asyncssh.SSHServer):
@@ -29,7 +29,7 @@ class _RelayServer(asyncssh.SSHServer):
         return self._relay.allow_direct and dest_host in ("127.0.0.1", "localhost", "::1")
 
 
-class EmbeddedRelay:
+class EmbeddedRelay(Resource):
     """A small in-process SSH relay on 127.0.0.1, for `tunnelkeeper demo` and fault tests.
 
     It accepts only the given authorized key, lets clients listen on loopback only, and
@@ -55,7 +55,7 @@ class EmbeddedRelay:
         assert self._acceptor is not None, "relay not started"
         return int(self._acceptor.get_port())
 
-    async def __aenter__(self) -> EmbeddedRelay:
+    async def start(self) -> None:
         self._acceptor = await asyncssh.listen(
             "127.0.0.1",
             self._port,
@@ -68,17 +68,14 @@ class EmbeddedRelay:
             keepalive_interval=5,
             keepalive_count_max=3,
         )
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
         self.drop_all()
         if self._acceptor is not None:
             self._acceptor.close()
+
+    async def wait_closed(self) -> None:
+        if self._acceptor is not None:
             await self._acceptor.wait_closed()
 
     def drop_all(self) -> int:
