@@ -322,3 +322,21 @@ def test_proxy_header_read_by_aiosmtpd(relay: Any, tmp_path: Path, version: str)
     assert data.src_port == client_port  # the relay user's own port on the relay
     listen = load(tmp_path / "tk.toml").tunnel[0].forward[0].listen
     assert (str(data.dst_addr), data.dst_port) == (listen.host, listen.port)
+
+
+def test_check_says_where_connections_come_from(
+    relay: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tunnelkeeper.cli import main
+
+    v4, v6 = free_port(), free_port()
+    forwards = [
+        {"name": "v4", "service": "tcp", "listen": f"127.0.0.1:{v4}", "target": "127.0.0.1:9"},
+        {"name": "v6", "service": "tcp", "listen": f"127.0.0.1:{v6}", "target": "[::1]:9"},
+    ]
+    config = write_config(tmp_path / "tk.toml", relay, forwards, host=RELAY_ADDRESS)
+    main(["check", "-c", str(config)])  # nothing listens on port 9: the probes fail
+    out = capsys.readouterr().out
+    assert f"forward v4 127.0.0.1:{v4} -> 127.0.0.1:9 from 127.0.0.2:" in out
+    assert f"forward v6 127.0.0.1:{v6} -> [::1]:9 from the kernel's choice:" in out
+    assert out.count("note: Linux has one IPv6 loopback address") == 1
