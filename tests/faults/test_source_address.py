@@ -266,10 +266,10 @@ def test_check_names_a_source_not_on_this_host_up_front(relay: Any, tmp_path: Pa
 
 def test_dial_raises_source_unavailable() -> None:
     from tunnelkeeper.config import Endpoint
-    from tunnelkeeper.forwarding.dial import connect_socket
+    from tunnelkeeper.forwarding.dial import dial
 
     async def go() -> None:
-        await connect_socket(Endpoint(host="127.0.0.1", port=free_port()), FOREIGN, 5)
+        await dial(asyncio.Protocol, Endpoint(host="127.0.0.1", port=free_port()), FOREIGN, 5)
 
     with pytest.raises(SourceUnavailable, match="not an address of this host"):
         asyncio.run(go())

@@ -8,7 +8,7 @@ import os
 from .. import control, ssh
 from ..config import Config, Forward, Local, Tunnel
 from ..errors import ForwardRefused, TunnelkeeperError
-from ..forwarding.dial import source_usable
+from ..forwarding.dial import source_unusable
 from ..forwarding.inbound import ForwardRuntime
 from ..forwarding.outbound import LocalRuntime
 from ..state import ForwardStatus, SupervisorStatus, TunnelStatus, refused_summary, utcnow
@@ -89,7 +89,7 @@ async def _check_forward(conn: ssh.RelayConnection, cfg: Tunnel, fwd_cfg: Forwar
     fwd = ForwardRuntime(fwd_cfg)
     fwd.relay_address = conn.relay_address
     source = fwd_cfg.source_address
-    unusable = None if source is None else source_usable(source)
+    unusable = None if source is None else source_unusable(source)
     if unusable is not None:  # every connection to the target would fail: say why up front
         fwd.set_state("down", f"{unusable}: set `source` to one of this host's addresses")
         return fwd.snapshot()

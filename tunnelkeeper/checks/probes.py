@@ -15,7 +15,7 @@ from typing import Literal
 
 from ..config import Endpoint, Forward, Local
 from ..errors import ChannelDenied, ProbeError, StreamLost, TargetUnavailable, TunnelError
-from ..forwarding.dial import connect_socket
+from ..forwarding.dial import dial
 from ..peertext import peer_text
 from ..ssh import Stream, StreamPair
 from ..state import ProbeResult, utcnow
@@ -164,10 +164,10 @@ async def _open_local(forward: Forward | Local) -> Stream:
     """The forward's target, straight from this host: from the forward's `source`, as its
     forwarded connections come."""
     source = forward.source_address if isinstance(forward, Forward) else None
-    sock = await connect_socket(forward.target, source, PROBE_DIAL)
-    try:
-        reader, writer = await asyncio.open_connection(sock=sock)
-    except OSError as exc:
-        sock.close()
-        raise TargetUnavailable(f"target {forward.target}: {exc.strerror or exc}") from exc
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    transport, protocol = await dial(
+        lambda: asyncio.StreamReaderProtocol(reader, loop=loop), forward.target, source, PROBE_DIAL
+    )
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     return StreamPair(reader, writer, f"connection to {forward.target}")

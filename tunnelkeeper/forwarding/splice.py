@@ -146,7 +146,7 @@ class Splice:
     ) -> None:
         """Open the local side from `source`, `header` first. Raises TargetUnavailable
         (SourceUnavailable when `source` is not this host's)."""
-        self._local = await dial(lambda: _LocalSide(self), target, source, timeout, header)
+        self._local, _ = await dial(lambda: _LocalSide(self), target, source, timeout, header)
         self._counters.opened(self)
 
     # -- channel side (called by asyncssh) --------------------------------------------------
