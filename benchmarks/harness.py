@@ -467,10 +467,10 @@ class Ssh(Client):
 
 class SshTty(Ssh):
     """`ssh -tt -R … sleep`: the same forward beside a session with a terminal. For such a
-    session sshd turns Nagle off on its socket (as for any interactive login), so the relay's
-    small packets never wait for the client's delayed ACK: `ssh -R` without its 40 ms stall.
-    For `ssh -N` sshd keeps Nagle on, and whether a connection meets the stall depends on how
-    the relay's packets happen to fall."""
+    session sshd and ssh turn Nagle off on their sockets (as for any interactive login), so the
+    relay's small packets never wait for a delayed ACK: `ssh -R` without its 40 ms stall. For
+    `ssh -N` Nagle stays on, and whether a connection meets the stall depends on how the
+    relay's packets happen to fall."""
 
     label = "ssh -R, tty"
 
