@@ -340,3 +340,23 @@ def test_check_says_where_connections_come_from(
     assert f"forward v4 127.0.0.1:{v4} -> 127.0.0.1:9 from 127.0.0.2:" in out
     assert f"forward v6 127.0.0.1:{v6} -> [::1]:9 from the kernel's choice:" in out
     assert out.count("note: Linux has one IPv6 loopback address") == 1
+
+
+def test_a_localhost_target_is_reached_from_127_0_0_2() -> None:
+    async def go() -> tuple[str | None, list[str]]:
+        target = await PeerRecorder().start()
+        fwd = Forward.model_validate(
+            {"name": "t", "service": "tcp", "listen": 2525, "target": f"localhost:{target.port}"}
+        )
+
+        async def no_relay(*_: Any) -> Any:
+            raise AssertionError("a local probe never opens a relay channel")
+
+        try:
+            result = await probes.run_probe(fwd, no_relay, 5, via_local=True)
+        finally:
+            await target.close()
+        assert result.ok, result.detail
+        return fwd.source_address, target.peers
+
+    assert asyncio.run(go()) == ("127.0.0.2", ["127.0.0.2"])
