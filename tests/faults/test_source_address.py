@@ -147,6 +147,7 @@ def test_way_in_1_open_relay(
     outcome.update(source=source, rcpt=f"{code} {text}"[:80])
     if source is None:
         assert code == 550 and "Relaying denied" in text, (code, text)
+        assert "[127.0.0.2]" in text, text  # sendmail names the client it saw
     else:  # what every tunnel did before: the internal sendmail relays for 127.0.0.1
         assert code == 250, (code, text)
 
