@@ -30,7 +30,8 @@ class ForwardRuntime(EndpointRuntime):
         self._opening = 0  # channels whose local side is still connecting
         self._burst = 0  # channels refused since the forward was last below its limit
         self._unbound = 0  # channels refused since `source` last worked
-        # The relay's address as this host reached it, for the PROXY header (set per connection).
+        # The relay's address as this host reached it, for the PROXY header: set by whoever
+        # listens on an SSH connection (tunnel, check), from that connection.
         self.relay_address: str | None = None
 
     async def accept(self, _orig_host: str, orig_port: int) -> Splice:
