@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import Config, Tunnel
+from ..config import Config, Forward, Tunnel
 from . import outbound_kit
+from .bind import transfer_source
 from .common import SshServer, mail_routes
 from .mailertable import mailer_name
 from .openssh import client_alive, listens, opens, read_public_key
@@ -219,6 +220,13 @@ already have values, add to them rather than replace. Test with `swaks` as in se
 """
 
 
+def _allow_transfer(forwards: list[Forward]) -> str:
+    sources = sorted({f.source_address for f in forwards if f.source_address is not None})
+    if not sources:
+        return ""
+    return ": `allow-transfer { " + " ".join(f"{s};" for s in sources) + " };`"
+
+
 def bind(tun: Tunnel) -> str:
     forwards = [f for f in tun.forward if f.service == "dns"]
     zone = forwards[0].zones[0]
@@ -238,8 +246,11 @@ named.conf already has a `server` statement for that address, merge the line int
 files are named relative to named's `directory` (`/var/cache/bind` on Debian), which named must
 be able to write.
 
-The internal primary sees the transfers arrive from 127.0.0.1 (tunnelkeeper hands them over
-there) and must allow them: `allow-transfer {{ 127.0.0.1; }};`, better with a TSIG key.
+The internal primary sees the transfers arrive from {transfer_source(forwards)} (the forward's
+`source`: tunnelkeeper connects from there, so that a relay user is never taken for the
+primary's own host) and must allow them{_allow_transfer(forwards)}, better with a TSIG key. A
+primary set up by an older kit allows `127.0.0.1` alone: allow the source too, or its transfers
+through the tunnel fail.
 {outbound_kit.notify_paragraph(forwards, zone)}
 
 ```sh
