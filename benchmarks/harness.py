@@ -430,8 +430,11 @@ class Tunnelkeeper(Client):
         self._spawn([PYTHON, "-m", "tunnelkeeper", *run])
 
 
-def ssh_args(env: Env, listen: int, options: Sequence[str] = ()) -> list[str]:
-    """`ssh -N -R` with default ciphers, its own known_hosts, no agent, no user config."""
+def ssh_args(
+    env: Env, listen: int, options: Sequence[str] = (), command: Sequence[str] = ()
+) -> list[str]:
+    """`ssh -N -R` with default ciphers, its own known_hosts, no agent, no user config; with a
+    `command`, `ssh -tt -R … command` instead (a session with a terminal)."""
     sshd = env.sshd
     opts = [
         "IdentitiesOnly=yes",
@@ -444,10 +447,12 @@ def ssh_args(env: Env, listen: int, options: Sequence[str] = ()) -> list[str]:
         "LogLevel=ERROR",
         *options,
     ]
-    args = [SSH, "-N", "-F", "/dev/null", "-p", str(sshd.port), "-i", str(sshd.client_key)]
+    mode = "-tt" if command else "-N"
+    args = [SSH, mode, "-F", "/dev/null", "-p", str(sshd.port), "-i", str(sshd.client_key)]
     for opt in opts:
         args += ["-o", opt]
-    return [*args, "-R", f"127.0.0.1:{listen}:127.0.0.1:{env.sink_port}", f"{sshd.user}@127.0.0.1"]
+    forward = f"127.0.0.1:{listen}:127.0.0.1:{env.sink_port}"
+    return [*args, "-R", forward, f"{sshd.user}@127.0.0.1", *command]
 
 
 class Ssh(Client):
@@ -458,6 +463,20 @@ class Ssh(Client):
     def start(self) -> None:
         for listen in self.listens:
             self._spawn(ssh_args(self.env, listen))
+
+
+class SshTty(Ssh):
+    """`ssh -tt -R … sleep`: the same forward beside a session with a terminal. For such a
+    session sshd and ssh turn Nagle off on their sockets (as for any interactive login), so the
+    relay's small packets never wait for a delayed ACK: `ssh -R` without its 40 ms stall. For
+    `ssh -N` Nagle stays on, and whether a connection meets the stall depends on how the
+    relay's packets happen to fall."""
+
+    label = "ssh -R, tty"
+
+    def start(self) -> None:
+        for listen in self.listens:
+            self._spawn(ssh_args(self.env, listen, command=["sleep", "86400"]))
 
 
 class Autossh(Client):
@@ -487,14 +506,12 @@ class Autossh(Client):
 class Env:
     """A scratch folder, a client key, the loopback sshd relay and the sink. `with Env() as env`."""
 
-    def __init__(self, name: str = "bench") -> None:
+    def __init__(self, name: str = "bench", key_options: str = "restrict,port-forwarding") -> None:
         raise_nofile()
         self._tmp = tempfile.TemporaryDirectory(prefix=f"tunnelkeeper-{name}-")
         self.root = Path(self._tmp.name)
         key = keygen(self.root / "client_rsa", "rsa", KEY_BITS)
-        self.sshd = BenchSshd(
-            self.root / "relay", client_key=key, key_options="restrict,port-forwarding"
-        )
+        self.sshd = BenchSshd(self.root / "relay", client_key=key, key_options=key_options)
         self.sink_port = ports(1)[0]
         self._sink: subprocess.Popen[bytes] | None = None
         self._clients: list[Client] = []
@@ -534,6 +551,9 @@ class Env:
 
     def ssh(self, listens: Sequence[int]) -> Ssh:
         return self._keep(Ssh(self, listens))
+
+    def ssh_tty(self, listens: Sequence[int]) -> SshTty:
+        return self._keep(SshTty(self, listens))
 
     def autossh(self, listens: Sequence[int], **kwargs: Any) -> Autossh:
         return self._keep(Autossh(self, listens, **kwargs))

@@ -8,7 +8,8 @@ TunnelkeeperError
 │   └── AlreadyRunning        another supervisor holds the control socket
 ├── ProbeError                an end-to-end probe failed (the tunnel may still be up)
 ├── TargetUnavailable         the local target refused a connection from the relay
-│   └── ForwardFull           max_connections (or the descriptor budget) reached
+│   ├── ForwardFull           max_connections (or the descriptor budget) reached
+│   └── SourceUnavailable     a forward's `source` is not an address of this host
 ├── ChannelDenied             the relay forbids a channel we asked for (probe fallback)
 ├── StreamLost                a channel or local connection broke while in use
 ├── ServiceCannotStart        a companion service cannot start (a metrics port in use)
@@ -134,6 +135,10 @@ class TargetUnavailable(TunnelkeeperError):
 
 class ForwardFull(TargetUnavailable):
     """A forward holds max_connections already (or the process is short of descriptors)."""
+
+
+class SourceUnavailable(TargetUnavailable):
+    """A forward's `source` address cannot be bound here (not an address of this host)."""
 
 
 class StreamLost(TunnelkeeperError):

@@ -283,6 +283,7 @@ class TunnelRuntime:
         """Open the relay listener; while the relay refuses, retry soon, then every
         forward_retry."""
         refusals = 0
+        fwd.relay_address = conn.relay_address
         while not self._draining:
             try:
                 listener = await conn.listen(

@@ -58,9 +58,10 @@ def test_a_zone_change_reaches_the_secondary(
     zone = primary / "example.org.zone"
     # Refresh an hour: only a NOTIFY makes the secondary look again within this test.
     zone.write_text(PRIMARY_ZONE.replace(" 900 300 ", " 3600 3600 "))
+    # The transfers come from the forward's source, 127.0.0.2 by default, as the kit says.
     primary_conf = named_options(primary, primary_port) + (
         'zone "example.org" { type primary; file "example.org.zone"; '
-        "allow-transfer { 127.0.0.1; }; };\n"
+        "allow-transfer { 127.0.0.2; }; };\n"
     )
     secondary = tmp_path / "secondary"
     stanzas = named_conf(load(cfg))

@@ -202,7 +202,7 @@ def test_secondary_named_pulls_the_zone_through_the_tunnel(
     primary = tmp_path / "primary"
     primary.mkdir()
     (primary / "example.org.zone").write_text(PRIMARY_ZONE)
-    # The transfers arrive from 127.0.0.1, where the tunnel hands them over.
+    # The transfers arrive from 127.0.0.1, where `ssh -R` hands them over.
     primary_conf = named_options(primary, primary_port) + (
         'zone "example.org" { type primary; file "example.org.zone"; '
         "allow-transfer { 127.0.0.1; }; };\n"
@@ -286,9 +286,10 @@ def test_secondary_named_refreshes_on_tunnelkeepers_notify(tmp_path: Path, make_
     primary.mkdir()
     zone = primary / "example.org.zone"
     zone.write_text(PRIMARY_ZONE)
+    # The transfers come from the forward's source, 127.0.0.2 by default, as the kit says.
     primary_conf = named_options(primary, primary_port) + (
         'zone "example.org" { type primary; file "example.org.zone"; '
-        "allow-transfer { 127.0.0.1; }; };\n"
+        "allow-transfer { 127.0.0.2; }; };\n"
     )
     secondary = tmp_path / "secondary"
     stanzas = named_conf(config)

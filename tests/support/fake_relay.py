@@ -52,6 +52,7 @@ class FakeConnection:
     cipher = "aes128-gcm@openssh.com"
     host_key = "SHA256:fake"
     relay_version = "SSH-2.0-OpenSSH_9.2p1 fake"
+    relay_address = "127.0.0.1"
 
     def __init__(self, refuse: int = 0) -> None:
         self._lost: asyncio.Future[TunnelError] = asyncio.get_running_loop().create_future()

@@ -8,6 +8,7 @@ import os
 from .. import control, ssh
 from ..config import Config, Forward, Local, Tunnel
 from ..errors import ForwardRefused, TunnelError, TunnelkeeperError
+from ..forwarding.dial import source_unusable
 from ..forwarding.inbound import ForwardRuntime
 from ..forwarding.outbound import LocalRuntime
 from ..state import ForwardStatus, SupervisorStatus, TunnelStatus, refused_summary, utcnow
@@ -87,6 +88,12 @@ def _down(fwd: Forward, why: str) -> ForwardStatus:
 
 async def _check_forward(conn: ssh.RelayConnection, cfg: Tunnel, fwd_cfg: Forward) -> ForwardStatus:
     fwd = ForwardRuntime(fwd_cfg)
+    fwd.relay_address = conn.relay_address
+    source = fwd_cfg.source_address
+    unusable = None if source is None else source_unusable(source)
+    if unusable is not None:  # every connection to the target would fail: say why up front
+        fwd.set_state("down", f"{unusable}: set `source` to one of this host's addresses")
+        return fwd.snapshot()
     try:
         listener = await conn.listen(fwd_cfg.listen, fwd.accept)
     except ForwardRefused as exc:
@@ -134,6 +141,7 @@ async def _mail_tunnel(config: Config, cfg: Tunnel, held: bool, timeout: float) 
             runtime = None if held else ForwardRuntime(fwd)
             listener = None
             if runtime is not None:
+                runtime.relay_address = conn.relay_address
                 try:
                     listener = await conn.listen(fwd.listen, runtime.accept)
                 except ForwardRefused as exc:

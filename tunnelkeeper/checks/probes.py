@@ -15,12 +15,14 @@ from typing import Literal
 
 from ..config import Endpoint, Forward, Local
 from ..errors import ChannelDenied, ProbeError, StreamLost, TargetUnavailable, TunnelError
+from ..forwarding.dial import dial
 from ..peertext import peer_text
 from ..ssh import Stream, StreamPair
 from ..state import ProbeResult, utcnow
 
 Opener = Callable[[Endpoint, float], Awaitable[Stream]]
 TCP_SETTLE = 0.3  # seconds a tcp probe waits to see the connection really held
+PROBE_DIAL = 10.0  # the probe's own timeout ends it sooner
 
 
 async def run_probe(
@@ -40,7 +42,7 @@ async def run_probe(
     check = _CHECKS[forward.service] if inbound or forward.service != "dns" else _check_tcp
     try:
         async with asyncio.timeout(timeout):
-            stream = await (_open_local(forward.target) if via_local else open_relay(dest, timeout))
+            stream = await (_open_local(forward) if via_local else open_relay(dest, timeout))
             try:
                 detail = await check(stream, forward)
             finally:
@@ -158,9 +160,14 @@ _CHECKS: dict[str, Callable[[Stream, Forward | Local], Awaitable[str]]] = {
 }
 
 
-async def _open_local(target: Endpoint) -> Stream:
-    try:
-        reader, writer = await asyncio.open_connection(target.host, target.port)
-    except OSError as exc:
-        raise TargetUnavailable(f"target {target}: {exc.strerror or exc}") from exc
-    return StreamPair(reader, writer, f"connection to {target}")
+async def _open_local(forward: Forward | Local) -> Stream:
+    """The forward's target, straight from this host: from the forward's `source`, as its
+    forwarded connections come."""
+    source = forward.source_address if isinstance(forward, Forward) else None
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    transport, protocol = await dial(
+        lambda: asyncio.StreamReaderProtocol(reader, loop=loop), forward.target, source, PROBE_DIAL
+    )
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    return StreamPair(reader, writer, f"connection to {forward.target}")

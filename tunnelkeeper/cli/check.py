@@ -97,4 +97,12 @@ def _print_plain(result: SupervisorStatus) -> None:
                 if fwd.direction == "local"
                 else f"forward {fwd.name} {fwd.listen} -> {fwd.target}"
             )
+            if fwd.direction != "local":
+                path += f" from {fwd.source}" if fwd.source else " from the kernel's choice"
             out.write(f"  {path}: {fwd.state}{error}{how}\n")
+            if fwd.direction != "local" and fwd.source is None and fwd.target.startswith("[::1]"):
+                out.write(
+                    "    note: Linux has one IPv6 loopback address, so the target sees this "
+                    "forward's connections come from ::1, like its own host's; set `source` to "
+                    "another local address (or use a 127.x target, reached from 127.0.0.2)\n"
+                )

@@ -181,7 +181,8 @@ class Forward(_Forwarder):
         if self.etrn is not None and self.service != "smtp":
             raise ValueError("'etrn' only applies to service = \"smtp\"")
         source = self.source_address
-        if source is not None and _family(source) != _family(self.target.host):
+        target_family = _family(self.target.host)  # None: a name, resolved per family
+        if source is not None and target_family not in (None, _family(source)):
             raise ValueError(
                 f"source {source} and target {self.target} are of different address families"
             )
@@ -230,6 +231,8 @@ def _family(host: str) -> int | None:
 
 
 def _in_loopback_v4(host: str) -> bool:
+    if host == "localhost":  # reached over IPv4 from 127.0.0.2 (the loop skips its ::1)
+        return True
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

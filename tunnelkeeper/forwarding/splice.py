@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..config import Endpoint
-from ..errors import TargetUnavailable
+from .dial import dial
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +111,6 @@ class _LocalSide(asyncio.Protocol):
     def __init__(self, splice: Splice) -> None:
         self._splice = splice
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
     def data_received(self, data: bytes) -> None:
         self._splice.from_target(data)
 
@@ -151,18 +144,12 @@ class Splice:
         self._closed = False
         self._watch_tail = b""
 
-    async def connect_target(self, target: Endpoint, timeout: float) -> None:
-        """Open the local side. Raises TargetUnavailable."""
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                transport, _ = await loop.create_connection(
-                    lambda: _LocalSide(self), target.host, target.port
-                )
-        except (OSError, TimeoutError) as exc:
-            reason = getattr(exc, "strerror", None) or "no answer"
-            raise TargetUnavailable(f"target {target} unavailable: {reason}") from exc
-        self._local = transport
+    async def connect_target(
+        self, target: Endpoint, source: str | None, timeout: float, header: bytes = b""
+    ) -> None:
+        """Open the local side from `source`, `header` first. Raises TargetUnavailable
+        (SourceUnavailable when `source` is not this host's)."""
+        self._local, _ = await dial(lambda: _LocalSide(self), target, source, timeout, header)
         self._traffic.opened(self)
 
     # -- channel side (called by asyncssh) --------------------------------------------------

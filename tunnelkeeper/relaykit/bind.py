@@ -66,6 +66,17 @@ def notify_source(forward: Forward) -> str | None:
     return host
 
 
+def transfer_source(forwards: list[Forward]) -> str:
+    """Where the internal primary sees zone transfers come from: the dns forwards' `source`
+    (tunnelkeeper's, so that it is never mistaken for the primary's own host's)."""
+    sources = sorted({forward.source_address or "" for forward in forwards})
+    named = [source for source in sources if source]
+    if not named:
+        return "the tunnelkeeper host's own address"
+    text = " and ".join(named)
+    return text if len(named) == len(sources) else f"{text} or the host's own address"
+
+
 def _key(config: Config, tunnel: Tunnel, forward: Forward) -> str:
     return f"tunnel[{config.tunnel.index(tunnel)}].forward[{tunnel.forward.index(forward)}].listen"
 
@@ -81,9 +92,9 @@ def named_conf(config: Config, tunnel: str | None = None, *, legacy: bool = Fals
     lines = [
         "// BIND secondary zones written by tunnelkeeper: each zone is pulled from the",
         "// internal primary through the SSH tunnel, whose relay end listens on the address",
-        "// and port below. The internal primary sees the transfers come from the dns",
-        "// forward's source address (127.0.0.2 unless `source` says otherwise) and must",
-        "// allow them (allow-transfer, better with a TSIG key; see `tunnelkeeper internal-kit`).",
+        "// and port below. The internal primary sees the transfers come from "
+        + transfer_source([forward for _, _, forward in zones]),
+        "// and must allow them (allow-transfer, better with a TSIG key).",
     ]
     if notified:
         lines += [

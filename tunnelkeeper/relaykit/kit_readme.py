@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..config import Config, Forward, Tunnel
 from ..pubkey import read_public_key
 from . import outbound_kit
+from .bind import transfer_source
 from .common import SshServer, mail_routes
 from .mailertable import mailer_name
 from .openssh import client_alive, listens, opens
@@ -220,10 +221,11 @@ already have values, add to them rather than replace. Test with `swaks` as in se
 """
 
 
-def _sources(forwards: list[Forward]) -> str:
-    """The addresses the forwards' connections to the primary come from, in words."""
-    named = sorted({f.source_address or "the kernel's choice of address" for f in forwards})
-    return " and ".join(named)
+def _allow_transfer(forwards: list[Forward]) -> str:
+    sources = sorted({f.source_address for f in forwards if f.source_address is not None})
+    if not sources:
+        return ""
+    return ": `allow-transfer { " + " ".join(f"{s};" for s in sources) + " };`"
 
 
 def bind(tun: Tunnel) -> str:
@@ -245,10 +247,11 @@ named.conf already has a `server` statement for that address, merge the line int
 files are named relative to named's `directory` (`/var/cache/bind` on Debian), which named must
 be able to write.
 
-The internal primary sees the transfers arrive from {_sources(forwards)} (the dns forward's
-`source`, never its own 127.0.0.1) and must allow them: `allow-transfer {{ tunnelkeeper; }};`
-with the ACL that `tunnelkeeper internal-kit` writes, better with a TSIG key. A primary set up
-with `allow-transfer {{ 127.0.0.1; }};` must add that address; `tunnelkeeper check` says so.
+The internal primary sees the transfers arrive from {transfer_source(forwards)} (the forward's
+`source`: tunnelkeeper connects from there, so that a relay user is never taken for the
+primary's own host) and must allow them{_allow_transfer(forwards)}, better with a TSIG key. A
+primary set up by an older kit allows `127.0.0.1` alone: allow the source too, or its transfers
+through the tunnel fail.
 {outbound_kit.notify_paragraph(forwards, zone)}
 
 ```sh

@@ -7,6 +7,7 @@ asyncssh or the socket layer raises gets past this module.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ class RelayConnection(Resource):
         self.host_key = step.host_key
         self.cipher = peer_text(str(step.conn.get_extra_info("send_cipher", "?")))
         self.relay_version = step.client.relay_version
+        self.relay_address = _relay_address(tunnel, step.conn, direct=not hops)
 
     @property
     def is_closing(self) -> bool:
@@ -269,6 +271,20 @@ async def connect(tunnel: Tunnel) -> RelayConnection:
             conn.abort()
         raise asyncio.CancelledError()
     return RelayConnection(tunnel, final, hops)
+
+
+def _relay_address(tunnel: Tunnel, conn: asyncssh.SSHClientConnection, direct: bool) -> str | None:
+    """The relay's IP address as this host reached it: the peer of our TCP connection when it
+    goes straight there; through a proxy or a jump host, the configured host when it is an
+    address; else None (not known here)."""
+    if direct and tunnel.proxy is None:
+        peer = conn.get_extra_info("peername")
+        if peer:
+            return str(peer[0])
+    try:
+        return str(ipaddress.ip_address(tunnel.host))
+    except ValueError:
+        return None
 
 
 def _cancelled() -> bool:
