@@ -197,6 +197,7 @@ async def _transfer_test(
 ) -> tuple[bool | None, str]:
     # Imported here, as the dns probe does: only a dns forward's check pays for dnspython.
     import dns.message
+    import dns.name
     import dns.rcode
     import dns.rdatatype
     import dns.rrset
@@ -215,7 +216,9 @@ async def _transfer_test(
         # An IXFR at the serial just read: an up-to-date secondary's question, answered
         # with the SOA alone. The primary applies allow-transfer to it as to an AXFR.
         query = dns.message.make_query(zone, dns.rdatatype.IXFR)
-        query.authority.append(dns.rrset.from_text(zone, 0, "IN", "SOA", f". . {serial} 0 0 0 0"))
+        query.authority.append(
+            dns.rrset.from_text(dns.name.from_text(zone), 0, "IN", "SOA", f". . {serial} 0 0 0 0")
+        )
         reply = await _exchange(stream, query)
     finally:
         stream.close()
