@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.relaykit.conftest import need_tool
-from tests.relaykit.test_bind import PRIMARY_ZONE, named, named_options
+from tests.relaykit.test_bind import PRIMARY_ZONE, named, named_options, soa
 from tests.relaykit.test_sendmail import build_relay, port_open, stop_tree
 from tests.support.configs import write_config
 from tests.support.procs import SupervisorProcess
@@ -66,6 +66,11 @@ class InternalSendmail:
 
     def stop(self) -> None:
         stop_tree(self.daemon)
+
+
+def loaded(port: int) -> None:
+    """named listens before its zones are loaded (SERVFAIL meanwhile): wait for the SOA."""
+    wait_until(lambda: (a := soa(port)) is not None and a.answer, 10, what="the zone to load")
 
 
 def check(config: Path) -> tuple[int, dict[str, Any], str]:
@@ -172,6 +177,7 @@ def test_check_names_a_primary_that_refuses_the_tunnels_transfers(
         f"allow-transfer {{ {allowed}; }}; }};\n"
     )
     with named(primary, conf, port):
+        loaded(port)
         code, result, plain = check(config)
     (transfer,) = result["transfers"]
     outcome.update(allowed=allowed, exit=code, transfer_ok=transfer["transfer_ok"])

@@ -19,7 +19,7 @@ import dns.xfr
 import dns.zone
 import pytest
 
-from tests.faults.test_check_boundary import InternalSendmail
+from tests.faults.test_check_boundary import InternalSendmail, loaded
 from tests.support.sshd import free_port
 from tunnelkeeper.cli import main
 from tunnelkeeper.relaykit.internal_kit import internal_kit
@@ -163,9 +163,11 @@ def test_a_real_primary_with_the_acl(tmp_path: Path, capsys: pytest.CaptureFixtu
     write(copy_example(tmp_path), tmp_path / "kit", capsys)
     acl = tmp_path / "kit" / "named.conf.tunnelkeeper-acl"
     with named(folder, acl_conf(folder, acl, port), port):
+        loaded(port)
         zone = dns.zone.Zone("example.org")
         dns.query.inbound_xfr("127.0.0.1", zone, port=port, timeout=5, source="127.0.0.2")
-        assert zone.get_rdataset("@", "SOA")[0].serial == 2026112601
+        soa = zone.get_rdataset("@", "SOA")
+        assert soa is not None and soa[0].serial == 2026112601
         with pytest.raises(dns.xfr.TransferError) as refused:
             dns.query.inbound_xfr(
                 "127.0.0.1", dns.zone.Zone("example.org"), port=port, timeout=5, source="127.0.0.3"

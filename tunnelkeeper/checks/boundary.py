@@ -175,7 +175,13 @@ def _relay_advice(forward: Forward, reply: str) -> str:
         f'{OPEN_RELAY}: it accepted RCPT TO:<{TEST_RECIPIENT}> ("{reply}") from {source}, so '
         "anyone on the relay can send mail anywhere through it."
     ]
-    if forward.source_address is None:
+    if forward.source_address is None and ":" in forward.target.host and forward.source is None:
+        words.append(
+            "Linux has one IPv6 loopback address, so connections to an IPv6 target come from "
+            "::1, the internal host's own: use a 127.x target (reached from 127.0.0.2) or "
+            "proxy_protocol."
+        )
+    elif forward.source_address is None:
         words.append(
             "Give the forward a `source` of its own (127.0.0.2 for a loopback target): the "
             "kernel's choice is an address the internal host trusts as its own."

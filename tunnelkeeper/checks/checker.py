@@ -65,6 +65,12 @@ async def _check_tunnel(
         else:
             forwards = tuple([await _check_forward(conn, cfg, fwd, proofs) for fwd in cfg.forward])
             forwards += tuple([await _check_local(conn, cfg, lc) for lc in cfg.local])
+    proved = {p.forward for p in proofs}
+    proofs += [  # a forward left before its proof (not opened, say) is still reported
+        boundary.not_tried(cfg, fwd, "the forward is not up")
+        for fwd in cfg.forward
+        if boundary.applies(fwd) and fwd.name not in proved
+    ]
     refused = [f for f in forwards if f.state == "refused"]
     tunnel = TunnelStatus(
         name=cfg.name,

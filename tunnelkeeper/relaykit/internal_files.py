@@ -94,12 +94,11 @@ def postfix_master(config: Config) -> str:
         "# the relay as the client, so this smtpd logs and judges the relay, not this host:",
         *(f"#   {_way(t, f)}, PROXY {f.proxy_protocol}" for t, f in ways),
         "# Each target gets an smtpd of its own that reads the header (Postfix 2.10 or later;",
-        "# version 2 of the header needs Postfix 3.5). It must be a port no other service holds:",
-        "# the stock `smtp inet` line listens on port 25 of every address (inet_interfaces =",
-        "# all), so give the forward a target port of its own (127.0.0.1:10025, say) and a",
-        "# so that nothing else connects there without a header. Append these lines to",
-        "# master.cf, then",
-        "# `postfix reload`; `postconf -M` lists the service and `postconf -P` its -o setting.",
+        "# version 2 of the header needs Postfix 3.5). Its port must be one no other service",
+        "# holds: the stock `smtp inet` line listens on port 25 of every address, so give the",
+        "# forward a target port of its own (127.0.0.1:10025, say). Append these lines to",
+        "# master.cf, then `postfix reload`; `postconf -M` lists the service, `postconf -P` its",
+        "# -o setting.",
     ]
     for target in dict.fromkeys(str(f.target) for _, f in ways):
         lines += [
@@ -151,8 +150,8 @@ def named_acl(config: Config) -> str:
         "// Include this file near the top of named.conf, before what uses the ACL:",
         '//   include "/etc/bind/named.conf.tunnelkeeper-acl";',
         "// and use it:",
-        f"// - in each zone the relay serves as secondary ({', '.join(zones)}), so that its",
-        "//   transfers come through (beside the addresses already there):",
+        "// - in each zone the relay serves as secondary, so that its transfers come through",
+        f"//   (beside the addresses already there): {', '.join(zones)}",
         "//     allow-transfer { tunnelkeeper; };",
         "// - first in allow-recursion and allow-query-cache (in options, and in every view that",
         "//   sets them), so the tunnel never gets recursion or the cache: BIND's defaults are",
