@@ -16,12 +16,18 @@ from .boundary import Boundary
 from .mailtest import MailTest
 
 
-async def check(
+async def check(config: Config, running: SupervisorStatus | None = None) -> SupervisorStatus:
+    """Check every tunnel at once. With a supervisor `running`, the forwards are its to hold:
+    the connection is still tested, and its forwards' state is taken from its status."""
+    status, _ = await check_and_prove(config, running)
+    return status
+
+
+async def check_and_prove(
     config: Config, running: SupervisorStatus | None = None
 ) -> tuple[SupervisorStatus, list[Boundary]]:
-    """Check every tunnel at once, and the boundary of every smtp and dns forward. With a
-    supervisor `running`, the forwards are its to hold: the connection is still tested, its
-    forwards' state is taken from its status, and the boundary is proved through them."""
+    """`check`, and the boundary of every smtp and dns forward proved through the relay
+    (through the running supervisor's forwards when it holds them)."""
     started = utcnow()
     held = {t.name: t for t in running.tunnels} if running else {}
     results = await asyncio.gather(*(_check_tunnel(t, held.get(t.name)) for t in config.tunnel))

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import config, control
 from ..checks.boundary import Boundary
-from ..checks.checker import check, check_mail
+from ..checks.checker import check_and_prove, check_mail
 from ..checks.mailtest import MailTest
 from ..errors import ControlError
 from ..state import SupervisorStatus
@@ -85,7 +85,7 @@ async def _check(
         running: SupervisorStatus | None = await control.fetch_status(cfg.control_socket, 2.0)
     except ControlError:
         running = None
-    result, proofs = await check(cfg, running)
+    result, proofs = await check_and_prove(cfg, running)
     if mail_timeout is None:
         return result, proofs, None
     return result, proofs, await check_mail(cfg, running, mail_timeout)
