@@ -43,12 +43,14 @@ def config(tmp_path: Path, service: str, target: str = "25", source: str | None 
 async def through(serve: Serve, tunnel: Any, forward: Any) -> tuple[Boundary, list[bytes]]:
     """prove() with its channels opened to `serve` on loopback; what the server heard."""
     heard: list[bytes] = []
+    handlers: list[asyncio.Task[None]] = []
 
     async def recording(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
         try:
             await serve(_Recorder(reader, heard), writer)  # type: ignore[arg-type]
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            pass  # the client hung up: all it had to say is heard
         finally:
             writer.close()
 
@@ -61,7 +63,10 @@ async def through(serve: Serve, tunnel: Any, forward: Any) -> tuple[Boundary, li
         return StreamPair(reader, writer)
 
     async with server:
-        return await prove(tunnel, forward, opener), heard
+        proof = await prove(tunnel, forward, opener)
+        # Each handler ends at the client's EOF: let it, so that nothing is cut off at exit.
+        await asyncio.wait_for(asyncio.gather(*handlers), 5)
+        return proof, heard
 
 
 class _Recorder:
