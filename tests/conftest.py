@@ -76,6 +76,16 @@ class SmtpSink:
         sink = self
 
         class Handler:
+            async def handle_RCPT(
+                self, server: Any, session: Any, envelope: Any, address: str, options: Any
+            ) -> str:
+                # Like a real MTA, it does not relay: `check`'s relay test (a recipient in
+                # .invalid, a name that is never anyone's) is refused.
+                if address.lower().rstrip(">").endswith(".invalid"):
+                    return "550 5.7.1 Relaying denied"
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
             async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
                 sink.raw.append(envelope.original_content or envelope.content)
                 return "250 OK queued"

@@ -183,6 +183,7 @@ def test_check_against_real_sshd(
     fwd = data["tunnels"][0]["forwards"][0]
     assert data["tunnels"][0]["state"] == "up"
     assert fwd["state"] == "up" and fwd["probe"]["ok"] and fwd["probe"]["detail"].startswith("220")
+    assert fwd["open_relay"] is False  # the sink refuses to relay, as a real MTA does
     smtp_sink.stop()
     assert main(["check", "-c", str(cfg)]) == 2  # the only forward's probe fails
     assert "probe FAILED" in capsys.readouterr().out

@@ -12,27 +12,48 @@ from ..forwarding.dial import source_unusable
 from ..forwarding.inbound import ForwardRuntime
 from ..forwarding.outbound import LocalRuntime
 from ..state import ForwardStatus, SupervisorStatus, TunnelStatus, refused_summary, utcnow
-from . import mailtest, probes
+from . import boundary, mailtest, probes
+from .boundary import Boundary
 from .mailtest import MailTest
 
 
 async def check(config: Config, running: SupervisorStatus | None = None) -> SupervisorStatus:
     """Check every tunnel at once. With a supervisor `running`, the forwards are its to hold:
     the connection is still tested, and its forwards' state is taken from its status."""
+    status, _ = await check_and_prove(config, running)
+    return status
+
+
+async def check_and_prove(
+    config: Config, running: SupervisorStatus | None = None
+) -> tuple[SupervisorStatus, list[Boundary]]:
+    """`check`, and the boundary of every smtp and dns forward proved through the relay
+    (through the running supervisor's forwards when it holds them)."""
     started = utcnow()
     held = {t.name: t for t in running.tunnels} if running else {}
-    tunnels = await asyncio.gather(*(_check_tunnel(t, held.get(t.name)) for t in config.tunnel))
-    return SupervisorStatus(
-        pid=os.getpid(), started=started, config=str(config.path), tunnels=tuple(tunnels)
+    results = await asyncio.gather(*(_check_tunnel(t, held.get(t.name)) for t in config.tunnel))
+    status = SupervisorStatus(
+        pid=os.getpid(),
+        started=started,
+        config=str(config.path),
+        tunnels=tuple(tunnel for tunnel, _ in results),
     )
+    return status, [proof for _, proofs in results for proof in proofs]
 
 
-async def _check_tunnel(cfg: Tunnel, held: TunnelStatus | None) -> TunnelStatus:
+async def _check_tunnel(
+    cfg: Tunnel, held: TunnelStatus | None
+) -> tuple[TunnelStatus, list[Boundary]]:
     try:
         conn = await ssh.connect(cfg)
     except TunnelkeeperError as exc:
         forwards = tuple(_down(fwd, "relay connection failed") for fwd in cfg.forward)
-        return TunnelStatus(
+        untried = [
+            boundary.not_tried(cfg, fwd, "relay connection failed")
+            for fwd in cfg.forward
+            if boundary.applies(fwd)
+        ]
+        failed = TunnelStatus(
             name=cfg.name,
             relay=cfg.relay,
             state="stopped",
@@ -41,14 +62,25 @@ async def _check_tunnel(cfg: Tunnel, held: TunnelStatus | None) -> TunnelStatus:
             relay_version=exc.relay_version if isinstance(exc, TunnelError) else None,
             forwards=forwards,
         )
+        return failed, untried
+    proofs: list[Boundary] = []
     async with conn:
         if held is not None:
             forwards = held.forwards
+            states = {f.name: f for f in forwards if f.direction == "forward"}
+            for fwd in filter(boundary.applies, cfg.forward):
+                proofs.append(await _prove(conn, cfg, fwd, states.get(fwd.name)))
         else:
-            forwards = tuple([await _check_forward(conn, cfg, fwd) for fwd in cfg.forward])
+            forwards = tuple([await _check_forward(conn, cfg, fwd, proofs) for fwd in cfg.forward])
             forwards += tuple([await _check_local(conn, cfg, lc) for lc in cfg.local])
+    proved = {p.forward for p in proofs}
+    proofs += [  # a forward left before its proof (not opened, say) is still reported
+        boundary.not_tried(cfg, fwd, "the forward is not up")
+        for fwd in cfg.forward
+        if boundary.applies(fwd) and fwd.name not in proved
+    ]
     refused = [f for f in forwards if f.state == "refused"]
-    return TunnelStatus(
+    tunnel = TunnelStatus(
         name=cfg.name,
         relay=cfg.relay,
         state="up",
@@ -60,6 +92,20 @@ async def _check_tunnel(cfg: Tunnel, held: TunnelStatus | None) -> TunnelStatus:
         error_kind="forward-refused" if refused else None,
         last_error=refused_summary(forwards),
     )
+    return tunnel, proofs
+
+
+async def _prove(
+    conn: ssh.RelayConnection, cfg: Tunnel, fwd: Forward, status: ForwardStatus | None
+) -> Boundary:
+    """The boundary of one forward, through the relay: only over a path the probe found."""
+    if status is None or status.state != "up":
+        return boundary.not_tried(cfg, fwd, "the forward is not up")
+    if status.probe is not None and status.probe.via == "local":
+        return boundary.not_tried(cfg, fwd, "the relay forbids the channel the check needs")
+    if status.probe is not None and not status.probe.ok:
+        return boundary.not_tried(cfg, fwd, "its probe failed")
+    return await boundary.prove(cfg, fwd, conn.open_stream)
 
 
 async def _check_local(conn: ssh.RelayConnection, cfg: Tunnel, local: Local) -> ForwardStatus:
@@ -86,7 +132,10 @@ def _down(fwd: Forward, why: str) -> ForwardStatus:
     )
 
 
-async def _check_forward(conn: ssh.RelayConnection, cfg: Tunnel, fwd_cfg: Forward) -> ForwardStatus:
+async def _check_forward(
+    conn: ssh.RelayConnection, cfg: Tunnel, fwd_cfg: Forward, proofs: list[Boundary]
+) -> ForwardStatus:
+    """Open the forward, probe it and, while it is open, prove its boundary into `proofs`."""
     fwd = ForwardRuntime(fwd_cfg)
     fwd.relay_address = conn.relay_address
     source = fwd_cfg.source_address
@@ -98,12 +147,16 @@ async def _check_forward(conn: ssh.RelayConnection, cfg: Tunnel, fwd_cfg: Forwar
         listener = await conn.listen(fwd_cfg.listen, fwd.accept)
     except ForwardRefused as exc:
         fwd.set_state("refused", str(exc))
+        if boundary.applies(fwd_cfg):
+            proofs.append(boundary.not_tried(cfg, fwd_cfg, "the relay refused the forward"))
         return fwd.snapshot()
     try:
         fwd.set_state("up")
         fwd.probe, _ = await probes.probe_with_fallback(
             fwd_cfg, conn.open_stream, cfg.probe_timeout
         )
+        if boundary.applies(fwd_cfg):
+            proofs.append(await _prove(conn, cfg, fwd_cfg, fwd.snapshot()))
     finally:
         listener.close()
         await listener.wait_closed()

@@ -45,6 +45,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "authorized-keys": "the relay account's locked-down authorized_keys line",
         "sshd-config": "a Match User block for the relay's sshd_config",
         "relay-kit": "all of the above as files, with a README for the relay admin",
+        "internal-kit": "the internal servers' lines that keep the tunnel from being trusted",
     },
 }
 VERBS = {verb: help_ for group in GROUPS.values() for verb, help_ in group.items()}

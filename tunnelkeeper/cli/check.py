@@ -7,9 +7,11 @@ import asyncio
 import functools
 import json
 import sys
+from typing import Any
 
 from .. import config, control
-from ..checks.checker import check, check_mail
+from ..checks.boundary import Boundary
+from ..checks.checker import check_and_prove, check_mail
 from ..checks.mailtest import MailTest
 from ..errors import ControlError
 from ..state import SupervisorStatus
@@ -39,14 +41,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     check_tunnel_files(cfg)
-    result, mail = asyncio.run(_check(cfg, args.mail_timeout if args.mail else None))
+    result, proofs, mail = asyncio.run(_check(cfg, args.mail_timeout if args.mail else None))
     if args.json:
         document = result.to_json()
+        _add_boundary(document, proofs)
         if mail is not None:
             document["mail"] = [test.to_json() for test in mail]
         print(json.dumps(document, indent=2))
     else:
         _print_plain(result)
+        _print_boundary(proofs)
         for test in mail or []:
             verdict = "ok" if test.ok else f"FAILED [{test.outcome}]"
             print(f"mail {test.tunnel}/{test.forward} postmaster@{test.domain}: {verdict}")
@@ -56,21 +60,50 @@ def run(args: argparse.Namespace) -> int:
             print(
                 "tunnelkeeper: check --mail: no smtp forward names domains to test", file=sys.stderr
             )
-        return EXIT_OK if mail and all(test.ok for test in mail) else EXIT_FAILURE
-    return result.exit_code()
+        passed = mail and all(test.ok for test in mail)
+        return EXIT_OK if passed and not any(p.failed for p in proofs) else EXIT_FAILURE
+    # A boundary that lets the relay in fails the check even when every forward is up.
+    breached = EXIT_FAILURE if any(p.failed for p in proofs) else EXIT_OK
+    return max(result.exit_code(), breached)
 
 
 async def _check(
     cfg: config.Config, mail_timeout: float | None
-) -> tuple[SupervisorStatus, list[MailTest] | None]:
+) -> tuple[SupervisorStatus, list[Boundary], list[MailTest] | None]:
     try:
         running: SupervisorStatus | None = await control.fetch_status(cfg.control_socket, 2.0)
     except ControlError:
         running = None
-    result = await check(cfg, running)
+    result, proofs = await check_and_prove(cfg, running)
     if mail_timeout is None:
-        return result, None
-    return result, await check_mail(cfg, running, mail_timeout)
+        return result, proofs, None
+    return result, proofs, await check_mail(cfg, running, mail_timeout)
+
+
+def _add_boundary(document: dict[str, Any], proofs: list[Boundary]) -> None:
+    """Each proof's keys (`open_relay`, `transfers`) into its forward's object."""
+    found = {(p.tunnel, p.forward): p for p in proofs}
+    for tunnel in document["tunnels"]:
+        for fwd in tunnel["forwards"]:
+            proof = found.get((tunnel["name"], fwd["name"]))
+            if proof is not None:
+                fwd.update(proof.to_json())
+
+
+def _print_boundary(proofs: list[Boundary]) -> None:
+    for proof in proofs:
+        if proof.service == "smtp":
+            verdict = {True: "OPEN RELAY", False: "ok", None: "not tried"}[proof.open_relay]
+            print(f"boundary {proof.tunnel}/{proof.forward}: {verdict}")
+            print(f"  {proof.detail}")
+            continue
+        for transfer in proof.transfers:
+            verdict = {True: "ok", False: "REFUSED", None: "not tried"}[transfer.ok]
+            print(f"boundary {proof.tunnel}/{proof.forward} transfer {transfer.zone}: {verdict}")
+            if transfer.ok is None:
+                print(f"  {transfer.detail}")
+        if proof.failed:
+            print(f"  {proof.detail}")
 
 
 def _print_plain(result: SupervisorStatus) -> None:

@@ -1,0 +1,196 @@
+"""`check` proves the boundary with the real internal servers behind a real sshd: a sendmail
+that would relay for the tunnel's source is named as an open relay (exit 1), one as it comes is
+not; a BIND primary that allows transfers to 127.0.0.1 alone (the first relay kit's advice)
+refuses the tunnel's source, and check says what to allow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.relaykit.conftest import need_tool
+from tests.relaykit.test_bind import PRIMARY_ZONE, named, named_options, soa
+from tests.relaykit.test_sendmail import build_relay, port_open, stop_tree
+from tests.support.configs import write_config
+from tests.support.procs import SupervisorProcess
+from tests.support.sshd import free_port, wait_until
+from tunnelkeeper.checks.boundary import NO_TRANSFER, OPEN_RELAY
+from tunnelkeeper.config import load
+
+pytestmark = pytest.mark.timeout(120)
+
+INTERNAL_NAME = "mail.example.org"
+# The internal MTA as a site runs it: no DNS in a test, one loopback listener, nothing else.
+INTERNAL_MC = """\
+FEATURE(`accept_unresolvable_domains')dnl
+FEATURE(`no_default_msa')dnl
+DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl
+"""
+
+
+class InternalSendmail:
+    """A real sendmail daemon on 127.0.0.1:`port`, the internal MTA; `access` (the text of its
+    access map) switches FEATURE(access_db) on."""
+
+    def __init__(self, folder: Path, config_path: Path, port: int, access: str | None) -> None:
+        self.port = port
+        mc = INTERNAL_MC.format(port=port)
+        if access is not None:
+            mc += f"FEATURE(`access_db', `hash -o -T<TMPF> {folder}/access')dnl\n"
+        self.cf = build_relay(folder, load(config_path), extra_mc=mc).cf
+        if access is not None:
+            (folder / "access").write_text(access)
+            subprocess.run(
+                [need_tool("makemap"), "hash", str(folder / "access")],
+                input=access,
+                text=True,
+                check=True,
+                timeout=30,
+            )
+        self.daemon = subprocess.Popen(
+            [
+                *(need_tool("unshare"), "-u", "sh", "-c"),
+                f'hostname {INTERNAL_NAME} && exec "$0" -C "$1" -bD',
+                *(need_tool("sendmail"), str(self.cf)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: port_open(port), 15, what="the internal sendmail to listen")
+
+    def stop(self) -> None:
+        stop_tree(self.daemon)
+
+
+def loaded(port: int) -> None:
+    """named listens before its zones are loaded (SERVFAIL meanwhile): wait for the SOA."""
+    wait_until(lambda: (a := soa(port)) is not None and a.answer, 10, what="the zone to load")
+
+
+def check(config: Path) -> tuple[int, dict[str, Any], str]:
+    """`tunnelkeeper check --json`, and the plain output of a second run."""
+    runs = [
+        subprocess.run(
+            [sys.executable, "-m", "tunnelkeeper", "check", "-c", str(config), *args],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        for args in (["--json"], [])
+    ]
+    try:
+        document = json.loads(runs[0].stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(
+            f"exit {runs[0].returncode}: {runs[0].stdout}{runs[0].stderr}"
+        ) from None
+    assert runs[1].returncode == runs[0].returncode, runs[1].stdout
+    return runs[0].returncode, document["tunnels"][0]["forwards"][0], runs[1].stdout
+
+
+def smtp_setup(make_sshd: Any, folder: Path, access: str | None) -> tuple[Path, InternalSendmail]:
+    listen, mta = free_port(), free_port()
+    sshd = make_sshd(permitlisten=[f"127.0.0.1:{listen}"])
+    forward = {
+        "name": "smtp",
+        "service": "smtp",
+        "listen": f"127.0.0.1:{listen}",
+        "target": f"127.0.0.1:{mta}",
+        "domains": ["example.org"],
+    }
+    config = write_config(folder / "tk.toml", sshd, [forward])
+    return config, InternalSendmail(folder / "internal", config, mta, access)
+
+
+@pytest.mark.parametrize("trusting", [True, False], ids=["trusts-the-source", "as-it-comes"])
+def test_check_names_an_internal_mta_that_relays_for_the_tunnel(
+    make_sshd: Any, tmp_path: Path, trusting: bool, outcome: dict[str, Any]
+) -> None:
+    """Told to trust the tunnel's source (127.0.0.2), sendmail would relay for anyone on the
+    relay: exit 1, open_relay true, and the words. As it comes it relays only for 127.0.0.1,
+    which the tunnel no longer is: open_relay false, exit 0."""
+    access = "Connect:127.0.0.2\tRELAY\n" if trusting else None
+    config, mta = smtp_setup(make_sshd, tmp_path, access)
+    try:
+        code, forward, plain = check(config)
+    finally:
+        mta.stop()
+    outcome.update(trusting=trusting, exit=code, open_relay=forward.get("open_relay"))
+    assert forward["state"] == "up" and forward["probe"]["ok"], forward
+    if trusting:
+        assert code == 1 and forward["open_relay"] is True, forward
+        assert OPEN_RELAY in forward["boundary"] and "Recipient ok" in forward["boundary"]
+        assert "Connect:127.0.0.2 OK" in forward["boundary"]
+        assert "mynetworks" in forward["boundary"] and "internal-kit" in forward["boundary"]
+        assert "OPEN RELAY" in plain and OPEN_RELAY in plain
+    else:
+        assert code == 0 and forward["open_relay"] is False, forward
+        assert "Relaying denied" in forward["boundary"]
+
+
+def test_check_proves_the_boundary_through_a_running_supervisor(
+    make_sshd: Any, tmp_path: Path
+) -> None:
+    """A supervisor holds the forward: check goes through it, the way a relay user would."""
+    config, mta = smtp_setup(make_sshd, tmp_path, "Connect:127.0.0.2\tRELAY\n")
+    supervisor = SupervisorProcess(config)
+    try:
+        supervisor.wait_forward("up", 15)
+        code, forward, _ = check(config)
+    finally:
+        assert supervisor.stop() == 0
+        mta.stop()
+    # check could not listen itself (the supervisor holds the port): the answer came through
+    # the supervisor's forward.
+    assert code == 1 and forward["open_relay"] is True, forward
+
+
+@pytest.mark.parametrize("allowed", ["127.0.0.1", "127.0.0.2"], ids=["old-kit", "source"])
+def test_check_names_a_primary_that_refuses_the_tunnels_transfers(
+    make_sshd: Any, tmp_path: Path, allowed: str, outcome: dict[str, Any]
+) -> None:
+    """A primary that allows transfers to 127.0.0.1 alone (the first relay kit's advice) would
+    starve the relay's secondary once connections come from 127.0.0.2: check says so, with the
+    line to add. Allowing 127.0.0.2, the transfer goes through."""
+    need_tool("named")
+    listen, port = free_port(), free_port()
+    sshd = make_sshd(permitlisten=[f"127.0.0.1:{listen}"])
+    forward = {
+        "name": "dns",
+        "service": "dns",
+        "listen": f"127.0.0.1:{listen}",
+        "target": f"127.0.0.1:{port}",
+        "zones": ["example.org"],
+    }
+    config = write_config(tmp_path / "tk.toml", sshd, [forward])
+    primary = tmp_path / "primary"
+    primary.mkdir()
+    (primary / "example.org.zone").write_text(PRIMARY_ZONE)
+    conf = named_options(primary, port) + (
+        'zone "example.org" { type primary; file "example.org.zone"; '
+        f"allow-transfer {{ {allowed}; }}; }};\n"
+    )
+    with named(primary, conf, port):
+        loaded(port)
+        code, result, plain = check(config)
+    (transfer,) = result["transfers"]
+    outcome.update(allowed=allowed, exit=code, transfer_ok=transfer["transfer_ok"])
+    assert result["probe"]["ok"], result
+    if allowed == "127.0.0.1":
+        assert code == 1 and transfer == {
+            "zone": "example.org",
+            "transfer_ok": False,
+            "detail": "IXFR of example.org answered REFUSED",
+        }, result
+        assert NO_TRANSFER in result["boundary"]
+        assert "allow-transfer { 127.0.0.2; };" in result["boundary"]
+        assert "transfer example.org: REFUSED" in plain and NO_TRANSFER in plain
+    else:
+        assert code == 0 and transfer["transfer_ok"] is True, result
+        assert transfer["detail"] == "IXFR of example.org at serial 2026112601 answered"
