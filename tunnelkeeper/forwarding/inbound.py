@@ -8,6 +8,7 @@ import logging
 
 from .. import config, ssh
 from ..errors import ForwardFull, TunnelkeeperError
+from .dnsgate import ZonePolicy
 from .endpoint import EndpointRuntime
 from .limits import BUDGET
 from .splice import ForwardTraffic, Splice
@@ -28,6 +29,8 @@ class ForwardRuntime(EndpointRuntime):
         self.listener: ssh.Listener | None = None
         self._opening = 0  # channels whose local side is still connecting
         self._burst = 0  # channels refused since the forward was last below its limit
+        if cfg.service == "dns":  # only queries for its zones get through (see dnsgate)
+            self.counters.dns = ZonePolicy(cfg.name, cfg.zones)
 
     async def accept(self, _orig_host: str, _orig_port: int) -> Splice:
         """A connection arrived on the relay: open the local side.

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from ..config import Endpoint
 from ..errors import TargetUnavailable
+from .dnsgate import DnsGate, NotDns, ZonePolicy
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class Channel(Protocol):
 
 
 WATCH_TAIL = 64  # longer than any token a mail test watches for
+HELD_REFUSALS = 64 * 1024  # REFUSED replies held back before the relay side is read no more
 
 
 class Connection(Protocol):
@@ -57,6 +59,7 @@ class ForwardTraffic:
         self.on_bug: Callable[[BaseException], object] | None = None
         # check --mail: tokens looked for in what the relay sends, only while a test runs.
         self.watches: dict[bytes, asyncio.Future[float]] = {}
+        self.dns: ZonePolicy | None = None  # a dns forward's gate policy: see dnsgate
 
     def watch(self, token: bytes) -> asyncio.Future[float]:
         """A future set to the loop time at which `token` passes relay -> target."""
@@ -147,6 +150,8 @@ class Splice:
         self._flushing = False  # the channel is handing us what it held while paused
         self._closed = False
         self._watch_tail = b""
+        self._gate: DnsGate | None = None if counters.dns is None else counters.dns.gate()
+        self._gate_paused = False  # the gate holds too many replies: the channel is not read
 
     async def connect_target(self, target: Endpoint, timeout: float) -> None:
         """Open the local side. Raises TargetUnavailable."""
@@ -184,6 +189,9 @@ class Splice:
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         try:
+            if self._gate is not None:
+                self._gated(self._gate, data)
+                return
             self._counters.bytes_in += len(data)
             if self._counters.watches:
                 self._watch_tail = self._counters.scan(self._watch_tail, data)
@@ -195,6 +203,13 @@ class Splice:
     def eof_received(self) -> bool:
         try:
             self._relay_eof = True
+            if self._gate is not None:
+                try:
+                    self._gate.client_eof()
+                except NotDns as exc:
+                    log.info("forward %s: %s; connection closed", self._gate.forward, exc)
+                    self.abort()
+                    return False
             if self._target_eof or self._local is None or not self._local.can_write_eof():
                 self.close()  # both directions are done (or cannot half-close): finish now
                 return False
@@ -212,6 +227,8 @@ class Splice:
 
     def pause_writing(self) -> None:
         try:
+            if self._gate is not None:
+                self._gate.channel_full = True
             if self._local is not None:
                 self._local.pause_reading()
         except Exception as exc:
@@ -219,6 +236,9 @@ class Splice:
 
     def resume_writing(self) -> None:
         try:
+            if self._gate is not None:
+                self._gate.channel_full = False
+                self._write_held(self._gate)
             if self._local is not None:
                 self._local.resume_reading()
         except Exception as exc:
@@ -236,6 +256,13 @@ class Splice:
             self._counters.bytes_out += len(data)
             if self._chan is None:
                 self._pending.append(data)
+            elif self._gate is not None and (split := self._gate.split_reply(data)):
+                at, refusals = split  # REFUSED replies held until a message of the target ended
+                self._chan.write(data[:at])
+                for reply in refusals:
+                    self._chan.write(reply)
+                self._chan.write(data[at:])
+                self._unblock_gate()
             else:
                 self._chan.write(data)
         except OSError:  # the channel closed under us (BrokenPipeError): this splice is over
@@ -263,12 +290,16 @@ class Splice:
             self._chan.pause_reading()
 
     def resume_channel(self) -> None:
+        self._target_full = False
+        if not self._gate_paused:
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
         # asyncssh reopens the whole SSH window on the first packet it delivers after a pause,
         # however much it still holds; pausing again mid-flush would leave that on top of a
         # fresh window, and the backlog would grow by up to a window per cycle without bound.
         # So take everything it held (at most one window) into the local socket's buffer,
         # then pause again if that filled it.
-        self._target_full = False
         if self._chan is None:
             return
         self._flushing = True
@@ -276,8 +307,44 @@ class Splice:
             self._chan.resume_reading()
         finally:
             self._flushing = False
-        if self._target_full and not self._closed:
+        if self._closed:
+            return
+        if self._target_full or self._gate_paused:
             self._chan.pause_reading()
+
+    # -- the gate of a dns forward ----------------------------------------------------------
+
+    def _gated(self, gate: DnsGate, data: bytes) -> None:
+        try:
+            passed, refusals = gate.from_client(data)
+        except NotDns as exc:
+            log.info("forward %s: %s; connection closed", gate.forward, exc)
+            self.abort()
+            return
+        for frame in passed:
+            self._counters.bytes_in += len(frame)
+            if self._local is not None:
+                self._local.write(frame)
+        if self._chan is not None:
+            for reply in refusals:
+                self._chan.write(reply)
+        if gate.held_bytes > HELD_REFUSALS and self._chan is not None:
+            self._gate_paused = True  # the relay side is not reading its answers
+            if not self._flushing:
+                self._chan.pause_reading()
+
+    def _write_held(self, gate: DnsGate) -> None:
+        if self._chan is not None:
+            for reply in gate.take_held():
+                self._chan.write(reply)
+        self._unblock_gate()
+
+    def _unblock_gate(self) -> None:
+        gate = self._gate
+        if self._gate_paused and gate is not None and gate.held_bytes <= HELD_REFUSALS:
+            self._gate_paused = False
+            if not self._target_full:
+                self._resume_reading()
 
     # -- both -------------------------------------------------------------------------------
 

@@ -1,0 +1,256 @@
+"""The gate of a dns forward: only queries for the forward's zones reach the target; anything
+else is answered REFUSED here, and bytes that are not DNS over TCP end the connection.
+
+Only the relay -> target direction is read. Replies from the target are passed on as they
+come, never copied or parsed; the gate only follows their 2-byte length prefixes, so that a
+REFUSED it writes is never put in the middle of one of the target's messages. A client that
+pipelines may therefore get a REFUSED before the answers to queries it sent earlier: DNS over
+TCP lets a server answer out of order (replies are matched by ID), and holding the refusal
+back until the target has answered everything before it would mean parsing its replies (a
+zone transfer is many messages to one query).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Sequence
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from ..peertext import peer_text
+
+log = logging.getLogger(__name__)
+
+SUMMARY_PERIOD = 60.0  # seconds between two log lines about refusals of one forward
+
+_HEADER = struct.Struct("!HHHHHH")
+_QR, _OPCODE, _RD, _REFUSED = 0x8000, 0x7800, 0x0100, 5
+# Query types that are not record types but are asked for: transfers, and ANY.
+_ASKABLE_META = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR, dns.rdatatype.ANY})
+
+
+class NotDns(Exception):
+    """What the relay side sent is not DNS over TCP: the connection is closed."""
+
+
+class ZonePolicy:
+    """Which queries a dns forward carries, and its tally of the ones it refused."""
+
+    def __init__(self, forward: str, zones: Sequence[str]) -> None:
+        self.forward = forward
+        self.zones = tuple(dns.name.from_text(zone) for zone in zones)
+        self.refused = 0
+        self._logged_at: float | None = None  # loop time of the last log line
+        self._unlogged = 0  # refusals since then
+        self._last = ""  # the last refused query, for the summary line
+        self._summary: asyncio.TimerHandle | None = None
+
+    def gate(self) -> DnsGate:
+        return DnsGate(self)
+
+    def judge(self, wire: bytes) -> bytes | None:
+        """None when the message `wire` may go to the target, else the REFUSED reply (without
+        its length prefix): the query's ID, QR set, its opcode and RD, its question when it
+        has exactly one. Raises NotDns when `wire` is not a DNS message."""
+        try:
+            # keyring=False: a TSIG is passed on unverified; the target checks it.
+            message = dns.message.from_wire(wire, keyring=False)
+        except (dns.exception.DNSException, ValueError, IndexError, struct.error) as exc:
+            raise NotDns(f"not a DNS message ({type(exc).__name__})") from exc
+        question = message.question[0] if len(message.question) == 1 else None
+        why = self._refusal(message, question)
+        if why is None:
+            return None
+        self._note(message, question, why)
+        ident, flags = struct.unpack_from("!HH", wire)
+        echoed = b"" if question is None else _question_wire(question)
+        reply_flags = _QR | (flags & (_OPCODE | _RD)) | _REFUSED
+        return _HEADER.pack(ident, reply_flags, 1 if echoed else 0, 0, 0, 0) + echoed
+
+    def _refusal(
+        self, message: dns.message.Message, question: dns.rrset.RRset | None
+    ) -> str | None:
+        """Why the message may not go to the target; None when it may."""
+        if message.flags & _QR:
+            return "a response, not a query"
+        if message.opcode() != dns.opcode.QUERY:
+            return "not a QUERY"
+        if question is None:
+            return f"{len(message.question)} questions"
+        if question.rdclass != dns.rdataclass.IN:
+            return "not class IN"
+        if question.rdtype not in _ASKABLE_META and dns.rdatatype.is_metatype(question.rdtype):
+            return "not a lookup or a transfer"
+        if not any(question.name.is_subdomain(zone) for zone in self.zones):
+            return "not for its zones"
+        return None
+
+    def _note(
+        self, message: dns.message.Message, question: dns.rrset.RRset | None, why: str
+    ) -> None:
+        """Count a refusal; log the first, then at most one summary line a minute."""
+        self.refused += 1
+        what = dns.opcode.to_text(message.opcode())
+        if question is not None:
+            what += f" {peer_text(question.name.to_text(), 120)}"
+            what += f" {peer_text(dns.rdatatype.to_text(question.rdtype), 20)}"
+        what += f" ({why})"
+        self._last = what
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._logged_at is None or now - self._logged_at >= SUMMARY_PERIOD:
+            self._flush_summary()
+            log.warning(
+                "forward %s: refused %s; it carries %s only; further refusals are summed up "
+                "at most once a minute",
+                self.forward,
+                what,
+                ", ".join(zone.to_text(omit_final_dot=True) for zone in self.zones),
+            )
+            self._logged_at = now
+            return
+        self._unlogged += 1
+        if self._summary is None:
+            delay = self._logged_at + SUMMARY_PERIOD - now
+            self._summary = loop.call_later(delay, self._flush_summary)
+
+    def _flush_summary(self) -> None:
+        if self._summary is not None:
+            self._summary.cancel()
+            self._summary = None
+        if self._unlogged:
+            log.warning(
+                "forward %s: refused %d more queries (last: %s)",
+                self.forward,
+                self._unlogged,
+                self._last,
+            )
+            self._logged_at = asyncio.get_running_loop().time()
+            self._unlogged = 0
+
+
+def _question_wire(question: dns.rrset.RRset) -> bytes:
+    name = question.name.to_wire()  # bytes when given no file to write to
+    assert name is not None
+    return name + struct.pack("!HH", question.rdtype, question.rdclass)
+
+
+class DnsGate:
+    """One connection's gate: frames what the relay side sends and sorts it.
+
+    `from_client` returns what goes to the target (whole frames, in order) and the REFUSED
+    replies that may go back now. A reply that would land inside one of the target's messages,
+    or find the channel full, is held until `split_reply` finds the end of that message or
+    `take_held` is called with the channel writable again.
+    """
+
+    def __init__(self, policy: ZonePolicy) -> None:
+        self._policy = policy
+        self._partial = b""  # the start of a frame not yet complete (< MAX_FRAME bytes)
+        self._reply_left = 0  # bytes of the target's current message still to come
+        self._reply_head: int | None = None  # first byte of a length prefix split in two
+        self._held: list[bytes] = []  # framed REFUSED replies waiting
+        self.held_bytes = 0
+        self.channel_full = False  # set by the splice: the relay side is not reading
+
+    @property
+    def forward(self) -> str:
+        return self._policy.forward
+
+    @property
+    def at_boundary(self) -> bool:
+        """The target's reply stream is between two messages."""
+        return self._reply_left == 0 and self._reply_head is None
+
+    def from_client(self, data: bytes) -> tuple[list[bytes], list[bytes]]:
+        """Sort `data` from the relay side: (frames for the target, replies for the relay
+        side to have now). Allowed frames go on as slices of `data` (`data` itself when it is
+        all allowed and whole). Raises NotDns."""
+        if self._partial:  # a frame split across reads: rare, and at most one frame long
+            data, self._partial = self._partial + data, b""
+        passed: list[bytes] = []
+        refusals: list[bytes] = []
+        view = memoryview(data)
+        start = run = 0  # the run of allowed frames not yet handed on: view[start:run]
+        end = len(view)
+        while end - run >= 2:
+            size = 2 + ((view[run] << 8) | view[run + 1])
+            if size == 2:
+                raise NotDns("a zero-length DNS message")
+            if end - run < size:
+                break
+            refusal = self._policy.judge(bytes(view[run + 2 : run + size]))
+            if refusal is None:
+                run += size
+                continue
+            if run > start:
+                passed.append(bytes(view[start:run]))
+            self._refuse(refusal, refusals)
+            start = run = run + size
+        if run > start:
+            passed.append(data if run - start == end else bytes(view[start:run]))
+        if run < end:
+            self._partial = bytes(view[run:])
+        return passed, refusals
+
+    def _refuse(self, reply: bytes, refusals: list[bytes]) -> None:
+        framed = struct.pack("!H", len(reply)) + reply
+        if self.at_boundary and not self._held and not self.channel_full:
+            refusals.append(framed)
+        else:
+            self._held.append(framed)
+            self.held_bytes += len(framed)
+
+    def client_eof(self) -> None:
+        """The relay side sent its last byte. Raises NotDns when a frame was cut short."""
+        if self._partial:
+            raise NotDns(f"the connection ended {len(self._partial)} bytes into a message")
+
+    def split_reply(self, data: bytes) -> tuple[int, list[bytes]] | None:
+        """Follow the target's `data`, about to be passed on. With replies held and the
+        channel writable: (offset, replies) when they may go at that offset of `data` (the end
+        of one of the target's messages), else None."""
+        wants = bool(self._held) and not self.channel_full
+        if wants and self.at_boundary:
+            found: int | None = 0
+        else:
+            found = None
+        i, end = 0, len(data)
+        while i < end:
+            if self._reply_left:
+                step = min(self._reply_left, end - i)
+                self._reply_left -= step
+                i += step
+            elif self._reply_head is not None:
+                self._reply_left = (self._reply_head << 8) | data[i]
+                self._reply_head = None
+                i += 1
+            elif end - i >= 2:
+                self._reply_left = (data[i] << 8) | data[i + 1]
+                i += 2
+            else:
+                self._reply_head = data[i]
+                i += 1
+            if wants and found is None and self.at_boundary:
+                found = i
+        if found is None:
+            return None
+        return found, self._release()
+
+    def take_held(self) -> list[bytes]:
+        """The held replies, when the target's stream is between messages (else none)."""
+        if not self.at_boundary or self.channel_full:
+            return []
+        return self._release()
+
+    def _release(self) -> list[bytes]:
+        held, self._held, self.held_bytes = self._held, [], 0
+        return held
