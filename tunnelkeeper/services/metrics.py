@@ -111,9 +111,16 @@ class StatusCollector:
             "Share of the last 24 h the forward was not in an outage (history database)",
             labels=fl,
         )
+        refused = CounterMetricFamily(
+            "tunnelkeeper_dns_refused_queries",
+            "Queries a dns forward answered REFUSED itself: not for its zones",
+            labels=["tunnel", "forward"],
+        )
         for tunnel in status.tunnels:
             for fwd in tunnel.forwards:
                 values = [tunnel.name, fwd.name, fwd.service]
+                if fwd.service == "dns" and fwd.direction == "forward":
+                    refused.add_metric([tunnel.name, fwd.name], fwd.refused_queries)
                 fwd_up.add_metric(values, 1.0 if fwd.healthy else 0.0)
                 active.add_metric(values, fwd.connections_active)
                 total.add_metric(values, fwd.connections_total)
@@ -131,6 +138,7 @@ class StatusCollector:
                     latency.add_metric(probe_values, probe.latency_ms / 1000)
         yield from (fwd_up, probe_ok, latency, probe_at, active, total, bytes_in, bytes_out)
         yield avail
+        yield refused
 
 
 def render(status: SupervisorStatus) -> bytes:
