@@ -113,6 +113,8 @@ def parse_refusal(reply: bytes) -> dns.message.Message:
         ("org", "SOA", "the parent of a zone"),
         ("notexample.org", "A", "a name that only ends like a zone"),
         ("example.org", "TKEY", "a meta type that is no lookup"),
+        ("corp.example.org", "AXFR", "a transfer of a zone below a zone it carries"),
+        ("corp.EXAMPLE.net", "IXFR", "the same, as IXFR"),
     ],
 )
 def test_a_query_for_another_name_is_refused_here(name: str, rdtype: str, why: str) -> None:
@@ -335,6 +337,8 @@ def allowed(wire: bytes) -> bool:
         return False
     question = message.question[0]
     zones = [dns.name.from_text(z) for z in ZONES]
+    if question.rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
+        return question.rdclass == dns.rdataclass.IN and question.name in zones
     return (
         question.rdclass == dns.rdataclass.IN
         and any(question.name.is_subdomain(z) for z in zones)

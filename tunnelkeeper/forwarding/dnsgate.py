@@ -8,6 +8,11 @@ pipelines may therefore get a REFUSED before the answers to queries it sent earl
 TCP lets a server answer out of order (replies are matched by ID), and holding the refusal
 back until the target has answered everything before it would mean parsing its replies (a
 zone transfer is many messages to one query).
+
+A transfer (AXFR, IXFR) passes only for a zone the forward names, never for a zone below one:
+an internal-only zone delegated under a public one must not be handed over whole. Lookups of
+single names pass at or below the forward's zones; names in such an internal child zone are
+among them, which no filter of names can tell apart (the internal kit's ACL closes that).
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ SUMMARY_PERIOD = 60.0  # seconds between two log lines about refusals of one for
 _HEADER = struct.Struct("!HHHHHH")
 _QR, _OPCODE, _RD, _REFUSED = 0x8000, 0x7800, 0x0100, 5
 # Query types that are not record types but are asked for: transfers, and ANY.
-_ASKABLE_META = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR, dns.rdatatype.ANY})
+_TRANSFERS = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
+_ASKABLE_META = _TRANSFERS | {dns.rdatatype.ANY}
 
 
 class NotDns(Exception):
@@ -89,7 +95,10 @@ class ZonePolicy:
             return "not class IN"
         if question.rdtype not in _ASKABLE_META and dns.rdatatype.is_metatype(question.rdtype):
             return "not a lookup or a transfer"
-        if not any(question.name.is_subdomain(zone) for zone in self.zones):
+        if question.rdtype in _TRANSFERS:
+            if question.name not in self.zones:
+                return "a transfer of a zone it does not carry"
+        elif not any(question.name.is_subdomain(zone) for zone in self.zones):
             return "not for its zones"
         return None
 
