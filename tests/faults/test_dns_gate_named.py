@@ -10,6 +10,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,14 +139,15 @@ def test_only_the_zones_pass_and_the_secondary_still_transfers(
         try:
             supervisor.wait_forward("up", 15)
             started = time.monotonic()
-            foreign = {
+            update = dns.update.UpdateMessage("example.org")
+            update.add("evil", 300, "A", "192.0.2.66")
+            foreign: dict[str, dns.message.Message] = {
                 "internal zone": dns.message.make_query("payroll.corp.example.com", "A"),
                 "transfer of an internal zone": dns.message.make_query("corp.example.com", "AXFR"),
                 "transfer of a zone below": dns.message.make_query("corp.example.org", "AXFR"),
                 "recursion": dns.message.make_query("www.wikipedia.org", "A"),
-                "update": dns.update.UpdateMessage("example.org"),
+                "update": update,
             }
-            foreign["update"].add("evil", 300, "A", "192.0.2.66")
             for what, message in foreign.items():
                 reply = ask(listen, message)
                 assert reply.id == message.id, what
@@ -226,7 +228,7 @@ def ixfr_soa(serial: int) -> Any:
     )
 
 
-def pipeline(port: int, messages: list[dns.message.Message]) -> list[dns.message.Message]:
+def pipeline(port: int, messages: Sequence[dns.message.Message]) -> list[dns.message.Message]:
     """Send every message at once on one TCP connection, then read as many replies."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(
