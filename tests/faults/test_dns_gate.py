@@ -385,3 +385,98 @@ def test_a_fuzzed_stream_never_lets_a_foreign_query_through(
         )  # a clean stream: every message either passed or was refused, in order
         assert stream.startswith(b"".join(framed(w) for w in delivered)) or len(replies) > 0
         assert len(delivered) + len(replies) == len(frames(stream))
+
+
+# -- in the splice, against a real local target ------------------------------------------------
+
+
+class Channel:
+    """The seam: what the relay side of a splice sees (the SSH channel)."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.reading = True
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+async def test_in_the_splice_a_refusal_never_splits_the_targets_reply() -> None:
+    from tunnelkeeper.config import Endpoint
+    from tunnelkeeper.forwarding.splice import ForwardTraffic, Splice
+
+    reply = framed(b"\x00\x01\x81\x80" + b"r" * 3996)  # one 4000-byte message, sent in two
+    received = bytearray()
+    halfway, rest = asyncio.Event(), asyncio.Event()
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.extend(await reader.readexactly(len(axfr)))
+        writer.write(reply[:1500])
+        await writer.drain()
+        halfway.set()
+        await rest.wait()
+        writer.write(reply[1500:])
+        await writer.drain()
+        received.extend(await reader.read(100))  # nothing more comes: EOF, or the test ends
+
+    axfr = framed(query("example.org", "AXFR", ident=1))
+    foreign = framed(query("payroll.corp.example.com", ident=2))
+    server = await asyncio.start_server(target, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    counters = ForwardTraffic()
+    counters.dns = ZonePolicy("dns", ZONES)
+    splice = Splice(counters)
+    chan = Channel()
+    try:
+        await splice.connect_target(Endpoint(host="127.0.0.1", port=port), 5)
+        splice.connection_made(chan)
+        splice.data_received(axfr, None)
+        await asyncio.wait_for(halfway.wait(), 5)
+        async with asyncio.timeout(5):
+            while len(chan.written) < 1500:
+                await asyncio.sleep(0.01)
+        splice.data_received(foreign, None)  # pipelined while the target is mid-message
+        assert bytes(chan.written) == reply[:1500]  # the refusal waits for the message's end
+        rest.set()
+        async with asyncio.timeout(5):
+            while len(chan.written) < len(reply) + 14:
+                await asyncio.sleep(0.01)
+        assert bytes(chan.written[: len(reply)]) == reply
+        refusal = parse_refusal(bytes(chan.written[len(reply) :]))
+        assert (refusal.id, refusal.rcode()) == (2, dns.rcode.REFUSED)
+        assert counters.bytes_in == len(axfr) and counters.dns.refused == 1
+        # A full channel: the next refusal waits until the relay side reads again.
+        splice.pause_writing()
+        splice.data_received(framed(query("corp.lan", ident=3)), None)
+        before = len(chan.written)
+        splice.resume_writing()
+        assert parse_refusal(bytes(chan.written[before:])).id == 3
+        # A relay side that sends and never reads: past 64 KiB of replies held, it is not read.
+        splice.pause_writing()
+        flood = framed(query("corp.lan", ident=4)) * 3000
+        splice.data_received(flood, None)
+        assert not chan.reading and len(chan.written) == before + 28
+        splice.resume_writing()
+        assert chan.reading and len(chan.written) == before + 28 * 3001
+        # Not DNS: the connection is closed, and nothing of it reached the target.
+        splice.data_received(b"\x00\x00", None)
+        assert chan.closed
+        await asyncio.sleep(0.05)
+        assert bytes(received) == axfr
+    finally:
+        splice.abort()
+        server.close()
+        await server.wait_closed()
