@@ -84,6 +84,7 @@ options {{
 	listen-on port {port} {{ 127.0.0.1; }};
 	listen-on-v6 {{ none; }};
 	recursion no;
+	dnssec-validation no;  // no trust-anchor fetch: nothing but loopback
 	notify no;
 }};
 controls {{ }};
