@@ -480,3 +480,36 @@ async def test_in_the_splice_a_refusal_never_splits_the_targets_reply() -> None:
         splice.abort()
         server.close()
         await server.wait_closed()
+
+
+async def test_in_the_splice_a_frame_cut_short_by_eof_closes_without_reaching_the_target() -> None:
+    from tunnelkeeper.config import Endpoint
+    from tunnelkeeper.forwarding.splice import ForwardTraffic, Splice
+
+    received = bytearray()
+    done = asyncio.Event()
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.extend(await reader.read())  # until EOF or reset
+        done.set()
+        writer.close()
+
+    server = await asyncio.start_server(target, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    counters = ForwardTraffic()
+    counters.dns = ZonePolicy("dns", ZONES)
+    splice = Splice(counters)
+    chan = Channel()
+    try:
+        await splice.connect_target(Endpoint(host="127.0.0.1", port=port), 5)
+        splice.connection_made(chan)
+        whole = framed(query("example.org", "SOA", ident=9))
+        splice.data_received(whole + b"\x01\x00" + b"x" * 40, None)  # then 256 announced
+        assert splice.eof_received() is False and chan.closed
+        await asyncio.wait_for(done.wait(), 5)
+        assert bytes(received) == whole  # the whole query went on, the torn one never did
+        assert counters.active == 0
+    finally:
+        splice.abort()
+        server.close()
+        await server.wait_closed()
