@@ -222,6 +222,22 @@ def test_a_frame_split_anywhere_passes_whole_and_once() -> None:
         g.client_eof()
 
 
+def test_a_largest_frame_fed_a_byte_at_a_time_passes_whole() -> None:
+    import dns.edns
+
+    padding = dns.edns.GenericOption(dns.edns.OptionType.PADDING, b"\0" * 64_000)
+    big = framed(query("example.org", "SOA", use_edns=0, payload=65535, options=[padding]))
+    assert len(big) > 64_000
+    g = gate()
+    passed: list[bytes] = []
+    for i in range(len(big)):  # the frame is grown in place: linear, not quadratic
+        out, replies = g.from_client(big[i : i + 1])
+        passed += out
+        assert replies == []
+    assert passed == [big]
+    g.client_eof()
+
+
 def test_a_refusal_waits_for_the_end_of_the_targets_message() -> None:
     g = gate()
     allowed, foreign = framed(query("example.org", "AXFR", ident=1)), framed(query("corp.lan"))

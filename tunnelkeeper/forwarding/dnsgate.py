@@ -152,6 +152,14 @@ def _question_wire(question: dns.rrset.RRset) -> bytes:
     return name + struct.pack("!HH", question.rdtype, question.rdclass)
 
 
+def _frame_size(high: int, low: int) -> int:
+    """The length of a frame (prefix included) from its 2-byte prefix. Raises NotDns for 0."""
+    size = 2 + ((high << 8) | low)
+    if size == 2:
+        raise NotDns("a zero-length DNS message")
+    return size
+
+
 class DnsGate:
     """One connection's gate: frames what the relay side sends and sorts it.
 
@@ -163,7 +171,7 @@ class DnsGate:
 
     def __init__(self, policy: ZonePolicy) -> None:
         self._policy = policy
-        self._partial = b""  # the start of a frame not yet complete (< MAX_FRAME bytes)
+        self._partial = bytearray()  # the start of a frame not yet whole (< 2 + 65535 bytes)
         self._reply_left = 0  # bytes of the target's current message still to come
         self._reply_head: int | None = None  # first byte of a length prefix split in two
         self._held: list[bytes] = []  # framed REFUSED replies waiting
@@ -183,17 +191,21 @@ class DnsGate:
         """Sort `data` from the relay side: (frames for the target, replies for the relay
         side to have now). Allowed frames go on as slices of `data` (`data` itself when it is
         all allowed and whole). Raises NotDns."""
-        if self._partial:  # a frame split across reads: rare, and at most one frame long
-            data, self._partial = self._partial + data, b""
         passed: list[bytes] = []
         refusals: list[bytes] = []
         view = memoryview(data)
-        start = run = 0  # the run of allowed frames not yet handed on: view[start:run]
+        start = 0
+        if self._partial:  # a frame split across reads: grown in place, never re-copied
+            start = self._complete(view)
+            if start < 0:
+                return passed, refusals
+            frame = bytes(self._partial)
+            self._partial.clear()
+            self._sort(frame, passed, refusals)
+        run = start  # the run of allowed frames not yet handed on: view[start:run]
         end = len(view)
         while end - run >= 2:
-            size = 2 + ((view[run] << 8) | view[run + 1])
-            if size == 2:
-                raise NotDns("a zero-length DNS message")
+            size = _frame_size(view[run], view[run + 1])
             if end - run < size:
                 break
             refusal = self._policy.judge(bytes(view[run + 2 : run + size]))
@@ -206,9 +218,29 @@ class DnsGate:
             start = run = run + size
         if run > start:
             passed.append(data if run - start == end else bytes(view[start:run]))
-        if run < end:
-            self._partial = bytes(view[run:])
+        self._partial += view[run:]
         return passed, refusals
+
+    def _complete(self, view: memoryview) -> int:
+        """Add to the frame begun in an earlier read what `view` has of it; return how many
+        bytes of `view` that took, or -1 while the frame is still incomplete."""
+        partial, used = self._partial, 0
+        if len(partial) < 2:
+            used = 2 - len(partial)
+            partial += view[:used]
+            if len(partial) < 2:
+                return -1
+        need = _frame_size(partial[0], partial[1]) - len(partial)
+        partial += view[used : used + need]
+        used += need
+        return used if used <= len(view) else -1
+
+    def _sort(self, frame: bytes, passed: list[bytes], refusals: list[bytes]) -> None:
+        refusal = self._policy.judge(frame[2:])
+        if refusal is None:
+            passed.append(frame)
+        else:
+            self._refuse(refusal, refusals)
 
     def _refuse(self, reply: bytes, refusals: list[bytes]) -> None:
         framed = struct.pack("!H", len(reply)) + reply
