@@ -56,7 +56,8 @@ class ZonePolicy:
         self.refused = 0
         self._logged_at: float | None = None  # loop time of the last log line
         self._unlogged = 0  # refusals since then
-        self._last = ""  # the last refused query, for the summary line
+        # The last refused query, for the summary line: opcode, question, why.
+        self._last: tuple[int, dns.rrset.RRset | None, str] = (0, None, "")
         self._summary: asyncio.TimerHandle | None = None
 
     def gate(self) -> DnsGate:
@@ -107,12 +108,8 @@ class ZonePolicy:
     ) -> None:
         """Count a refusal; log the first, then at most one summary line a minute."""
         self.refused += 1
-        what = dns.opcode.to_text(message.opcode())
-        if question is not None:
-            what += f" {peer_text(question.name.to_text(), 120)}"
-            what += f" {peer_text(dns.rdatatype.to_text(question.rdtype), 20)}"
-        what += f" ({why})"
-        self._last = what
+        # Put in words only when logged: a flood of refusals must cost as little as it can.
+        self._last = (message.opcode(), question, why)
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._logged_at is None or now - self._logged_at >= SUMMARY_PERIOD:
@@ -121,7 +118,7 @@ class ZonePolicy:
                 "forward %s: refused %s; it carries %s only; further refusals are summed up "
                 "at most once a minute",
                 self.forward,
-                what,
+                _describe(*self._last),
                 ", ".join(zone.to_text(omit_final_dot=True) for zone in self.zones),
             )
             self._logged_at = now
@@ -140,10 +137,19 @@ class ZonePolicy:
                 "forward %s: refused %d more queries (last: %s)",
                 self.forward,
                 self._unlogged,
-                self._last,
+                _describe(*self._last),
             )
             self._logged_at = asyncio.get_running_loop().time()
             self._unlogged = 0
+
+
+def _describe(opcode: int, question: dns.rrset.RRset | None, why: str) -> str:
+    """A refused query in words, for a log line: the peer's name escaped."""
+    what = dns.opcode.to_text(dns.opcode.Opcode.make(opcode))
+    if question is not None:
+        what += f" {peer_text(question.name.to_text(), 120)}"
+        what += f" {peer_text(dns.rdatatype.to_text(question.rdtype), 20)}"
+    return f"{what} ({why})"
 
 
 def _question_wire(question: dns.rrset.RRset) -> bytes:
