@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunnelkeeper.forwarding import dnsgate
-from tunnelkeeper.forwarding.dnsgate import DnsGate, NotDns, ZonePolicy
+from tunnelkeeper.forwarding.dnsgate import CutCheck, DnsGate, NotDns, ZonePolicy
+from tunnelkeeper.forwarding.zonecut import Owner, ZoneCuts
 
 ZONES = ("example.org", "Example.NET")
 T = TypeVar("T")
@@ -58,17 +60,37 @@ def frames(stream: bytes) -> list[bytes]:
     return out
 
 
+async def never_asked(name: dns.name.Name) -> dns.message.Message:
+    raise AssertionError(f"the target was asked about {name}: the test decides itself")
+
+
+def policy(cuts: ZoneCuts | None = None) -> ZonePolicy:
+    return ZonePolicy("dns", ZONES, cuts or ZoneCuts(never_asked))
+
+
 def gate() -> DnsGate:
-    return ZonePolicy("dns", ZONES).gate()
+    return policy().gate()
 
 
-def sort(g: DnsGate, *chunks: bytes) -> tuple[bytes, list[bytes]]:
+def in_its_zone(check: CutCheck) -> Owner:
+    """The target's word when every name is in the forward zone it is below."""
+    return check.zone
+
+
+def sort(
+    g: DnsGate, *chunks: bytes, owner: Callable[[CutCheck], Owner] = in_its_zone
+) -> tuple[bytes, list[bytes]]:
+    """Feed `chunks`, each zone-cut check answered by `owner` at once."""
     to_target: list[bytes] = []
     replies: list[bytes] = []
     for chunk in chunks:
         passed, refused = g.from_client(chunk)
         to_target += passed
         replies += refused
+        while g.check is not None:
+            passed, refused = g.decide(owner(g.check))
+            to_target += passed
+            replies += refused
     return b"".join(to_target), replies
 
 
@@ -169,7 +191,7 @@ def test_no_question_or_two_questions_and_unknown_opcodes_are_refused() -> None:
     assert heads[0] == (1, 0x8000 | 0x0100 | 5, 0, 0, 0, 0)
     assert heads[1] == (2, 0x8000 | 0x0100 | 5, 0, 0, 0, 0)  # two questions: none echoed
     assert heads[2][:3] == (3, 0x8000 | (9 << 11) | 0x0100 | 5, 1)
-    assert g._policy.refused == 3
+    assert g.policy.refused == 3
 
 
 def test_a_response_sent_towards_the_target_is_refused() -> None:
@@ -272,7 +294,7 @@ def test_refusals_are_logged_once_then_summed_up(
         g = gate()
         for i in range(50):
             g.from_client(framed(query(evil, ident=i)))
-        assert g._policy.refused == 50
+        assert g.policy.refused == 50
         at_once = [r.getMessage() for r in caplog.records]
         await asyncio.sleep(0.4)  # the summary comes by itself, without another refusal
         return at_once
@@ -344,6 +366,15 @@ pieces = st.one_of(
 )
 
 
+def stub_owner(name: dns.name.Name, zone: dns.name.Name) -> Owner:
+    """The target's word on a name, stubbed and deterministic: in the forward's zone, in a
+    child zone of it, or no usable answer."""
+    pick = zlib.crc32(name.to_text().lower().encode()) % 3
+    if pick == 0:
+        return zone
+    return dns.name.from_text("corp", zone) if pick == 1 else "no answer from the target in 2 s"
+
+
 def allowed(wire: bytes) -> bool:
     """Whether a message is one the gate may hand to the target: decided independently."""
     message = dns.message.from_wire(wire, keyring=False)
@@ -355,17 +386,23 @@ def allowed(wire: bytes) -> bool:
     zones = [dns.name.from_text(z) for z in ZONES]
     if question.rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
         return question.rdclass == dns.rdataclass.IN and question.name in zones
-    return (
-        question.rdclass == dns.rdataclass.IN
-        and any(question.name.is_subdomain(z) for z in zones)
-        and question.rdtype != dns.rdatatype.TKEY
-    )
+    above = [z for z in zones if question.name.is_subdomain(z)]
+    if question.rdclass != dns.rdataclass.IN or not above or question.rdtype == dns.rdatatype.TKEY:
+        return False
+    if question.name in zones:
+        return True  # at a zone's apex: no check
+    zone = max(above, key=len)
+    return stub_owner(question.name, zone) == zone
 
 
 @FUZZ
-@given(st.lists(pieces, max_size=12), st.lists(st.integers(1, 300), max_size=20))
+@given(
+    st.lists(pieces, max_size=12),
+    st.lists(st.integers(1, 300), max_size=20),
+    st.lists(st.booleans(), max_size=20),
+)
 def test_a_fuzzed_stream_never_lets_a_foreign_query_through(
-    parts: list[bytes], cuts: list[int]
+    parts: list[bytes], cuts: list[int], answer_late: list[bool]
 ) -> None:
     stream = b"".join(parts)
     chunks, i = [], 0
@@ -376,15 +413,28 @@ def test_a_fuzzed_stream_never_lets_a_foreign_query_through(
     to_target: list[bytes] = []
     replies: list[bytes] = []
     closed = False
+    checks: list[dns.name.Name] = []
     g = gate()
+
+    def answer_checks() -> None:
+        while g.check is not None:
+            checks.append(g.check.name)
+            passed, refused = g.decide(stub_owner(g.check.name, g.check.zone))
+            to_target.extend(passed)
+            replies.extend(refused)
 
     async def feed() -> None:
         nonlocal closed
         try:
-            for chunk in chunks:
+            for n, chunk in enumerate(chunks):
                 passed, refused = g.from_client(chunk)
                 to_target.extend(passed)
                 replies.extend(refused)
+                # A check may be answered at once, or after more of the stream came (and
+                # waited behind it).
+                if n >= len(answer_late) or not answer_late[n]:
+                    answer_checks()
+            answer_checks()
             g.client_eof()
         except NotDns:
             closed = True
@@ -395,15 +445,20 @@ def test_a_fuzzed_stream_never_lets_a_foreign_query_through(
         assert allowed(wire), dns.message.from_wire(wire, keyring=False)
     for reply in replies:
         assert parse_refusal(reply).rcode() == dns.rcode.REFUSED
+    for name in checks:  # a check is only for a name strictly below a zone
+        assert any(name.is_subdomain(z) and name != z for z in g.policy.zones)
     if not closed:
         assert (
-            len(replies) == g._policy.refused
+            len(replies) == g.policy.refused
         )  # a clean stream: every message either passed or was refused, in order
         assert stream.startswith(b"".join(framed(w) for w in delivered)) or len(replies) > 0
         assert len(delivered) + len(replies) == len(frames(stream))
 
 
 # -- in the splice, against a real local target ------------------------------------------------
+
+
+LONG_FOREIGN = ".".join(["x" * 60, "y" * 60, "z" * 60, "corp", "lan"])
 
 
 class Channel:
@@ -453,7 +508,7 @@ async def test_in_the_splice_a_refusal_never_splits_the_targets_reply() -> None:
     server = await asyncio.start_server(target, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     counters = ForwardTraffic()
-    counters.dns = ZonePolicy("dns", ZONES)
+    counters.dns = policy()
     splice = Splice(counters)
     chan = Channel()
     try:
@@ -480,13 +535,14 @@ async def test_in_the_splice_a_refusal_never_splits_the_targets_reply() -> None:
         before = len(chan.written)
         splice.resume_writing()
         assert parse_refusal(bytes(chan.written[before:])).id == 3
-        # A relay side that sends and never reads: past 64 KiB of replies held, it is not read.
+        # A relay side that sends and never reads: past 4 KiB of replies held, it is not read.
         splice.pause_writing()
-        flood = framed(query("corp.lan", ident=4)) * 3000
+        flood = framed(query(LONG_FOREIGN, ident=4)) * 30
         splice.data_received(flood, None)
         assert not chan.reading and len(chan.written) == before + 28
         splice.resume_writing()
-        assert chan.reading and len(chan.written) == before + 28 * 3001
+        refusal_size = 2 + len(query(LONG_FOREIGN))  # the header and the question echoed
+        assert chan.reading and len(chan.written) == before + 28 + 30 * refusal_size
         # Not DNS: the connection is closed, and nothing of it reached the target.
         splice.data_received(b"\x00\x00", None)
         assert chan.closed
@@ -513,7 +569,7 @@ async def test_in_the_splice_a_frame_cut_short_by_eof_closes_without_reaching_th
     server = await asyncio.start_server(target, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     counters = ForwardTraffic()
-    counters.dns = ZonePolicy("dns", ZONES)
+    counters.dns = policy()
     splice = Splice(counters)
     chan = Channel()
     try:

@@ -10,9 +10,15 @@ back until the target has answered everything before it would mean parsing its r
 zone transfer is many messages to one query).
 
 A transfer (AXFR, IXFR) passes only for a zone the forward names, never for a zone below one:
-an internal-only zone delegated under a public one must not be handed over whole. Lookups of
-single names pass at or below the forward's zones; names in such an internal child zone are
-among them, which no filter of names can tell apart (the internal kit's ACL closes that).
+an internal-only zone delegated under a public one must not be handed over whole. Any query
+for a forward zone's own name (its apex) passes. A lookup of a name strictly below it passes
+only when the target says the name lies in that very zone (see zonecut): a name of an
+internal child zone on the same server is refused. While that is asked, the query and
+everything sent after it wait (the channel is not read), so frames reach the target in the
+order they were sent.
+
+A connection that draws more than MAX_REFUSALS refusals is closed: the relay's secondary
+never draws one, and each costs a parse.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import dns.exception
 import dns.message
@@ -31,10 +38,12 @@ import dns.rdatatype
 import dns.rrset
 
 from ..peertext import peer_text
+from .zonecut import Owner, ZoneCuts
 
 log = logging.getLogger(__name__)
 
 SUMMARY_PERIOD = 60.0  # seconds between two log lines about refusals of one forward
+MAX_REFUSALS = 100  # refusals one connection may draw before it is closed
 
 _HEADER = struct.Struct("!HHHHHH")
 _QR, _OPCODE, _RD, _REFUSED = 0x8000, 0x7800, 0x0100, 5
@@ -47,26 +56,77 @@ class NotDns(Exception):
     """What the relay side sent is not DNS over TCP: the connection is closed."""
 
 
+class TooManyRefusals(NotDns):
+    """The relay side drew more than MAX_REFUSALS refusals: the connection is closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class CutCheck:
+    """A lookup below a zone's apex, waiting for the target to say which zone its name is in."""
+
+    name: dns.name.Name
+    zone: dns.name.Name  # the forward's zone it must lie in
+    wire: bytes  # the query
+    message: dns.message.Message
+    question: dns.rrset.RRset
+
+
+class RateLog:
+    """Log lines about one forward at a bounded rate: the first event in words, then at most one
+    line per SUMMARY_PERIOD summing up the events since (put in words only when logged)."""
+
+    def __init__(self) -> None:
+        self._logged_at: float | None = None  # loop time of the last line
+        self._unlogged = 0  # events since then
+        self._summary: Callable[[int], str] = str
+        self._timer: asyncio.TimerHandle | None = None
+
+    def note(self, first: Callable[[], str], summary: Callable[[int], str]) -> None:
+        """An event: `first()` is its line when it may be logged now; else it is counted, and
+        `summary(count)` makes the line that sums up the last ones."""
+        self._summary = summary
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._logged_at is None or now - self._logged_at >= SUMMARY_PERIOD:
+            self.flush()
+            log.warning("%s", first())
+            self._logged_at = now
+            return
+        self._unlogged += 1
+        if self._timer is None:
+            self._timer = loop.call_later(self._logged_at + SUMMARY_PERIOD - now, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._unlogged:
+            log.warning("%s", self._summary(self._unlogged))
+            self._logged_at = asyncio.get_running_loop().time()
+            self._unlogged = 0
+
+
 class ZonePolicy:
     """Which queries a dns forward carries, and its tally of the ones it refused."""
 
-    def __init__(self, forward: str, zones: Sequence[str]) -> None:
+    def __init__(self, forward: str, zones: Sequence[str], cuts: ZoneCuts) -> None:
         self.forward = forward
         self.zones = tuple(dns.name.from_text(zone) for zone in zones)
+        self.cuts = cuts
         self.refused = 0
-        self._logged_at: float | None = None  # loop time of the last log line
-        self._unlogged = 0  # refusals since then
         # The last refused query, for the summary line: opcode, question, why.
         self._last: tuple[int, dns.rrset.RRset | None, str] = (0, None, "")
-        self._summary: asyncio.TimerHandle | None = None
+        self._refusals = RateLog()
+        self._closings = RateLog()
 
     def gate(self) -> DnsGate:
         return DnsGate(self)
 
-    def judge(self, wire: bytes) -> bytes | None:
-        """None when the message `wire` may go to the target, else the REFUSED reply (without
-        its length prefix): the query's ID, QR set, its opcode and RD, its question when it
-        has exactly one. Raises NotDns when `wire` is not a DNS message."""
+    def judge(self, wire: bytes) -> bytes | CutCheck | None:
+        """None when the message `wire` may go to the target; a CutCheck when that depends on
+        the zone the target puts its name in; else the REFUSED reply (without its length
+        prefix): the query's ID, QR set, its opcode and RD, its question when it has exactly
+        one. Raises NotDns when `wire` is not a DNS message."""
         try:
             # keyring=False: a TSIG is passed on unverified; the target checks it.
             message = dns.message.from_wire(wire, keyring=False)
@@ -75,12 +135,24 @@ class ZonePolicy:
         question = message.question[0] if len(message.question) == 1 else None
         why = self._refusal(message, question)
         if why is None:
+            assert question is not None
+            zone = self._below(question)
+            if zone is None:
+                return None
+            owner = self.cuts.cached(question.name)
+            check = CutCheck(question.name, zone, wire, message, question)
+            return check if owner is None else self.settle(check, owner)
+        return self._refuse(wire, message, question, why)
+
+    def settle(self, check: CutCheck, owner: Owner) -> bytes | None:
+        """None when the target put the name in the zone it must lie in, else the REFUSED."""
+        if owner == check.zone:
             return None
-        self._note(message, question, why)
-        ident, flags = struct.unpack_from("!HH", wire)
-        echoed = b"" if question is None else _question_wire(question)
-        reply_flags = _QR | (flags & (_OPCODE | _RD)) | _REFUSED
-        return _HEADER.pack(ident, reply_flags, 1 if echoed else 0, 0, 0, 0) + echoed
+        if isinstance(owner, dns.name.Name):
+            why = f"in the target's zone {peer_text(owner.to_text(), 120)}"
+        else:
+            why = owner
+        return self._refuse(check.wire, check.message, check.question, why)
 
     def _refusal(
         self, message: dns.message.Message, question: dns.rrset.RRset | None
@@ -103,44 +175,55 @@ class ZonePolicy:
             return "not for its zones"
         return None
 
-    def _note(
-        self, message: dns.message.Message, question: dns.rrset.RRset | None, why: str
-    ) -> None:
-        """Count a refusal; log the first, then at most one summary line a minute."""
+    def _below(self, question: dns.rrset.RRset) -> dns.name.Name | None:
+        """The forward zone a lookup is strictly below (the longest that matches), None for
+        one at a zone's apex, where every query passes."""
+        name = question.name
+        if name in self.zones:
+            return None
+        return max((zone for zone in self.zones if name.is_subdomain(zone)), key=lambda z: len(z))
+
+    def _refuse(
+        self,
+        wire: bytes,
+        message: dns.message.Message,
+        question: dns.rrset.RRset | None,
+        why: str,
+    ) -> bytes:
+        """Count a refusal, log it at a bounded rate, and make its reply."""
         self.refused += 1
         # Put in words only when logged: a flood of refusals must cost as little as it can.
         self._last = (message.opcode(), question, why)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self._logged_at is None or now - self._logged_at >= SUMMARY_PERIOD:
-            self._flush_summary()
-            log.warning(
-                "forward %s: refused %s; it carries %s only; further refusals are summed up "
-                "at most once a minute",
-                self.forward,
-                _describe(*self._last),
-                ", ".join(zone.to_text(omit_final_dot=True) for zone in self.zones),
-            )
-            self._logged_at = now
-            return
-        self._unlogged += 1
-        if self._summary is None:
-            delay = self._logged_at + SUMMARY_PERIOD - now
-            self._summary = loop.call_later(delay, self._flush_summary)
+        self._refusals.note(self._first_line, self._summary_line)
+        ident, flags = struct.unpack_from("!HH", wire)
+        echoed = b"" if question is None else _question_wire(question)
+        reply_flags = _QR | (flags & (_OPCODE | _RD)) | _REFUSED
+        return _HEADER.pack(ident, reply_flags, 1 if echoed else 0, 0, 0, 0) + echoed
 
-    def _flush_summary(self) -> None:
-        if self._summary is not None:
-            self._summary.cancel()
-            self._summary = None
-        if self._unlogged:
-            log.warning(
-                "forward %s: refused %d more queries (last: %s)",
-                self.forward,
-                self._unlogged,
-                _describe(*self._last),
-            )
-            self._logged_at = asyncio.get_running_loop().time()
-            self._unlogged = 0
+    def _first_line(self) -> str:
+        return (
+            f"forward {self.forward}: refused {_describe(*self._last)}; it carries "
+            + ", ".join(zone.to_text(omit_final_dot=True) for zone in self.zones)
+            + " only; further refusals are summed up at most once a minute"
+        )
+
+    def _summary_line(self, count: int) -> str:
+        return (
+            f"forward {self.forward}: refused {count} more queries (last: {_describe(*self._last)})"
+        )
+
+    def flooded(self) -> None:
+        """A connection was closed for drawing more than MAX_REFUSALS refusals."""
+        self._closings.note(
+            lambda: (
+                f"forward {self.forward}: a connection drew more than {MAX_REFUSALS} refused "
+                "queries and was closed; further closings are summed up at most once a minute"
+            ),
+            lambda count: (
+                f"forward {self.forward}: closed {count} more connections that drew "
+                f"more than {MAX_REFUSALS} refused queries"
+            ),
+        )
 
 
 def _describe(opcode: int, question: dns.rrset.RRset | None, why: str) -> str:
@@ -172,21 +255,29 @@ class DnsGate:
     `from_client` returns what goes to the target (whole frames, in order) and the REFUSED
     replies that may go back now. A reply that would land inside one of the target's messages,
     or find the channel full, is held until `split_reply` finds the end of that message or
-    `take_held` is called with the channel writable again.
+    `take_held` is called with the channel writable again. A lookup whose verdict needs a
+    zone-cut check stops the sorting: `check` is set, the query and everything after it wait
+    until `decide` is given the target's word.
     """
 
     def __init__(self, policy: ZonePolicy) -> None:
-        self._policy = policy
+        self.policy = policy
         self._partial = bytearray()  # the start of a frame not yet whole (< 2 + 65535 bytes)
         self._reply_left = 0  # bytes of the target's current message still to come
         self._reply_head: int | None = None  # first byte of a length prefix split in two
         self._held: list[bytes] = []  # framed REFUSED replies waiting
         self.held_bytes = 0
         self.channel_full = False  # set by the splice: the relay side is not reading
+        self.refusals = 0  # drawn by this connection
+        self.check: CutCheck | None = None  # the zone-cut check the stream waits for
+        self._waiting = b""  # the framed query of `check`
+        # What came after it: the rest of that read, and whatever the relay side sent before
+        # the splice stopped reading (at most the SSH channel's window).
+        self._backlog = bytearray()
 
     @property
     def forward(self) -> str:
-        return self._policy.forward
+        return self.policy.forward
 
     @property
     def at_boundary(self) -> bool:
@@ -199,6 +290,9 @@ class DnsGate:
         all allowed and whole). Raises NotDns."""
         passed: list[bytes] = []
         refusals: list[bytes] = []
+        if self.check is not None:
+            self._backlog += data
+            return passed, refusals
         view = memoryview(data)
         start = 0
         if self._partial:  # a frame split across reads: grown in place, never re-copied
@@ -207,25 +301,55 @@ class DnsGate:
                 return passed, refusals
             frame = bytes(self._partial)
             self._partial.clear()
-            self._sort(frame, passed, refusals)
+            if not self._sort(frame, passed, refusals):
+                self._backlog += view[start:]
+                return passed, refusals
         run = start  # the run of allowed frames not yet handed on: view[start:run]
         end = len(view)
         while end - run >= 2:
             size = _frame_size(view[run], view[run + 1])
             if end - run < size:
                 break
-            refusal = self._policy.judge(bytes(view[run + 2 : run + size]))
-            if refusal is None:
+            verdict = self.policy.judge(bytes(view[run + 2 : run + size]))
+            if verdict is None:
                 run += size
                 continue
             if run > start:
                 passed.append(bytes(view[start:run]))
-            self._refuse(refusal, refusals)
+            if isinstance(verdict, CutCheck):
+                self._wait(verdict, bytes(view[run : run + size]))
+                self._backlog += view[run + size :]
+                return passed, refusals
+            self._refuse(verdict, refusals)
             start = run = run + size
         if run > start:
             passed.append(data if run - start == end else bytes(view[start:run]))
         self._partial += view[run:]
         return passed, refusals
+
+    def decide(self, owner: Owner) -> tuple[list[bytes], list[bytes]]:
+        """The target's word on the pending check's name: pass or refuse its query, then sort
+        what waited behind it (which may stop at another check). Raises NotDns."""
+        check, frame = self.check, self._waiting
+        assert check is not None
+        self.check, self._waiting = None, b""
+        passed: list[bytes] = []
+        refusals: list[bytes] = []
+        refusal = self.policy.settle(check, owner)
+        if refusal is None:
+            passed.append(frame)
+        else:
+            self._refuse(refusal, refusals)
+        if self._backlog:
+            backlog = bytes(self._backlog)
+            self._backlog.clear()
+            more, more_refusals = self.from_client(backlog)
+            passed += more
+            refusals += more_refusals
+        return passed, refusals
+
+    def _wait(self, check: CutCheck, frame: bytes) -> None:
+        self.check, self._waiting = check, frame
 
     def _complete(self, view: memoryview) -> int:
         """Add to the frame begun in an earlier read what `view` has of it; return how many
@@ -241,14 +365,22 @@ class DnsGate:
         used += need
         return used if used <= len(view) else -1
 
-    def _sort(self, frame: bytes, passed: list[bytes], refusals: list[bytes]) -> None:
-        refusal = self._policy.judge(frame[2:])
-        if refusal is None:
+    def _sort(self, frame: bytes, passed: list[bytes], refusals: list[bytes]) -> bool:
+        """Sort one whole frame; False when it waits for a check."""
+        verdict = self.policy.judge(frame[2:])
+        if verdict is None:
             passed.append(frame)
+        elif isinstance(verdict, CutCheck):
+            self._wait(verdict, frame)
+            return False
         else:
-            self._refuse(refusal, refusals)
+            self._refuse(verdict, refusals)
+        return True
 
     def _refuse(self, reply: bytes, refusals: list[bytes]) -> None:
+        self.refusals += 1
+        if self.refusals > MAX_REFUSALS:
+            raise TooManyRefusals(f"more than {MAX_REFUSALS} refused queries")
         framed = struct.pack("!H", len(reply)) + reply
         if self.at_boundary and not self._held and not self.channel_full:
             refusals.append(framed)
@@ -257,7 +389,9 @@ class DnsGate:
             self.held_bytes += len(framed)
 
     def client_eof(self) -> None:
-        """The relay side sent its last byte. Raises NotDns when a frame was cut short."""
+        """The relay side sent its last byte (call it once no check is pending). Raises NotDns
+        when a frame was cut short."""
+        assert self.check is None
         if self._partial:
             raise NotDns(f"the connection ended {len(self._partial)} bytes into a message")
 

@@ -12,6 +12,7 @@ from .dnsgate import ZonePolicy
 from .endpoint import EndpointRuntime
 from .limits import BUDGET
 from .splice import ForwardTraffic, Splice
+from .zonecut import ZoneCuts, primary
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ class ForwardRuntime(EndpointRuntime):
         self._opening = 0  # channels whose local side is still connecting
         self._burst = 0  # channels refused since the forward was last below its limit
         if cfg.service == "dns":  # only queries for its zones get through (see dnsgate)
-            self.counters.dns = ZonePolicy(cfg.name, cfg.zones)
+            cuts = ZoneCuts(primary(cfg.target, cfg.source_address))
+            self.counters.dns = ZonePolicy(cfg.name, cfg.zones, cuts)
 
     async def accept(self, _orig_host: str, _orig_port: int) -> Splice:
         """A connection arrived on the relay: open the local side.

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 from ..config import Endpoint
 from ..errors import TargetUnavailable
-from .dnsgate import DnsGate, NotDns, ZonePolicy
+from .dnsgate import DnsGate, NotDns, TooManyRefusals, ZonePolicy
+from .zonecut import Owner
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class Channel(Protocol):
 
 
 WATCH_TAIL = 64  # longer than any token a mail test watches for
-HELD_REFUSALS = 64 * 1024  # REFUSED replies held back before the relay side is read no more
+HELD_REFUSALS = 4 * 1024  # REFUSED replies held back before the relay side is read no more
 
 
 class Connection(Protocol):
@@ -152,6 +153,7 @@ class Splice:
         self._watch_tail = b""
         self._gate: DnsGate | None = None if counters.dns is None else counters.dns.gate()
         self._gate_paused = False  # the gate holds too many replies: the channel is not read
+        self._check: asyncio.Future[Owner] | None = None  # the gate's zone-cut check, running
 
     async def connect_target(self, target: Endpoint, timeout: float) -> None:
         """Open the local side. Raises TargetUnavailable."""
@@ -203,21 +205,26 @@ class Splice:
     def eof_received(self) -> bool:
         try:
             self._relay_eof = True
-            if self._gate is not None:
-                try:
-                    self._gate.client_eof()
-                except NotDns as exc:
-                    log.info("forward %s: %s; connection closed", self._gate.forward, exc)
-                    self.abort()
-                    return False
-            if self._target_eof or self._local is None or not self._local.can_write_eof():
-                self.close()  # both directions are done (or cannot half-close): finish now
-                return False
-            self._local.write_eof()
-            return True
+            if self._check is not None:
+                return True  # passed on once the frames waiting for a check went on
+            return self._relay_done()
         except Exception as exc:
             self._failed(exc)
             return False
+
+    def _relay_done(self) -> bool:
+        """The relay side's EOF, once every frame before it went on: half-close the target."""
+        if self._gate is not None:
+            try:
+                self._gate.client_eof()
+            except NotDns as exc:
+                self._not_dns(self._gate, exc)
+                return False
+        if self._target_eof or self._local is None or not self._local.can_write_eof():
+            self.close()  # both directions are done (or cannot half-close): finish now
+            return False
+        self._local.write_eof()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         try:
@@ -291,7 +298,7 @@ class Splice:
 
     def resume_channel(self) -> None:
         self._target_full = False
-        if not self._gate_paused:
+        if not self._gate_paused and self._check is None:
             self._resume_reading()
 
     def _resume_reading(self) -> None:
@@ -309,7 +316,7 @@ class Splice:
             self._flushing = False
         if self._closed:
             return
-        if self._target_full or self._gate_paused:
+        if self._target_full or self._gate_paused or self._check is not None:
             self._chan.pause_reading()
 
     # -- the gate of a dns forward ----------------------------------------------------------
@@ -318,9 +325,11 @@ class Splice:
         try:
             passed, refusals = gate.from_client(data)
         except NotDns as exc:
-            log.info("forward %s: %s; connection closed", gate.forward, exc)
-            self.abort()
+            self._not_dns(gate, exc)
             return
+        self._gate_out(gate, passed, refusals)
+
+    def _gate_out(self, gate: DnsGate, passed: list[bytes], refusals: list[bytes]) -> None:
         for frame in passed:
             self._counters.bytes_in += len(frame)
             if self._local is not None:
@@ -332,6 +341,47 @@ class Splice:
             self._gate_paused = True  # the relay side is not reading its answers
             if not self._flushing:
                 self._chan.pause_reading()
+        check = gate.check
+        if check is not None and self._check is None:
+            # Ask the target; nothing more is read from the relay side until it answered.
+            self._check = asyncio.ensure_future(gate.policy.cuts.owner(check.name))
+            self._check.add_done_callback(self._checked)
+            if self._chan is not None and not self._flushing:
+                self._chan.pause_reading()
+
+    def _checked(self, done: asyncio.Future[Owner]) -> None:
+        if done is not self._check or self._closed:
+            return  # cancelled: the connection closed meanwhile
+        self._check = None
+        if done.cancelled():
+            self.abort()
+            return
+        gate = self._gate
+        assert gate is not None
+        try:
+            try:
+                passed, refusals = gate.decide(done.result())
+            except NotDns as exc:
+                self._not_dns(gate, exc)
+                return
+            self._gate_out(gate, passed, refusals)
+            if self._check is not None or self._closed:
+                return  # another check: still not reading
+            if self._relay_eof:
+                self._relay_done()
+            elif not self._target_full and not self._gate_paused:
+                self._resume_reading()
+        except OSError:  # the channel closed under us
+            self.abort()
+        except Exception as exc:
+            self._failed(exc)
+
+    def _not_dns(self, gate: DnsGate, exc: NotDns) -> None:
+        if isinstance(exc, TooManyRefusals):
+            gate.policy.flooded()  # logged at a bounded rate: a relay user can repeat it
+        else:
+            log.info("forward %s: %s; connection closed", gate.forward, exc)
+        self.abort()
 
     def _write_held(self, gate: DnsGate) -> None:
         if self._chan is not None:
@@ -352,6 +402,9 @@ class Splice:
         if self._closed:
             return
         self._closed = True
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
         if self._local is not None:
             self._local.close()
         if self._chan is not None:
