@@ -16,6 +16,7 @@ from typing import Any
 
 import dns.flags
 import dns.message
+import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
@@ -34,6 +35,7 @@ from tunnelkeeper.relaykit.bind import named_conf
 pytestmark = pytest.mark.timeout(90)
 
 SERIAL = 2026120601
+SOURCE = "127.0.0.2"  # where the forward's connections to a 127.x target come from
 PUBLIC = f"""\
 $TTL 300
 @     IN SOA ns1.example.org. hostmaster.example.org. {SERIAL} 3600 3600 604800 300
@@ -144,6 +146,9 @@ def test_only_the_zones_pass_and_the_secondary_still_transfers(
             update.add("evil", 300, "A", "192.0.2.66")
             foreign: dict[str, dns.message.Message] = {
                 "internal zone": dns.message.make_query("payroll.corp.example.com", "A"),
+                # Below example.org by name, but in the internal zone corp.example.org on the
+                # same server: only named knows, and the zone-cut check asks it.
+                "internal zone below": dns.message.make_query("payroll.corp.example.org", "A"),
                 "transfer of an internal zone": dns.message.make_query("corp.example.com", "AXFR"),
                 "transfer of a zone below": dns.message.make_query("corp.example.org", "AXFR"),
                 "recursion": dns.message.make_query("www.wikipedia.org", "A"),
@@ -168,6 +173,14 @@ def test_only_the_zones_pass_and_the_secondary_still_transfers(
                 pipelined[1].id: dns.rcode.REFUSED,
                 pipelined[2].id: dns.rcode.NOERROR,
             }
+
+            # Names of example.org itself: a real one is answered by named, a missing one gets
+            # named's NXDOMAIN (both checked with named first).
+            mail = ask(listen, dns.message.make_query("mail.example.org", "A"))
+            assert str(mail.answer[0][0]) == "192.0.2.25" and mail.flags & dns.flags.AA
+            missing = ask(listen, dns.message.make_query("nosuch.example.org", "A"))
+            assert missing.rcode() == dns.rcode.NXDOMAIN and missing.flags & dns.flags.AA
+            assert missing.authority[0].name == dns.name.from_text("example.org")
 
             # What the forward is for still works through it: SOA, AXFR, IXFR of example.org.
             assert serial_at(listen) == SERIAL
@@ -200,10 +213,19 @@ def test_only_the_zones_pass_and_the_secondary_still_transfers(
         finally:
             assert supervisor.stop() == 0
 
-    # None of the foreign queries reached named: its query log has only what we asked directly.
+    # None of the foreign queries reached named: its query log has only what we asked directly
+    # and the zone-cut checks, which tunnelkeeper asks itself (SOA, RD clear: "-") from the
+    # forward's source address.
     after = primary_log.read_text()[len(seen_before) :]
-    for name in ("payroll.corp", "corp.example.com", "corp.example.org", "wikipedia", "evil"):
+    for name in ("corp.example.com", "corp.example.org IN AXFR", "wikipedia", "evil"):
         assert name not in after, f"{name} reached named:\n{after}"
+    queried = [line for line in after.splitlines() if "payroll.corp.example.org" in line]
+    assert queried and all(
+        "query: payroll.corp.example.org IN SOA -" in line and f"{SOURCE}#" in line
+        for line in queried
+    ), queried
+    assert "query: nosuch.example.org IN SOA -" in after
+    assert "query: nosuch.example.org IN A +" in after
     assert "query: example.org IN AXFR" in after and "query: example.org IN IXFR" in after
     # The secondary's first transfer is an AXFR, the one after the change an IXFR.
     assert f"'example.org/IN': AXFR started (serial {SERIAL})" in after
