@@ -121,6 +121,9 @@ class ZoneCuts:
     async def owner(self, name: dns.name.Name) -> Owner:
         """The zone `name` lies in on the target, or why it is not known. Never raises but
         CancelledError; a check no caller waits for any longer is cancelled."""
+        known = self.cached(name)
+        if known is not None:
+            return known
         running = self._running.get(name)
         if running is None:
             running = (asyncio.ensure_future(self._find(name)), [0])
