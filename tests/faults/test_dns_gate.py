@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tunnelkeeper.forwarding import dnsgate
+from tunnelkeeper.forwarding import dnsgate, ratelog
 from tunnelkeeper.forwarding.dnsgate import CutCheck, DnsGate, NotDns, ZonePolicy
 from tunnelkeeper.forwarding.zonecut import Owner, ZoneCuts
 
@@ -287,7 +287,7 @@ def test_a_full_channel_holds_refusals_until_it_drains() -> None:
 def test_refusals_are_logged_once_then_summed_up(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dnsgate, "SUMMARY_PERIOD", 0.2)
+    monkeypatch.setattr(ratelog, "SUMMARY_PERIOD", 0.2)
     evil = "evil\x1b[2J.example.com"
 
     async def burst() -> list[str]:

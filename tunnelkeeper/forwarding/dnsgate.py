@@ -23,10 +23,9 @@ never draws one, and each costs a parse.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dns.exception
@@ -38,11 +37,11 @@ import dns.rdatatype
 import dns.rrset
 
 from ..peertext import peer_text
+from .ratelog import RateLog
 from .zonecut import Owner, ZoneCuts
 
 log = logging.getLogger(__name__)
 
-SUMMARY_PERIOD = 60.0  # seconds between two log lines about refusals of one forward
 MAX_REFUSALS = 100  # refusals one connection may draw before it is closed
 
 _HEADER = struct.Struct("!HHHHHH")
@@ -71,41 +70,6 @@ class CutCheck:
     question: dns.rrset.RRset
 
 
-class RateLog:
-    """Log lines about one forward at a bounded rate: the first event in words, then at most one
-    line per SUMMARY_PERIOD summing up the events since (put in words only when logged)."""
-
-    def __init__(self) -> None:
-        self._logged_at: float | None = None  # loop time of the last line
-        self._unlogged = 0  # events since then
-        self._summary: Callable[[int], str] = str
-        self._timer: asyncio.TimerHandle | None = None
-
-    def note(self, first: Callable[[], str], summary: Callable[[int], str]) -> None:
-        """An event: `first()` is its line when it may be logged now; else it is counted, and
-        `summary(count)` makes the line that sums up the last ones."""
-        self._summary = summary
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self._logged_at is None or now - self._logged_at >= SUMMARY_PERIOD:
-            self.flush()
-            log.warning("%s", first())
-            self._logged_at = now
-            return
-        self._unlogged += 1
-        if self._timer is None:
-            self._timer = loop.call_later(self._logged_at + SUMMARY_PERIOD - now, self.flush)
-
-    def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._unlogged:
-            log.warning("%s", self._summary(self._unlogged))
-            self._logged_at = asyncio.get_running_loop().time()
-            self._unlogged = 0
-
-
 class ZonePolicy:
     """Which queries a dns forward carries, and its tally of the ones it refused."""
 
@@ -116,8 +80,8 @@ class ZonePolicy:
         self.refused = 0
         # The last refused query, for the summary line: opcode, question, why.
         self._last: tuple[int, dns.rrset.RRset | None, str] = (0, None, "")
-        self._refusals = RateLog()
-        self._closings = RateLog()
+        self._refusals = RateLog(log)
+        self._closings = RateLog(log)
 
     def gate(self) -> DnsGate:
         return DnsGate(self)
