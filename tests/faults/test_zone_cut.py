@@ -81,6 +81,12 @@ CNAME = dns.rrset.from_text("alias.example.org.", 120, "IN", "CNAME", "payroll.c
             ORG,
             30,
         ),
+        (  # BIND's NXDOMAIN to a SOA query: the SOA with TTL 0, the zone's minimum still holds
+            "nosuch.example.org",
+            response("nosuch.example.org", dns.rcode.NXDOMAIN, authority=(soa("example.org", 0),)),
+            ORG,
+            30,
+        ),
         (
             "www.example.org",
             response("www.example.org", authority=(soa("example.org", 9999, 9999),)),

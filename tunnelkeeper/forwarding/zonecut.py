@@ -64,7 +64,10 @@ def soa_owner(response: dns.message.Message, qname: dns.name.Name) -> tuple[Owne
 
 
 def _soa_ttl(rrset: dns.rrset.RRset) -> float:
-    return float(min(CACHE_MAX_TTL, rrset.ttl, rrset[0].minimum))
+    # BIND gives the SOA of an NXDOMAIN to a SOA query a TTL of 0 (so that it is not cached as
+    # the answer): the zone's negative-caching time (its minimum) still says how long the name
+    # stays unknown.
+    return float(min(CACHE_MAX_TTL, rrset.ttl or rrset[0].minimum, rrset[0].minimum))
 
 
 def primary(target: Endpoint, source: str | None) -> Ask:
