@@ -411,3 +411,22 @@ async def test_in_the_splice_a_connection_past_100_refusals_is_closed_and_logged
         "forward dns: a connection drew more than 100 refused queries and was closed; "
         "further closings are summed up at most once a minute"
     ]
+
+
+async def test_in_the_splice_reading_waits_for_the_check_and_the_held_replies() -> None:
+    answer: asyncio.Future[dns.message.Message] = asyncio.get_running_loop().create_future()
+
+    async def primary(name: dns.name.Name) -> dns.message.Message:
+        return await answer
+
+    long_foreign = ".".join(["x" * 60, "y" * 60, "z" * 60, "corp", "lan"])
+    below = framed(query("www.example.org", ident=99))
+    async with spliced(primary) as (splice, chan, received, _):
+        splice.pause_writing()  # the relay side reads none of its answers
+        splice.data_received(framed(query(long_foreign)) * 30 + below, None)
+        assert not chan.reading and chan.written == bytearray()
+        splice.resume_writing()  # the held refusals go, but the check still runs
+        assert chan.written.count(b"corp\x03lan") == 30 and not chan.reading
+        answer.set_result(response("www.example.org", authority=(soa("example.org"),)))
+        await until(lambda: bytes(received) == below)
+        assert chan.reading

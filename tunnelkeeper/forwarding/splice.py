@@ -34,7 +34,9 @@ class Channel(Protocol):
 
 
 WATCH_TAIL = 64  # longer than any token a mail test watches for
-HELD_REFUSALS = 4 * 1024  # REFUSED replies held back before the relay side is read no more
+# REFUSED replies held back before the relay side is read no more (at most MAX_REFUSALS of
+# them, each under 300 bytes, are ever drawn by one connection).
+HELD_REFUSALS = 4 * 1024
 
 
 class Connection(Protocol):
@@ -393,7 +395,7 @@ class Splice:
         gate = self._gate
         if self._gate_paused and gate is not None and gate.held_bytes <= HELD_REFUSALS:
             self._gate_paused = False
-            if not self._target_full:
+            if not self._target_full and self._check is None:
                 self._resume_reading()
 
     # -- both -------------------------------------------------------------------------------
