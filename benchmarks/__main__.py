@@ -17,6 +17,7 @@ from . import (
     fig5_frozen,
     fig6_footprint,
     fig7_startup,
+    fig8_zone_transfer,
 )
 from .harness import ROOT, Figure, timed
 from .report import environment, render
@@ -29,6 +30,7 @@ FIGURES: dict[str, tuple[str, Callable[[bool], Figure]]] = {
     "5": ("Frozen relay", fig5_frozen.run),
     "6": ("Footprint", fig6_footprint.run),
     "7": ("CLI start-up", fig7_startup.run),
+    "8": ("Zone transfer", fig8_zone_transfer.run),
 }
 
 
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="minimal counts (a smoke test)")
     parser.add_argument(
-        "--only", metavar="N[,N]", help="figures to run, e.g. 1,4 (default: all seven)"
+        "--only", metavar="N[,N]", help="figures to run, e.g. 1,4 (default: all eight)"
     )
     parser.add_argument(
         "--out",

@@ -357,6 +357,12 @@ class Client:
         self.stop()
 
 
+def _toml_list(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return _toml(value)
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -377,10 +383,19 @@ class Tunnelkeeper(Client):
         *,
         standby: bool = False,
         max_connections: int = 100,
+        forward: dict[str, Any] | None = None,
         **settings: Any,
     ) -> None:
+        """`forward`: keys that replace the tcp forward to the sink (a dns forward, say)."""
         super().__init__(env, listens)
         self.max_connections = max_connections
+        self.forward: dict[str, Any] = {
+            "name": "smtp",
+            "service": "tcp",
+            "target": f"127.0.0.1:{env.sink_port}",
+            "max_connections": max_connections,
+            **(forward or {}),
+        }
         if standby:
             self.label = "tunnelkeeper standby"
         self.settings: dict[str, Any] = {
@@ -416,11 +431,8 @@ class Tunnelkeeper(Client):
                 f"known_hosts = {_toml(sshd.known_hosts)}",
                 "",
                 "  [[tunnel.forward]]",
-                '  name = "smtp"',
-                '  service = "tcp"',
                 f'  listen = "127.0.0.1:{listen}"',
-                f'  target = "127.0.0.1:{self.env.sink_port}"',
-                f"  max_connections = {self.max_connections}",
+                *(f"  {k} = {_toml_list(v)}" for k, v in self.forward.items()),
             ]
         self.config.write_text("\n".join(lines) + "\n")
 
@@ -431,10 +443,15 @@ class Tunnelkeeper(Client):
 
 
 def ssh_args(
-    env: Env, listen: int, options: Sequence[str] = (), command: Sequence[str] = ()
+    env: Env,
+    listen: int,
+    options: Sequence[str] = (),
+    command: Sequence[str] = (),
+    target: int | None = None,
 ) -> list[str]:
-    """`ssh -N -R` with default ciphers, its own known_hosts, no agent, no user config; with a
-    `command`, `ssh -tt -R … command` instead (a session with a terminal)."""
+    """`ssh -N -R` with default ciphers, its own known_hosts, no agent, no user config, to the
+    sink unless `target` names another local port; with a `command`, `ssh -tt -R … command`
+    instead (a session with a terminal)."""
     sshd = env.sshd
     opts = [
         "IdentitiesOnly=yes",
@@ -451,7 +468,8 @@ def ssh_args(
     args = [SSH, mode, "-F", "/dev/null", "-p", str(sshd.port), "-i", str(sshd.client_key)]
     for opt in opts:
         args += ["-o", opt]
-    forward = f"127.0.0.1:{listen}:127.0.0.1:{env.sink_port}"
+    to = env.sink_port if target is None else target
+    forward = f"127.0.0.1:{listen}:127.0.0.1:{to}"
     return [*args, "-R", forward, f"{sshd.user}@127.0.0.1", *command]
 
 
@@ -460,9 +478,13 @@ class Ssh(Client):
 
     label = "ssh -R"
 
+    def __init__(self, env: Env, listens: Sequence[int], target: int | None = None) -> None:
+        super().__init__(env, listens)
+        self.target = target
+
     def start(self) -> None:
         for listen in self.listens:
-            self._spawn(ssh_args(self.env, listen))
+            self._spawn(ssh_args(self.env, listen, target=self.target))
 
 
 class SshTty(Ssh):
@@ -549,8 +571,8 @@ class Env:
     def tunnelkeeper(self, listens: Sequence[int], **kwargs: Any) -> Tunnelkeeper:
         return self._keep(Tunnelkeeper(self, listens, **kwargs))
 
-    def ssh(self, listens: Sequence[int]) -> Ssh:
-        return self._keep(Ssh(self, listens))
+    def ssh(self, listens: Sequence[int], target: int | None = None) -> Ssh:
+        return self._keep(Ssh(self, listens, target))
 
     def ssh_tty(self, listens: Sequence[int]) -> SshTty:
         return self._keep(SshTty(self, listens))

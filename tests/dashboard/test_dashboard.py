@@ -89,6 +89,20 @@ def test_a_local_forward_says_it_is_one() -> None:
     assert "smtp (local)" not in text
 
 
+def test_a_dns_forward_shows_the_queries_it_refused() -> None:
+    status = mixed()
+    relay1 = status.tunnels[0]
+    forwards = tuple(
+        replace(f, refused_queries=12) if f.service == "dns" else f for f in relay1.forwards
+    )
+    text = render(
+        Dashboard(replace(status, tunnels=(replace(relay1, forwards=forwards),)), now=NOW), 100
+    )
+    (line,) = [line for line in text.splitlines() if " dns " in line]
+    assert "12 REFUSED" in line
+    assert "REFUSED" not in render(Dashboard(mixed(), now=NOW), 100)  # none, nothing shown
+
+
 def test_not_a_terminal_has_no_control_codes() -> None:
     out = io.StringIO()
     Console(file=out, width=100, force_terminal=False).print(Dashboard(mixed(), now=NOW))

@@ -105,3 +105,30 @@ async def test_a_taken_port_is_an_error_before_serving() -> None:
         with pytest.raises(TunnelkeeperError, match=f"cannot listen on 127.0.0.1:{port}"):
             async with asyncio.timeout(5):
                 await serve(Endpoint(host="127.0.0.1", port=port), healthy)
+
+
+def test_a_dns_forward_counts_the_queries_it_refused() -> None:
+    from dataclasses import replace
+
+    from tunnelkeeper.services.metrics import render
+
+    status = mixed()
+    tunnels = tuple(
+        replace(
+            t,
+            forwards=tuple(
+                replace(f, refused_queries=7) if f.service == "dns" else f for f in t.forwards
+            ),
+        )
+        for t in status.tunnels
+    )
+    text = render(replace(status, tunnels=tunnels)).decode()
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    refused = "tunnelkeeper_dns_refused_queries_total"
+    labels = frozenset({("tunnel", "relay1"), ("forward", "dns")})
+    assert samples[(refused, labels)] == 7
+    assert [labels for name, labels in samples if name == refused] == [labels]  # dns only

@@ -220,12 +220,19 @@ def _forward_cells(
         "up": Text(_since(fwd.since, now) if fwd.state == "up" else ""),
         "avail": _availability(fwd.availability_24h),
         "probe": _probe_cell(fwd),
-        "conns": Text(f"{fwd.connections_active}/{fwd.connections_total}"),
+        "conns": _conns_cell(fwd),
         "bytes": Text(
             f"{human_bytes(fwd.bytes_in, short=True)}/{human_bytes(fwd.bytes_out, short=True)}"
         ),
         "error": Text(reason or "", style="red"),
     }
+
+
+def _conns_cell(fwd: ForwardStatus) -> Text:
+    text = Text(f"{fwd.connections_active}/{fwd.connections_total}")
+    if fwd.refused_queries:  # a dns forward answered queries not for its zones itself
+        text.append(f" {fwd.refused_queries} REFUSED", style="yellow")
+    return text
 
 
 def _availability(percent: float | None) -> Text:

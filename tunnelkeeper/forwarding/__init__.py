@@ -6,5 +6,10 @@ inbound     a remote forward: the relay listens, channels come in, we dial the t
 outbound    a local forward: we listen here, each connection opens a channel to the relay
 splice      the two-way copy between a channel and a socket, and ForwardTraffic
 admission   Admission: max_connections and the descriptor budget, one line per refusal burst
+dial        the one way to a target: from `source`, a PROXY header first when asked
+proxyheader the PROXY protocol v1/v2 header naming the relay
+dnsgate     what a dns forward lets through: queries for its zones; the rest answered REFUSED
+zonecut     asks the primary which zone a name below a zone's apex lies in
+ratelog     log lines at a bounded rate
 limits      the descriptor budget shared by every forward of the process
 """

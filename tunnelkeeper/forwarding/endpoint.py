@@ -49,4 +49,5 @@ class ForwarderRuntime:
             since=self.since,
             direction=self.direction,
             source=cfg.source_address if isinstance(cfg, config.Forward) else None,
+            refused_queries=0 if c.dns is None else c.dns.refused,
         )

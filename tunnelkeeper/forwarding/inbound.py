@@ -9,9 +9,11 @@ import logging
 from .. import config, ssh
 from ..errors import SourceUnavailable, TunnelkeeperError
 from .admission import Admission
+from .dnsgate import ZonePolicy
 from .endpoint import ForwarderRuntime
 from .proxyheader import proxy_header
 from .splice import Splice
+from .zonecut import ZoneCuts, primary
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,9 @@ class ForwardRuntime(ForwarderRuntime):
         # The relay's address as this host reached it, for the PROXY header: set by whoever
         # listens on an SSH connection (tunnel, check), from that connection.
         self.relay_address: str | None = None
+        if cfg.service == "dns":  # only queries for its zones get through (see dnsgate)
+            cuts = ZoneCuts(primary(cfg.target, cfg.source_address))
+            self.traffic.dns = ZonePolicy(cfg.name, cfg.zones, cuts)
 
     async def accept(self, _orig_host: str, orig_port: int) -> Splice:
         """A connection arrived on the relay: open the local side, from `source`.

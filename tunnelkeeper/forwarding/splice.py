@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 from ..config import Endpoint
 from .dial import dial
+from .dnsgate import DnsGate, NotDns, TooManyRefusals, ZonePolicy
+from .zonecut import Owner
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,9 @@ class Channel(Protocol):
 
 
 WATCH_TAIL = 64  # longer than any token a mail test watches for
+# REFUSED replies held back before the relay side is read no more (at most MAX_REFUSALS of
+# them, each under 300 bytes, are ever drawn by one connection).
+HELD_REFUSALS = 4 * 1024
 
 
 class Connection(Protocol):
@@ -59,6 +64,7 @@ class ForwardTraffic:
         self.on_bug: Callable[[BaseException], object] | None = None
         # check --mail: tokens looked for in what the relay sends, only while a test runs.
         self.watches: dict[bytes, asyncio.Future[float]] = {}
+        self.dns: ZonePolicy | None = None  # a dns forward's gate policy: see dnsgate
 
     def watch(self, token: bytes) -> asyncio.Future[float]:
         """A future set to the loop time at which `token` passes relay -> target."""
@@ -143,6 +149,9 @@ class Splice:
         self._flushing = False  # the channel is handing us what it held while paused
         self._closed = False
         self._watch_tail = b""
+        self._gate: DnsGate | None = None if traffic.dns is None else traffic.dns.gate()
+        self._gate_paused = False  # the gate holds too many replies: the channel is not read
+        self._check: asyncio.Future[Owner] | None = None  # the gate's zone-cut check, running
 
     async def connect_target(
         self, target: Endpoint, source: str | None, timeout: float, header: bytes = b""
@@ -174,6 +183,9 @@ class Splice:
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         try:
+            if self._gate is not None:
+                self._gated(self._gate, data)
+                return
             self._traffic.bytes_in += len(data)
             if self._traffic.watches:
                 self._watch_tail = self._traffic.scan(self._watch_tail, data)
@@ -185,14 +197,26 @@ class Splice:
     def eof_received(self) -> bool:
         try:
             self._relay_eof = True
-            if self._target_eof or self._local is None or not self._local.can_write_eof():
-                self.close()  # both directions are done (or cannot half-close): finish now
-                return False
-            self._local.write_eof()
-            return True
+            if self._check is not None:
+                return True  # passed on once the frames waiting for a check went on
+            return self._relay_done()
         except Exception as exc:
             self._failed(exc)
             return False
+
+    def _relay_done(self) -> bool:
+        """The relay side's EOF, once every frame before it went on: half-close the target."""
+        if self._gate is not None:
+            try:
+                self._gate.client_eof()
+            except NotDns as exc:
+                self._not_dns(self._gate, exc)
+                return False
+        if self._target_eof or self._local is None or not self._local.can_write_eof():
+            self.close()  # both directions are done (or cannot half-close): finish now
+            return False
+        self._local.write_eof()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         try:
@@ -202,6 +226,8 @@ class Splice:
 
     def pause_writing(self) -> None:
         try:
+            if self._gate is not None:
+                self._gate.channel_full = True
             if self._local is not None:
                 self._local.pause_reading()
         except Exception as exc:
@@ -209,6 +235,9 @@ class Splice:
 
     def resume_writing(self) -> None:
         try:
+            if self._gate is not None:
+                self._gate.channel_full = False
+                self._write_held(self._gate)
             if self._local is not None:
                 self._local.resume_reading()
         except Exception as exc:
@@ -226,6 +255,13 @@ class Splice:
             self._traffic.bytes_out += len(data)
             if self._chan is None:
                 self._pending.append(data)
+            elif self._gate is not None and (split := self._gate.split_reply(data)):
+                at, refusals = split  # REFUSED replies held until a message of the target ended
+                self._chan.write(data[:at])
+                for reply in refusals:
+                    self._chan.write(reply)
+                self._chan.write(data[at:])
+                self._unblock_gate()
             else:
                 self._chan.write(data)
         except OSError:  # the channel closed under us (BrokenPipeError): this splice is over
@@ -253,12 +289,16 @@ class Splice:
             self._chan.pause_reading()
 
     def resume_channel(self) -> None:
+        self._target_full = False
+        if not self._gate_paused and self._check is None:
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
         # asyncssh reopens the whole SSH window on the first packet it delivers after a pause,
         # however much it still holds; pausing again mid-flush would leave that on top of a
         # fresh window, and the backlog would grow by up to a window per cycle without bound.
         # So take everything it held (at most one window) into the local socket's buffer,
         # then pause again if that filled it.
-        self._target_full = False
         if self._chan is None:
             return
         self._flushing = True
@@ -266,8 +306,87 @@ class Splice:
             self._chan.resume_reading()
         finally:
             self._flushing = False
-        if self._target_full and not self._closed:
+        if self._closed:
+            return
+        if self._target_full or self._gate_paused or self._check is not None:
             self._chan.pause_reading()
+
+    # -- the gate of a dns forward ----------------------------------------------------------
+
+    def _gated(self, gate: DnsGate, data: bytes) -> None:
+        try:
+            passed, refusals = gate.from_client(data)
+        except NotDns as exc:
+            self._not_dns(gate, exc)
+            return
+        self._gate_out(gate, passed, refusals)
+
+    def _gate_out(self, gate: DnsGate, passed: list[bytes], refusals: list[bytes]) -> None:
+        for frame in passed:
+            self._traffic.bytes_in += len(frame)
+            if self._local is not None:
+                self._local.write(frame)
+        if self._chan is not None:
+            for reply in refusals:
+                self._chan.write(reply)
+        if gate.held_bytes > HELD_REFUSALS and self._chan is not None:
+            self._gate_paused = True  # the relay side is not reading its answers
+            if not self._flushing:
+                self._chan.pause_reading()
+        check = gate.check
+        if check is not None and self._check is None:
+            # Ask the target; nothing more is read from the relay side until it answered.
+            self._check = asyncio.ensure_future(gate.policy.cuts.owner(check.name))
+            self._check.add_done_callback(self._checked)
+            if self._chan is not None and not self._flushing:
+                self._chan.pause_reading()
+
+    def _checked(self, done: asyncio.Future[Owner]) -> None:
+        if done is not self._check or self._closed:
+            return  # cancelled: the connection closed meanwhile
+        self._check = None
+        if done.cancelled():
+            self.abort()
+            return
+        gate = self._gate
+        assert gate is not None
+        try:
+            try:
+                passed, refusals = gate.decide(done.result())
+            except NotDns as exc:
+                self._not_dns(gate, exc)
+                return
+            self._gate_out(gate, passed, refusals)
+            if self._check is not None or self._closed:
+                return  # another check: still not reading
+            if self._relay_eof:
+                self._relay_done()
+            elif not self._target_full and not self._gate_paused:
+                self._resume_reading()
+        except OSError:  # the channel closed under us
+            self.abort()
+        except Exception as exc:
+            self._failed(exc)
+
+    def _not_dns(self, gate: DnsGate, exc: NotDns) -> None:
+        if isinstance(exc, TooManyRefusals):
+            gate.policy.flooded()  # logged at a bounded rate: a relay user can repeat it
+        else:
+            log.info("forward %s: %s; connection closed", gate.forward, exc)
+        self.abort()
+
+    def _write_held(self, gate: DnsGate) -> None:
+        if self._chan is not None:
+            for reply in gate.take_held():
+                self._chan.write(reply)
+        self._unblock_gate()
+
+    def _unblock_gate(self) -> None:
+        gate = self._gate
+        if self._gate_paused and gate is not None and gate.held_bytes <= HELD_REFUSALS:
+            self._gate_paused = False
+            if not self._target_full and self._check is None:
+                self._resume_reading()
 
     # -- both -------------------------------------------------------------------------------
 
@@ -275,6 +394,9 @@ class Splice:
         if self._closed:
             return
         self._closed = True
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
         if self._local is not None:
             self._local.close()
         if self._chan is not None:

@@ -82,6 +82,17 @@ class StatusCollector:
                         values.append(fwd.probe.via)
                     _add(family, values, forward_sample(fwd))
             yield family
+        refused = _family(
+            "tunnelkeeper_dns_refused_queries",
+            "Queries a dns forward answered REFUSED itself: not for its zones",
+            True,
+            ["tunnel", "forward"],
+        )
+        for tunnel in status.tunnels:
+            for fwd in tunnel.forwards:
+                if fwd.service == "dns" and fwd.direction == "forward":
+                    _add(refused, [tunnel.name, fwd.name], fwd.refused_queries)
+        yield refused
 
 
 TunnelSample = Callable[[TunnelStatus], float | None]
