@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import config, ssh
-from .checks import dnsnotify, probes
+from .checks import dnsnotify, etrn, probes
 from .errors import (
     ForwardRefused,
     InternalError,
@@ -54,6 +54,14 @@ class TunnelRuntime:
         self._spare_state: StandbyState = "off"
         self._draining = False
         self._ended: asyncio.Future[TunnelkeeperError] | None = None  # a task ended the connection
+        self.conn: ssh.RelayConnection | None = None  # the live connection, while there is one
+        # ETRN for every smtp forward with domains; sent by itself only where `etrn` is on.
+        self.flushers = {
+            f.cfg.name: etrn.Flusher(self.name, f.cfg)
+            for f in self.forwards
+            if f.cfg.service == "smtp" and f.cfg.domains
+        }
+        self._side: set[asyncio.Task[None]] = set()  # ETRNs under way on the live connection
 
     @property
     def name(self) -> str:
@@ -80,7 +88,7 @@ class TunnelRuntime:
             last_error=self.last_error,
             cipher=self.cipher,
             standby="ready" if self.spare_ready else self._spare_state,
-            forwards=tuple(f.snapshot() for f in self.endpoints),
+            forwards=tuple(etrn.amend(f.snapshot(), self.flushers) for f in self.endpoints),
             relay_version=self.relay_version,
             internal_errors=self.internal_errors,
         )
@@ -165,6 +173,8 @@ class TunnelRuntime:
         self.state, self.next_retry_at, self.connected_at = "connecting", None, None
         for fwd in self.forwards:
             fwd.set_state("pending")
+        for flusher in self.flushers.values():
+            flusher.whole_again(False)
         conn = self._take_spare()
         if conn is None:
             try:
@@ -190,6 +200,7 @@ class TunnelRuntime:
             conn.cipher,
         )
         self._ended = asyncio.get_running_loop().create_future()
+        self.conn = conn
         for fwd in self.forwards:
             fwd.counters.on_bug = functools.partial(self.report_bug, f"forward {fwd.cfg.name}")
         tasks = [
@@ -211,6 +222,8 @@ class TunnelRuntime:
         try:
             await asyncio.wait([lost, ended], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.conn = None
+            tasks += self._side
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -321,6 +334,8 @@ class TunnelRuntime:
                 fwd.cfg.target,
                 f" after {refusals} refusal(s)" if refusals else "",
             )
+            if self.cfg.probe_interval <= 0:  # no probe to wait for: whole once up
+                self._whole(conn, fwd, True, recovered=False)
             return
 
     def _refresh_forward_error(self) -> None:
@@ -359,6 +374,9 @@ class TunnelRuntime:
             return
         previous = fwd.probe
         fwd.probe = result
+        if isinstance(fwd, ForwardRuntime):
+            recovered = previous is not None and not previous.ok
+            self._whole(conn, fwd, result.ok and fwd.state == "up", recovered)
         if previous is None or previous.ok != result.ok:
             level = logging.INFO if result.ok else logging.WARNING
             log.log(
@@ -374,6 +392,29 @@ class TunnelRuntime:
             await dnsnotify.notify_changes(
                 conn.open_stream, fwd.cfg, fwd.notified, self.cfg.probe_timeout, self.name
             )
+
+    def _whole(
+        self, conn: ssh.RelayConnection, fwd: ForwardRuntime, whole: bool, recovered: bool
+    ) -> None:
+        """Whether `fwd` is whole (up and, with probes on, its probe through); when it has
+        just become so and its `etrn` is on, ETRN its domains in a task of its own."""
+        flusher = self.flushers.get(fwd.cfg.name)
+        if flusher is None or not flusher.whole_again(whole) or not fwd.cfg.flushes:
+            return
+        why = (
+            "probe recovered" if recovered else "at start" if self.connects == 1 else "reconnected"
+        )
+        work = flusher.whole(conn.open_stream, self.cfg.relay_mta, why)
+        task = self._spawn(f"etrn {fwd.cfg.name}", work)
+        self._side.add(task)
+        task.add_done_callback(self._side.discard)
+
+    async def flush_now(self, forward: str | None = None) -> list[etrn.DomainFlush]:
+        """`tunnelkeeper flush` through this connection (see etrn.flush_all)."""
+        conn = self.conn if self.state == "up" else None
+        down = f"tunnel {self.name} is {self.state}: no connection to the relay"
+        opener = None if conn is None else conn.open_stream
+        return await etrn.flush_all(self.flushers, opener, self.cfg.relay_mta, down, forward)
 
     # -- standby -----------------------------------------------------------------------------
 
