@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,7 @@ class _Forward:
     been_up: bool = False  # up at least once since it appeared (startup is no outage)
     outage: bool = False
     cause: str | None = None  # the open outage's error kind, as last recorded
+    flush_at: datetime | None = None  # when the last ETRN answer recorded was had
     # First seen `down` under a tunnel still `up`: the moment between a connection's end and
     # the tunnel saying why (or that it is stopping). An outage, if one follows, began here.
     doubtful_since: float | None = None
@@ -130,6 +132,11 @@ class Recorder:
             events.append(
                 Event(now, "forward", *key, state=fwd.state, error_kind=kind, reason=reason)
             )
+        flush = fwd.last_flush
+        if flush is not None and flush.at != mem.flush_at:
+            mem.flush_at = flush.at
+            state = "accepted" if flush.ok else "failed"
+            events.append(Event(now, "flush", *key, state=state, reason=flush.reply))
         probe = fwd.probe
         if probe is not None and probe.ok != mem.probe_ok:
             if not probe.ok or mem.probe_ok is False:  # a failure, or a recovery from one

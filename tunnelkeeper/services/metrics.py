@@ -111,9 +111,18 @@ class StatusCollector:
             "Share of the last 24 h the forward was not in an outage (history database)",
             labels=fl,
         )
+        etrn = CounterMetricFamily(
+            "tunnelkeeper_etrn",
+            "ETRNs sent to the relay's MTA, one per domain, by its answer",
+            labels=[*fl, "result"],
+        )
         for tunnel in status.tunnels:
             for fwd in tunnel.forwards:
                 values = [tunnel.name, fwd.name, fwd.service]
+                if fwd.service == "smtp" and fwd.direction == "forward":
+                    etrn.add_metric([*values, "accepted"], fwd.etrn_accepted)
+                    etrn.add_metric([*values, "refused"], fwd.etrn_refused)
+                    etrn.add_metric([*values, "unreachable"], fwd.etrn_unreachable)
                 fwd_up.add_metric(values, 1.0 if fwd.healthy else 0.0)
                 active.add_metric(values, fwd.connections_active)
                 total.add_metric(values, fwd.connections_total)
@@ -131,6 +140,7 @@ class StatusCollector:
                     latency.add_metric(probe_values, probe.latency_ms / 1000)
         yield from (fwd_up, probe_ok, latency, probe_at, active, total, bytes_in, bytes_out)
         yield avail
+        yield etrn
 
 
 def render(status: SupervisorStatus) -> bytes:
