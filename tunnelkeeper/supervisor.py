@@ -126,7 +126,9 @@ class Supervisor:
             raise first from group
 
     async def _run(self, shutdown: Shutdown, reload: asyncio.Event | None) -> None:
-        async with ControlServer(self.config.control_socket, self.published, self.watch_mail):
+        async with ControlServer(
+            self.config.control_socket, self.published, self.watch_mail, self.flush
+        ):
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 for cfg in self.config.tunnel:
@@ -177,6 +179,17 @@ class Supervisor:
             return None
         finally:
             future.cancel()
+
+    async def flush(self, tunnel: str | None) -> list[dict[str, Any]]:
+        """`tunnelkeeper flush`: ETRN over every tunnel's live connection (or `tunnel`'s) now;
+        one JSON object per domain. Raises LookupError for a tunnel this supervisor has not."""
+        if tunnel is not None and tunnel not in self._tunnels:
+            raise LookupError(f"no tunnel {tunnel} here")
+        names = [tunnel] if tunnel is not None else list(self._tunnels)
+        done = await asyncio.gather(*(self._tunnels[n].flush_now() for n in names))
+        return [
+            {"tunnel": n, **a.to_json()} for n, got in zip(names, done, strict=True) for a in got
+        ]
 
     def reload(self, new: Config) -> None:
         """Apply a re-read configuration: restart only tunnels whose settings changed."""
