@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ class SmtpSink:
 
     def __init__(self, port: int | None = None) -> None:
         self.raw: list[bytes] = []
+        self.at: list[float] = []  # time.monotonic() of each message's arrival
         self.port = port or free_port()
         self._controller: Any = None
 
@@ -70,6 +72,7 @@ class SmtpSink:
 
         class Handler:
             async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                sink.at.append(time.monotonic())
                 sink.raw.append(envelope.original_content or envelope.content)
                 return "250 OK queued"
 

@@ -135,20 +135,28 @@ def summary(answers: Sequence[DomainFlush]) -> FlushResult:
 
 class Flusher:
     """One smtp forward's ETRNs: `whole(...)` when the forward is whole again (the tunnel's
-    runtime knows when), rate-limited per domain; results kept for the snapshot and counted by
-    outcome; a refusal logged once per change of outcome, with what to change on the relay."""
+    runtime knows when), at most once every MIN_INTERVAL per domain (a flush asked for sooner
+    waits until then, rather than leave the mail to the relay's next queue run); results kept
+    for the snapshot and counted by outcome; a refusal logged once per change of outcome, with
+    what to change on the relay. `clock` and `sleep` are the tests' to replace."""
 
     def __init__(
-        self, tunnel: str, forward: Forward, clock: Callable[[], float] = time.monotonic
+        self,
+        tunnel: str,
+        forward: Forward,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.tunnel = tunnel
         self.forward = forward
         self.clock = clock
+        self.sleep = sleep
         self.last: FlushResult | None = None
         self.counts: dict[Outcome, int] = {"accepted": 0, "refused": 0, "unreachable": 0}
         self._sent: dict[str, float] = {}  # domain -> clock() of its last ETRN
         self._said: Outcome | None = None
         self._whole = False
+        self._waiting = False  # a flush is waiting out the rate limit: it serves later asks too
 
     def whole_again(self, whole: bool) -> bool:
         """Say whether the forward is whole now (up and, with probes on, its probe through);
@@ -161,32 +169,33 @@ class Flusher:
         for domain in domains:
             self._sent[domain] = now
 
-    def due(self) -> list[tuple[str, str]]:
-        """The forward's ETRN arguments whose domain had none within MIN_INTERVAL; marks them
-        sent now."""
+    def wait(self) -> float:
+        """Seconds until every domain may have its next ETRN (0: now)."""
         now = self.clock()
-        due = [
-            (d, a)
-            for d, a in arguments(self.forward)
-            if d not in self._sent or now - self._sent[d] >= MIN_INTERVAL
-        ]
-        self.mark_sent(d for d, _ in due)
-        return due
+        return max((self._sent[d] + MIN_INTERVAL - now for d in self._sent), default=0.0)
 
     async def whole(self, open_stream: OpenStream, relay_mta: Endpoint, why: str) -> None:
-        """The forward is whole again (`why`: at start, after a reconnect, probe recovered):
-        ETRN the domains that are due. Never raises for what the relay does."""
-        due = self.due()
-        if not due:
-            log.debug(
-                "tunnel %s: forward %s whole again (%s); ETRN sent less than %gs ago",
-                self.tunnel,
-                self.forward.name,
-                why,
-                MIN_INTERVAL,
-            )
+        """The forward is whole again (`why`: at start, reconnected, probe recovered): ETRN
+        its domains, once the rate limit allows. Never raises for what the relay does."""
+        if self._waiting:
             return
-        self.record(await flush(open_stream, relay_mta, due), why)
+        self._waiting = True
+        try:
+            if (wait := self.wait()) > 0:
+                log.debug(
+                    "tunnel %s: forward %s whole again (%s); ETRN in %.1fs (one per %gs)",
+                    self.tunnel,
+                    self.forward.name,
+                    why,
+                    wait,
+                    MIN_INTERVAL,
+                )
+                await self.sleep(wait)
+        finally:
+            self._waiting = False
+        domains = arguments(self.forward)
+        self.mark_sent(d for d, _ in domains)
+        self.record(await flush(open_stream, relay_mta, domains), why)
 
     def record(self, answers: Sequence[DomainFlush], why: str) -> FlushResult:
         """Keep, count and log `answers` (also those of a `tunnelkeeper flush`)."""
