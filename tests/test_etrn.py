@@ -1,6 +1,6 @@
 """ETRN's conversation and its rate limit, against scripted SMTP servers on 127.0.0.1 for the
-answers a real relay gives but the test rigs' sendmail does not (Postfix's 458 for the "@"
-form, a relay without ETRN, one that never answers); the clock and sleep injected. The real
+answers a real relay may give but the test rigs' sendmail does not (458 for the "@" form, a
+relay without ETRN, one that never answers); the clock and sleep injected. The real
 sendmail relay is in tests/faults/test_etrn.py."""
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ async def test_one_etrn_per_domain_after_ehlo_then_quit() -> None:
 
 
 async def test_a_relay_that_refuses_the_at_form_is_asked_for_the_domain() -> None:
-    """Postfix answers the "@" form with 458; the domain alone is then asked for."""
+    """A relay that does not take the "@" form (458 here; Postfix skips the "@" itself) is
+    asked for the domain alone."""
 
     def postfix_like(line: str) -> str:
         if line.startswith("ETRN @"):
