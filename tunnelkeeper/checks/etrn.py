@@ -59,10 +59,8 @@ class DomainFlush:
 
 
 def arguments(forward: Forward) -> list[tuple[str, str]]:
-    """(domain, ETRN argument) per domain. With `subdomains`, `@domain`: RFC 1985's form for
-    "this domain and every domain below it" (sendmail then flushes every recipient whose
-    address ends in the domain, subdomains included)."""
-    return [(d, f"@{d}" if forward.subdomains else d) for d in forward.domains]
+    """(domain, ETRN argument) per domain (see Forward.etrn_arguments)."""
+    return forward.etrn_arguments
 
 
 def _outcome(code: int) -> Outcome:
