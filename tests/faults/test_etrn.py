@@ -20,7 +20,7 @@ from tests.conftest import SmtpSink
 from tests.relaykit.conftest import need_tool
 from tests.relaykit.test_sendmail import DAEMON_MC, RELAY_NAME, build_relay, port_open, stop_tree
 from tests.support.configs import write_config
-from tests.support.procs import SupervisorProcess
+from tests.support.procs import SupervisorProcess, history_json
 from tests.support.sshd import free_port, wait_until
 from tunnelkeeper.config import load
 
@@ -176,6 +176,9 @@ def test_mail_held_while_tunnelkeeper_was_stopped_goes_out_at_start(
     assert flush.reply.startswith("250 "), flush.reply  # "250 2.0.0 Queuing for node …"
     log = supervisor.log()
     assert "ETRN @example.org (at start): relay answered" in log, log
+    # An event in the history (and so on the dashboard), with the relay's words.
+    (event,) = history_json(relay.config)["flushes"]
+    assert event["ok"] and event["reply"] == flush.reply and event["forward"] == "smtp"
     for subject in subjects:  # each once: a flush does not duplicate
         assert b"".join(smtp_sink.raw).decode(errors="replace").count(subject) == 1
     outcome.update(reply=flush.reply)
