@@ -158,9 +158,14 @@ def test_mail_held_while_tunnelkeeper_was_stopped_goes_out_at_start(
     try:
         up = forward_up(supervisor)
         wait_until(lambda: arrived(smtp_sink, subjects), 10, what="the held mail")
+        # An event in the history (and so on the dashboard), with the relay's words.
+        flushes = wait_until(
+            lambda: history_json(relay.config)["flushes"], 5, 0.2, "the flush in the history"
+        )
         status = supervisor.status_now()
     finally:
         assert supervisor.stop() == 0
+    (event,) = flushes
     last = max(smtp_sink.at)
     outcome.update(
         held=len(subjects),
@@ -176,8 +181,6 @@ def test_mail_held_while_tunnelkeeper_was_stopped_goes_out_at_start(
     assert flush.reply.startswith("250 "), flush.reply  # "250 2.0.0 Queuing for node …"
     log = supervisor.log()
     assert "ETRN @example.org (at start): relay answered" in log, log
-    # An event in the history (and so on the dashboard), with the relay's words.
-    (event,) = history_json(relay.config)["flushes"]
     assert event["ok"] and event["reply"] == flush.reply and event["forward"] == "smtp"
     for subject in subjects:  # each once: a flush does not duplicate
         assert b"".join(smtp_sink.raw).decode(errors="replace").count(subject) == 1
