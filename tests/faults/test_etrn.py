@@ -6,6 +6,7 @@ within seconds of the way being whole again."""
 from __future__ import annotations
 
 import json
+import os
 import smtplib
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import SmtpSink
-from tests.relaykit.conftest import need_tool
+from tests.relaykit.conftest import need_tool, ssh_args
 from tests.relaykit.test_sendmail import DAEMON_MC, RELAY_NAME, build_relay, port_open, stop_tree
 from tests.support.configs import write_config
 from tests.support.procs import SupervisorProcess, history_json
@@ -45,6 +46,7 @@ class HoldingRelay:
         extra_mc: str = "",
     ) -> None:
         self.listen, self.mta = free_port(), free_port()
+        self.sshd, self.sink = sshd, sink
         forward = {
             "name": "smtp",
             "service": "smtp",
@@ -291,3 +293,39 @@ def test_flush_through_the_running_supervisor_delivers_held_mail(
     assert code == 0 and result["via"] == "supervisor", (result, stderr)
     flush = status.tunnels[0].forwards[0].last_flush
     assert flush is not None and flush.ok and flush.reply == result["flushed"][0]["reply"]
+
+
+def test_ssh_r_alone_leaves_held_mail_to_the_relays_next_queue_run(
+    holding_relay: Any, smtp_sink: SmtpSink, outcome: dict[str, Any]
+) -> None:
+    """The comparison, and proof that the rig flushes nothing by itself: OpenSSH's `ssh -R`
+    (what autossh runs) holds the same forward, new mail goes straight through it, and the
+    mail held before stays on the relay for the whole hold (TK_HELD_MAIL_HOLD seconds, 10 by
+    default: the bound tunnelkeeper meets); the relay's next queue run, up to 10 minutes
+    away, is what would deliver it."""
+    hold = float(os.environ.get("TK_HELD_MAIL_HOLD", "10"))
+    relay = holding_relay()
+    subjects = relay.send("postmaster@example.org", 3)
+    forward = f"127.0.0.1:{relay.listen}:127.0.0.1:{smtp_sink.port}"
+    ssh = subprocess.Popen(
+        ssh_args(relay.sshd, "-N", "-R", forward),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: port_open(relay.listen), 10, what="ssh -R's forward")
+        up = time.monotonic()
+        with smtplib.SMTP("127.0.0.1", relay.mta, timeout=30) as client:
+            client.sendmail(
+                "sender@example.net", ["postmaster@example.org"], b"Subject: new\r\n\r\n"
+            )
+        wait_until(lambda: arrived(smtp_sink, ["new"]), 10, what="new mail through ssh -R")
+        time.sleep(max(0.0, hold - (time.monotonic() - up)))
+        still = relay.held()
+        delivered = [s for s in subjects if arrived(smtp_sink, [s])]
+    finally:
+        ssh.terminate()
+        ssh.wait(10)
+    outcome.update(held=len(subjects), still_held_after_s=hold, delivered=len(delivered))
+    assert delivered == [] and still == len(subjects)
