@@ -264,6 +264,17 @@ def test_flush_without_a_supervisor_uses_a_connection_of_its_own(
     assert answer["tunnel"] == "relay1" and answer["forward"] == "smtp"
     assert answer["domain"] == "example.org" and answer["command"] == "ETRN @example.org"
     assert answer["ok"] and answer["reply"].startswith("250 "), answer
+    plain = subprocess.run(
+        [sys.executable, "-m", "tunnelkeeper", "flush", "-c", str(relay.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.splitlines() == [
+        "through a connection of its own:",
+        f"relay1/smtp example.org: ok: ETRN @example.org: {answer['reply']}",
+    ]
     code, _, stderr = flush_cli(relay.config, "--tunnel", "nosuch")
     assert code == 2 and "nosuch" in stderr
 

@@ -52,7 +52,10 @@ async def _flush(cfg: config.Config, tunnel: str | None) -> tuple[str, list[dict
 
 def _print_plain(via: str, answers: list[dict[str, Any]]) -> None:
     out = sys.stdout
-    out.write(f"through the {via}:\n" if via == "supervisor" else f"through an {via}:\n")
+    said = (
+        "the running supervisor's connection" if via == "supervisor" else "a connection of its own"
+    )
+    out.write(f"through {said}:\n")
     refused = False
     for a in answers:
         # Escaped again: a supervisor's reply is read from a socket.
