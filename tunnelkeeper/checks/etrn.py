@@ -135,8 +135,8 @@ class Flusher:
     """One smtp forward's ETRNs: `whole(...)` when the forward is whole again (the tunnel's
     runtime knows when), at most once every MIN_INTERVAL per domain (a flush asked for sooner
     waits until then, rather than leave the mail to the relay's next queue run); results kept
-    for the snapshot and counted by outcome; a refusal logged once per change of outcome, with
-    what to change on the relay. `clock` and `sleep` are the tests' to replace."""
+    for the snapshot and counted by outcome; a refusal logged once per change of a domain's
+    outcome, with what to change on the relay. `clock` and `sleep` are the tests' to replace."""
 
     def __init__(
         self,
@@ -152,7 +152,7 @@ class Flusher:
         self.last: FlushResult | None = None
         self.counts: dict[Outcome, int] = {"accepted": 0, "refused": 0, "unreachable": 0}
         self._sent: dict[str, float] = {}  # domain -> clock() of its last ETRN
-        self._said: Outcome | None = None
+        self._said: dict[str, Outcome] = {}  # domain -> the outcome last logged
         self._whole = False
         self._waiting = False  # a flush is waiting out the rate limit: it serves later asks too
 
@@ -205,7 +205,8 @@ class Flusher:
 
     def _log(self, answer: DomainFlush, why: str) -> None:
         who = f"tunnel {self.tunnel}: forward {self.forward.name}"
-        changed, self._said = answer.outcome != self._said, answer.outcome
+        changed = self._said.get(answer.domain) != answer.outcome
+        self._said[answer.domain] = answer.outcome
         if answer.ok:
             log.info('%s: %s (%s): relay answered "%s"', who, answer.command, why, answer.reply)
         elif not changed:
