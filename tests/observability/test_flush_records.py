@@ -8,10 +8,13 @@ import json
 import sqlite3
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from tests.observability.obs_snapshots import NOW, SMTP_OK, healthy
+from tunnelkeeper.cli import history as history_cli
 from tunnelkeeper.dashboard.events import KINDS, EventsPanel, describe
 from tunnelkeeper.history import report
 from tunnelkeeper.history.service import Recorder
@@ -120,3 +123,24 @@ def test_last_flush_in_status_json_and_back() -> None:
     assert smtp["etrn_accepted"] == 1 and smtp["etrn_refused"] == 0
     back = SupervisorStatus.from_json(doc)
     assert next(f for f in back.forwards if f.name == "smtp").last_flush == ACCEPTED
+
+
+def test_history_prints_each_flush(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    doc = {
+        "since": "2026-11-24T18:00:00+00:00",
+        "until": "2026-11-25T18:00:00+00:00",
+        "outages": [],
+        "availability": [],
+        "flushes": [
+            {
+                "at": "2026-11-24T20:00:00+00:00",
+                "tunnel": "relay1",
+                "forward": "smtp",
+                "ok": False,
+                "reply": "502 5.7.0 no\x1b[2J",
+            }
+        ],
+    }
+    history_cli._print(doc, tmp_path / "history.db")
+    out = capsys.readouterr().out
+    assert "relay1/smtp: ETRN FAILED: 502 5.7.0 no" in out and "\x1b" not in out
