@@ -14,6 +14,7 @@ import pytest
 
 from tunnelkeeper.checks import etrn
 from tunnelkeeper.config import Endpoint, Forward
+from tunnelkeeper.errors import ChannelDenied
 from tunnelkeeper.ssh import StreamPair
 
 pytestmark = pytest.mark.timeout(20)
@@ -140,6 +141,14 @@ async def test_refusals_and_silence_are_outcomes_not_errors() -> None:
     async with smtp_server(lambda line: "", greeting="220 x") as (mute, _):
         (silent,) = await etrn.flush(open_stream, mute, [("example.org", "example.org")], 0.5)
     assert silent.outcome == "unreachable" and "within 0.5s" in silent.reply
+
+    async def denied(dest: Endpoint, timeout: float) -> StreamPair:
+        raise ChannelDenied(f'relay forbids channels to {dest} (it said "prohibited")')
+
+    (forbidden,) = await etrn.flush(
+        denied, Endpoint(host="127.0.0.1", port=25), [("a.org", "a.org")]
+    )
+    assert forbidden.outcome == "unreachable" and "permitopen" in forbidden.reply
 
     closed = Endpoint(host="127.0.0.1", port=1)
     (nobody,) = await etrn.flush(open_stream, closed, [("example.org", "example.org")], 2)

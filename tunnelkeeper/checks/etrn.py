@@ -13,7 +13,7 @@ from typing import Literal
 
 from .. import ssh
 from ..config import Config, Endpoint, Forward, Tunnel
-from ..errors import TunnelkeeperError
+from ..errors import ChannelDenied, TunnelkeeperError
 from ..state import FlushResult, ForwardStatus, utcnow
 from .probes import read_smtp_reply
 
@@ -114,6 +114,11 @@ async def flush(
                 stream.close()
     except TimeoutError:
         why = f"the relay's MTA at {relay_mta} did not answer within {timeout:g}s"
+    except ChannelDenied:
+        why = (
+            f"the relay lets no channel reach relay_mta {relay_mta}: its permitopen "
+            "(authorized_keys) or PermitOpen (sshd_config) must name it, as the kit's do"
+        )
     except TunnelkeeperError as exc:
         why = f"{relay_mta}: {exc}"
     except (OSError, UnicodeError) as exc:
