@@ -28,6 +28,7 @@ from typing import Any
 import tenacity
 
 from .backoff import wait_tunnel
+from .checks import etrn
 from .config import Config, Tunnel, load
 from .control import ControlServer
 from .errors import ConfigError, ServiceCannotStart, TunnelkeeperError
@@ -186,7 +187,7 @@ class Supervisor:
         if tunnel is not None and tunnel not in self._tunnels:
             raise LookupError(f"no tunnel {tunnel} here")
         names = [tunnel] if tunnel is not None else list(self._tunnels)
-        done = await asyncio.gather(*(self._tunnels[n].flush_now() for n in names))
+        done = await asyncio.gather(*(_flush(self._tunnels[n]) for n in names))
         return [
             {"tunnel": n, **a.to_json()} for n, got in zip(names, done, strict=True) for a in got
         ]
@@ -370,6 +371,14 @@ async def serve(
             timer.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+async def _flush(tunnel: TunnelRuntime) -> list[etrn.DomainFlush]:
+    """ETRN over `tunnel`'s live connection, whatever the rate limit; recorded by its flushers."""
+    conn = tunnel.conn if tunnel.state == "up" else None
+    down = f"tunnel {tunnel.name} is {tunnel.state}: no connection to the relay"
+    opener = None if conn is None else conn.open_stream
+    return await etrn.flush_all(tunnel.flushers, opener, tunnel.cfg.relay_mta, down)
 
 
 def _only_our_errors(group: BaseExceptionGroup[BaseException]) -> TunnelkeeperError | None:

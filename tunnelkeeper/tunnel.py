@@ -55,12 +55,7 @@ class TunnelRuntime:
         self._draining = False
         self._ended: asyncio.Future[TunnelkeeperError] | None = None  # a task ended the connection
         self.conn: ssh.RelayConnection | None = None  # the live connection, while there is one
-        # ETRN for every smtp forward with domains; sent by itself only where `etrn` is on.
-        self.flushers = {
-            f.cfg.name: etrn.Flusher(self.name, f.cfg)
-            for f in self.forwards
-            if f.cfg.service == "smtp" and f.cfg.domains
-        }
+        self.flushers = etrn.flushers(self.name, cfg.forward)  # sent by itself where `etrn`
         self._side: set[asyncio.Task[None]] = set()  # ETRNs under way on the live connection
 
     @property
@@ -408,13 +403,6 @@ class TunnelRuntime:
         task = self._spawn(f"etrn {fwd.cfg.name}", work)
         self._side.add(task)
         task.add_done_callback(self._side.discard)
-
-    async def flush_now(self, forward: str | None = None) -> list[etrn.DomainFlush]:
-        """`tunnelkeeper flush` through this connection (see etrn.flush_all)."""
-        conn = self.conn if self.state == "up" else None
-        down = f"tunnel {self.name} is {self.state}: no connection to the relay"
-        opener = None if conn is None else conn.open_stream
-        return await etrn.flush_all(self.flushers, opener, self.cfg.relay_mta, down, forward)
 
     # -- standby -----------------------------------------------------------------------------
 

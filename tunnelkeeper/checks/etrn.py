@@ -233,6 +233,12 @@ class Flusher:
             )
 
 
+def flushers(tunnel: str, forwards: Iterable[Forward]) -> dict[str, Flusher]:
+    """A Flusher for every smtp forward with domains (`tunnelkeeper flush` asks for them all;
+    only those with `etrn` on flush by themselves)."""
+    return {f.name: Flusher(tunnel, f) for f in forwards if f.service == "smtp" and f.domains}
+
+
 def amend(status: ForwardStatus, flushers: Mapping[str, Flusher]) -> ForwardStatus:
     """`status` with its forward's last flush and ETRN counts, when it has a flusher."""
     flusher = flushers.get(status.name)
@@ -288,15 +294,13 @@ async def flush_own(config: Config, tunnel: str | None = None) -> list[dict[str,
 
 
 async def _flush_tunnel(cfg: Tunnel) -> list[DomainFlush]:
-    flushers = {
-        f.name: Flusher(cfg.name, f) for f in cfg.forward if f.service == "smtp" and f.domains
-    }
-    if not flushers:
+    found = flushers(cfg.name, cfg.forward)
+    if not found:
         return []
     try:
         conn = await ssh.connect(cfg)
     except TunnelkeeperError as exc:
         down = f"relay connection failed: {exc}"
-        return await flush_all(flushers, None, cfg.relay_mta, down, record=False)
+        return await flush_all(found, None, cfg.relay_mta, down, record=False)
     async with conn:
-        return await flush_all(flushers, conn.open_stream, cfg.relay_mta, "", record=False)
+        return await flush_all(found, conn.open_stream, cfg.relay_mta, "", record=False)
