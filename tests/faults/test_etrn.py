@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import SmtpSink
+from tests.faults.mailbox_mta import MailboxMta
 from tests.relaykit.conftest import need_tool, ssh_args
 from tests.relaykit.test_sendmail import DAEMON_MC, RELAY_NAME, build_relay, port_open, stop_tree
 from tests.support.configs import write_config
@@ -41,19 +42,19 @@ class HoldingRelay:
         self,
         folder: Path,
         sshd: Any,
-        sink: SmtpSink,
+        target: int,
         *,
         probe_interval: float = 0,
         etrn: bool = True,
         extra_mc: str = "",
     ) -> None:
         self.listen, self.mta = free_port(), free_port()
-        self.sshd, self.sink = sshd, sink
+        self.sshd = sshd
         forward = {
             "name": "smtp",
             "service": "smtp",
             "listen": f"127.0.0.1:{self.listen}",
-            "target": f"127.0.0.1:{sink.port}",
+            "target": f"127.0.0.1:{target}",
             "domains": ["example.org"],
             "subdomains": True,
             "etrn": etrn,
@@ -115,13 +116,24 @@ def holding_relay(make_sshd: Any, tmp_path: Path, smtp_sink: SmtpSink) -> Iterat
     made: list[HoldingRelay] = []
 
     def make(**kwargs: Any) -> HoldingRelay:
-        relay = HoldingRelay(tmp_path, make_sshd(), smtp_sink, **kwargs).start()
+        kwargs.setdefault("target", smtp_sink.port)
+        relay = HoldingRelay(tmp_path, make_sshd(), **kwargs).start()
         made.append(relay)
         return relay
 
     yield make
     for relay in made:
         relay.stop()
+
+
+@pytest.fixture
+def internal_mta() -> Iterator[MailboxMta]:
+    """The internal mail server: a real sendmail delivering into a mailbox file."""
+    mta = MailboxMta(["host.sub.example.org"])
+    try:
+        yield mta.start()
+    finally:
+        mta.close()
 
 
 def arrived(sink: SmtpSink, subjects: list[str]) -> bool:
@@ -173,21 +185,21 @@ def flush_cli(config: Path, *args: str) -> tuple[int, dict[str, Any], str]:
 
 
 def test_mail_held_while_tunnelkeeper_was_stopped_goes_out_at_start(
-    holding_relay: Any, smtp_sink: SmtpSink, outcome: dict[str, Any]
+    holding_relay: Any, internal_mta: MailboxMta, outcome: dict[str, Any]
 ) -> None:
     """(a) and (c): held for example.org and for a subdomain of it; tunnelkeeper started; every
     message in the internal mailbox within 10 s of the forward being up."""
-    relay = holding_relay()
+    relay = holding_relay(target=internal_mta.port)
     subjects = relay.send("postmaster@example.org", 3)
     subjects += relay.send("postmaster@host.sub.example.org", 2)
-    assert not smtp_sink.raw
+    assert not any(internal_mta.count(s) for s in subjects)
     launched, since = time.monotonic(), time.time()
     watch = ListenWatch(relay.listen)
     supervisor = SupervisorProcess(relay.config)
     try:
         forward_up(supervisor)
         up = watch.up()
-        wait_until(lambda: arrived(smtp_sink, subjects), 10, what="the held mail")
+        wait_until(lambda: internal_mta.has(subjects), 10, 0.01, "the held mail in the mailbox")
         # An event in the history (and so on the dashboard), with the relay's words.
         # (The history database is the session's: other tests' flushes may be in it too.)
         flushes = wait_until(
@@ -204,7 +216,7 @@ def test_mail_held_while_tunnelkeeper_was_stopped_goes_out_at_start(
     finally:
         assert supervisor.stop() == 0
     event = flushes[-1]
-    last = max(smtp_sink.at)
+    last = max(internal_mta.seen.values())
     outcome.update(
         held=len(subjects),
         seconds_from_forward_up=round(last - up, 2),
@@ -219,18 +231,18 @@ def test_mail_held_while_tunnelkeeper_was_stopped_goes_out_at_start(
     assert "ETRN @example.org (at start): relay answered" in log, log
     assert event["ok"] and event["reply"] == flush.reply and event["forward"] == "smtp"
     for subject in subjects:  # each once: a flush does not duplicate
-        assert b"".join(smtp_sink.raw).decode(errors="replace").count(subject) == 1
+        assert internal_mta.count(subject) == 1
     outcome.update(reply=flush.reply)
 
 
 def test_mail_held_while_the_internal_server_was_down_goes_out_when_its_probe_recovers(
-    holding_relay: Any, smtp_sink: SmtpSink, outcome: dict[str, Any]
+    holding_relay: Any, internal_mta: MailboxMta, outcome: dict[str, Any]
 ) -> None:
     """(b): the tunnel up all along, the internal server down while mail arrives, then back:
-    the mail is there within one probe interval + 5 s."""
+    the mail is in its mailbox within one probe interval + 5 s."""
     probe_interval = 1.0
-    relay = holding_relay(probe_interval=probe_interval)
-    smtp_sink.stop()
+    relay = holding_relay(probe_interval=probe_interval, target=internal_mta.port)
+    internal_mta.stop()
     supervisor = SupervisorProcess(relay.config)
     try:
         supervisor.wait_status(
@@ -239,13 +251,13 @@ def test_mail_held_while_the_internal_server_was_down_goes_out_when_its_probe_re
             "the probe to fail (internal server down)",
         )
         subjects = relay.send("postmaster@example.org", 3)
-        smtp_sink.start()
-        back = time.monotonic()
-        wait_until(lambda: arrived(smtp_sink, subjects), probe_interval + 5, what="the held mail")
+        internal_mta.start()
+        back = time.monotonic()  # it listens (polled every 10 ms)
+        wait_until(lambda: internal_mta.has(subjects), probe_interval + 5, 0.01, "the held mail")
         status = supervisor.status_now()
     finally:
         assert supervisor.stop() == 0
-    took = max(smtp_sink.at) - back
+    took = max(internal_mta.seen.values()) - back
     outcome.update(held=len(subjects), seconds_from_mta_up=round(took, 2))
     assert took <= probe_interval + 5
     assert status.tunnels[0].connects == 1  # the tunnel stayed up all along
