@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SmtpSink
-from tests.faults.test_etrn import ListenWatch
+from tests.faults.mailbox_mta import MailboxMta
+from tests.faults.test_etrn import ListenWatch, internal_mta  # noqa: F401  (a fixture)
 from tests.relaykit.conftest import need_tool
 from tests.relaykit.test_postfix import unpacked_postfix
 from tests.support.configs import write_config
@@ -79,7 +79,7 @@ postlog unix-dgram n - n - 1 postlogd
 class PostfixRelay:
     """sshd, and a Postfix mail system that relays example.org into the tunnel."""
 
-    def __init__(self, sshd: Any, sink: SmtpSink, config_folder: Path) -> None:
+    def __init__(self, sshd: Any, target: int, config_folder: Path) -> None:
         if os.geteuid() != 0 and not os.environ.get("CI"):
             pytest.skip("postfix start needs root")
         self.root = unpacked_postfix()
@@ -109,7 +109,7 @@ class PostfixRelay:
             "name": "smtp",
             "service": "smtp",
             "listen": f"127.0.0.1:{self.listen}",
-            "target": f"127.0.0.1:{sink.port}",
+            "target": f"127.0.0.1:{target}",
             "domains": ["example.org"],
         }
         self.config = write_config(
@@ -158,8 +158,12 @@ class PostfixRelay:
 
 
 @pytest.fixture
-def postfix_relay(make_sshd: Any, smtp_sink: SmtpSink, tmp_path: Path) -> Iterator[PostfixRelay]:
-    relay = PostfixRelay(make_sshd(), smtp_sink, tmp_path)
+def postfix_relay(
+    make_sshd: Any,
+    internal_mta: MailboxMta,  # noqa: F811  (the fixture imported from test_etrn)
+    tmp_path: Path,
+) -> Iterator[PostfixRelay]:
+    relay = PostfixRelay(make_sshd(), internal_mta.port, tmp_path)
     try:
         yield relay.start()
     finally:
@@ -167,7 +171,9 @@ def postfix_relay(make_sshd: Any, smtp_sink: SmtpSink, tmp_path: Path) -> Iterat
 
 
 def test_mail_held_by_postfix_goes_out_when_tunnelkeeper_starts(
-    postfix_relay: PostfixRelay, smtp_sink: SmtpSink, outcome: dict[str, Any]
+    postfix_relay: PostfixRelay,
+    internal_mta: MailboxMta,  # noqa: F811  (the fixture imported from test_etrn)
+    outcome: dict[str, Any],
 ) -> None:
     relay = postfix_relay
     subjects = [f"held by postfix {i}" for i in range(3)]
@@ -182,20 +188,20 @@ def test_mail_held_by_postfix_goes_out_when_tunnelkeeper_starts(
     try:
         supervisor.wait_forward("up", 20)
         up = watch.up()
-        got = lambda: b"".join(smtp_sink.raw).decode(errors="replace")  # noqa: E731
-        wait_until(lambda: all(s in got() for s in subjects), 10, what="the held mail")
+        wait_until(lambda: internal_mta.has(subjects), 10, 0.01, "the held mail in the mailbox")
         status = supervisor.wait_status(
             lambda st: st.tunnels[0].forwards[0].last_flush is not None, 5, "last_flush"
         )
     finally:
         assert supervisor.stop() == 0
-    took = max(smtp_sink.at) - up
+    last = max(internal_mta.seen.values())
+    took = last - up
     flush = status.tunnels[0].forwards[0].last_flush
     assert flush is not None and flush.ok, flush
     outcome.update(
         held=len(subjects),
         seconds_from_forward_up=round(took, 2),
-        seconds_from_launch=round(max(smtp_sink.at) - launched, 2),
+        seconds_from_launch=round(last - launched, 2),
         reply=flush.reply,
     )
     assert took <= 10
