@@ -44,7 +44,12 @@ def test_each_new_answer_is_one_history_event() -> None:
     recorder = Recorder()
     seen: list[Event] = []
     for at, status in enumerate(
-        [with_flush(None), with_flush(ACCEPTED), with_flush(ACCEPTED), with_flush(REFUSED)]
+        [
+            with_flush(None),
+            with_flush(ACCEPTED, accepted=1),
+            with_flush(ACCEPTED, accepted=1),
+            with_flush(REFUSED, accepted=1, refused=1),
+        ]
     ):
         seen += [
             e for e in recorder.observe(status, float(at), lambda _: True) if e.kind == "flush"
@@ -144,3 +149,17 @@ def test_history_prints_each_flush(capsys: pytest.CaptureFixture[str], tmp_path:
     history_cli._print(doc, tmp_path / "history.db")
     out = capsys.readouterr().out
     assert "relay1/smtp: ETRN FAILED: 502 5.7.0 no" in out and "\x1b" not in out
+
+
+def test_two_flushes_in_the_same_second_are_two_events() -> None:
+    recorder = Recorder()
+    kinds = []
+    for at, status in enumerate(
+        [with_flush(ACCEPTED, accepted=1), with_flush(ACCEPTED, accepted=2)]
+    ):
+        kinds += [
+            e.state
+            for e in recorder.observe(status, float(at), lambda _: True)
+            if e.kind == "flush"
+        ]
+    assert kinds == ["accepted", "accepted"]

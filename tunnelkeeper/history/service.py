@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,7 +43,7 @@ class _Forward:
     been_up: bool = False  # up at least once since it appeared (startup is no outage)
     outage: bool = False
     cause: str | None = None  # the open outage's error kind, as last recorded
-    flush_at: datetime | None = None  # when the last ETRN answer recorded was had
+    etrns: int = 0  # ETRNs answered (or not) so far: more means a flush to record
     # First seen `down` under a tunnel still `up`: the moment between a connection's end and
     # the tunnel saying why (or that it is stopping). An outage, if one follows, began here.
     doubtful_since: float | None = None
@@ -132,9 +131,9 @@ class Recorder:
             events.append(
                 Event(now, "forward", *key, state=fwd.state, error_kind=kind, reason=reason)
             )
-        flush = fwd.last_flush
-        if flush is not None and flush.at != mem.flush_at:
-            mem.flush_at = flush.at
+        flush, etrns = fwd.last_flush, fwd.etrn_accepted + fwd.etrn_refused + fwd.etrn_unreachable
+        if flush is not None and etrns != mem.etrns:  # (two within a poll: the last one)
+            mem.etrns = etrns
             state = "accepted" if flush.ok else "failed"
             events.append(Event(now, "flush", *key, state=state, reason=flush.reply))
         probe = fwd.probe
