@@ -1,4 +1,4 @@
-"""ETRN (RFC 1985): ask the relay's own MTA, over the tunnel, to deliver now the mail it holds
+"""SMTP ETRN: ask the relay's own MTA, over the tunnel, to deliver now the mail it holds
 for a forward's domains, instead of at its next queue run; and `Flusher`, which does so for one
 smtp forward whenever it is whole again, at most once every MIN_INTERVAL per domain."""
 
@@ -64,7 +64,7 @@ def arguments(forward: Forward) -> list[tuple[str, str]]:
 
 
 def _outcome(code: int) -> Outcome:
-    # 250-253 accepted (RFC 1985); 458/459, 5xx: this relay will not (or cannot) do it.
+    # 250-253: accepted; 458/459, 5xx: this relay will not (or cannot) do it.
     return "accepted" if 250 <= code <= 253 else "refused"
 
 

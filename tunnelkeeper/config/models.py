@@ -201,7 +201,7 @@ class Forward(_Endpoints):
 
     @property
     def etrn_arguments(self) -> list[tuple[str, str]]:
-        """(domain, what follows ETRN) per domain: with `subdomains`, RFC 1985's `@domain`,
+        """(domain, what follows ETRN) per domain: with `subdomains`, ETRN's `@domain`,
         "this domain and every domain below it" (sendmail then flushes every recipient whose
         address ends in the domain; `ETRN domain` alone leaves a subdomain's mail held)."""
         return [(d, f"@{d}" if self.subdomains else d) for d in self.domains]
