@@ -12,7 +12,7 @@ import smtplib
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ postlog unix-dgram n - n - 1 postlogd
 class PostfixRelay:
     """sshd, and a Postfix mail system that relays example.org into the tunnel."""
 
-    def __init__(self, sshd: Any, target: int, config_folder: Path) -> None:
+    def __init__(self, sshd: Any, target: int, config_folder: Path, main_cf: str = "") -> None:
         if os.geteuid() != 0 and not os.environ.get("CI"):
             pytest.skip("postfix start needs root")
         self.root = unpacked_postfix()
@@ -93,7 +93,7 @@ class PostfixRelay:
         (self.folder / "data").mkdir()
         (self.folder / "queue").mkdir()  # postfix start makes what goes inside
         shutil.chown(self.folder / "data", "daemon")
-        (etc / "main.cf").write_text(MAIN_CF.format(folder=self.folder, root=self.root))
+        (etc / "main.cf").write_text(MAIN_CF.format(folder=self.folder, root=self.root) + main_cf)
         (etc / "master.cf").write_text(MASTER_CF.format(port=self.mta))
         shutil.copy(self.root / "etc" / "postfix" / "postfix-files", etc)
         shutil.copytree(self.root / "etc" / "postfix" / "postfix-files.d", etc / "postfix-files.d")
@@ -162,20 +162,26 @@ def postfix_relay(
     make_sshd: Any,
     internal_mta: MailboxMta,  # noqa: F811  (the fixture imported from test_etrn)
     tmp_path: Path,
-) -> Iterator[PostfixRelay]:
-    relay = PostfixRelay(make_sshd(), internal_mta.port, tmp_path)
+) -> Iterator[Callable[..., PostfixRelay]]:
+    made: list[PostfixRelay] = []
+
+    def make(main_cf: str = "") -> PostfixRelay:
+        made.append(PostfixRelay(make_sshd(), internal_mta.port, tmp_path, main_cf))
+        return made[-1].start()
+
     try:
-        yield relay.start()
+        yield make
     finally:
-        relay.stop()
+        for relay in made:
+            relay.stop()
 
 
 def test_mail_held_by_postfix_goes_out_when_tunnelkeeper_starts(
-    postfix_relay: PostfixRelay,
+    postfix_relay: Callable[..., PostfixRelay],
     internal_mta: MailboxMta,  # noqa: F811  (the fixture imported from test_etrn)
     outcome: dict[str, Any],
 ) -> None:
-    relay = postfix_relay
+    relay = postfix_relay()
     subjects = [f"held by postfix {i}" for i in range(3)]
     with smtplib.SMTP("127.0.0.1", relay.mta, timeout=30) as client:
         for subject in subjects:
@@ -208,3 +214,25 @@ def test_mail_held_by_postfix_goes_out_when_tunnelkeeper_starts(
     assert flush.reply.startswith("250 "), flush.reply
     assert "ETRN @example.org (at start): relay answered" in supervisor.log()
     assert "status=sent" in relay.log()
+
+
+def test_a_postfix_relay_that_refuses_etrn_keeps_the_tunnel_up_and_says_why_once(
+    postfix_relay: Callable[..., PostfixRelay], outcome: dict[str, Any]
+) -> None:
+    """smtpd_etrn_restrictions = reject: Postfix's words reach the log once, with the hint,
+    and last_flush; the tunnel and the forward stay up."""
+    relay = postfix_relay("smtpd_etrn_restrictions = reject\n")
+    supervisor = SupervisorProcess(relay.config)
+    try:
+        status = supervisor.wait_status(
+            lambda st: st.tunnels[0].forwards[0].last_flush is not None, 20, "a flush"
+        )
+    finally:
+        assert supervisor.stop() == 0
+    fwd = status.tunnels[0].forwards[0]
+    assert status.tunnels[0].state == "up" and fwd.state == "up"
+    assert fwd.last_flush is not None and not fwd.last_flush.ok
+    outcome.update(reply=fwd.last_flush.reply)
+    assert fwd.last_flush.reply.startswith("554 "), fwd.last_flush.reply
+    refusals = [line for line in supervisor.log().splitlines() if "refused ETRN" in line]
+    assert len(refusals) == 1 and "fast_flush_domains" in refusals[0], refusals
