@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ class SmtpSink:
 
     def __init__(self, port: int | None = None) -> None:
         self.raw: list[bytes] = []
+        self.at: list[float] = []  # time.monotonic() of each message's arrival
         self.port = port or free_port()
         self._controller: Any = None
 
@@ -87,6 +89,7 @@ class SmtpSink:
                 return "250 OK"
 
             async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                sink.at.append(time.monotonic())
                 sink.raw.append(envelope.original_content or envelope.content)
                 return "250 OK queued"
 

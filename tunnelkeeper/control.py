@@ -37,6 +37,10 @@ REQUEST_TIMEOUT = 5.0
 # answer is the seconds until it passed, or None when `timeout` ran out.
 MailWatch = Callable[[str, str, str, float], Awaitable[float | None]]
 MAX_WATCH = 600.0
+# `tunnelkeeper flush` asks a running supervisor to ETRN over its connections: the answers,
+# one JSON object per domain (LookupError for a tunnel it has not).
+Flush = Callable[[str | None], Awaitable[list[dict[str, Any]]]]
+FLUSH_TIMEOUT = 60.0  # the client's wait for every tunnel's answers
 
 
 class ControlServer(Resource):
@@ -48,10 +52,12 @@ class ControlServer(Resource):
         path: Path,
         get_status: Callable[[], SupervisorStatus],
         watch: MailWatch | None = None,
+        flush: Flush | None = None,
     ) -> None:
         self.path = path
         self._get_status = get_status
         self._watch = watch
+        self._flush = flush
         self._server: asyncio.base_events.Server | None = None
         self._lock_fd: int | None = None
 
@@ -114,8 +120,11 @@ class ControlServer(Resource):
             if isinstance(request, dict) and request.get("cmd") == "watch-mail":
                 await self._watch_mail(request, writer)
                 return
+            if isinstance(request, dict) and request.get("cmd") == "flush":
+                await self._flush_request(request, writer)
+                return
             if not isinstance(request, dict) or request.get("cmd") != "status":
-                await _reply(writer, {"error": "unknown command; known: status, watch-mail"})
+                await _reply(writer, {"error": "unknown command; known: status, watch-mail, flush"})
                 return
             await _reply(writer, self._get_status().to_json())
         except (ConnectionError, OSError):
@@ -147,6 +156,18 @@ class ControlServer(Resource):
             await _reply(writer, {"error": str(exc)})
             return
         await _reply(writer, {"seen": seconds is not None, "seconds": seconds})
+
+    async def _flush_request(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        tunnel = request.get("tunnel")
+        if self._flush is None or not (tunnel is None or isinstance(tunnel, str)):
+            await _reply(writer, {"error": "flush takes a tunnel name or null"})
+            return
+        try:
+            answers = await self._flush(tunnel)
+        except LookupError as exc:
+            await _reply(writer, {"error": str(exc.args[0])})
+            return
+        await _reply(writer, {"flushed": answers})
 
 
 # sun_path holds 108 bytes on Linux, the terminating NUL included.
@@ -244,6 +265,32 @@ async def fetch_status(path: Path, timeout: float = 5.0) -> SupervisorStatus:
         return SupervisorStatus.from_json(data)
     except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise ControlError(f"supervisor on {path} gave a reply that is not a status") from exc
+
+
+async def request_flush(path: Path, tunnel: str | None) -> list[dict[str, Any]]:
+    """Ask the supervisor on `path` to ETRN over its connections; its answers, one object per
+    domain. Raises ControlError when nobody answers there, or it refuses (an unknown tunnel).
+    """
+    try:
+        async with asyncio.timeout(FLUSH_TIMEOUT):
+            reader, writer = await asyncio.open_unix_connection(str(path), limit=2**24)
+            try:
+                writer.write(json.dumps({"cmd": "flush", "tunnel": tunnel}).encode() + b"\n")
+                await writer.drain()
+                line = await reader.readline()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
+        raise ControlError(f"no supervisor reachable on {path}: {reason}") from exc
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise ControlError(f"supervisor on {path} gave a reply that is not JSON") from exc
+    if isinstance(data, dict) and isinstance(data.get("flushed"), list):
+        return [a for a in data["flushed"] if isinstance(a, dict)]
+    error = data.get("error") if isinstance(data, dict) else data
+    raise ControlError(f"supervisor on {path} refused the flush: {error}")
 
 
 class MailWatchClient:

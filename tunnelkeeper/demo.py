@@ -170,6 +170,9 @@ def demo_config(folder: Path, relay_port: int, smtp_port: int, dns_port: int) ->
                         "listen": free_port(),
                         "target": smtp_port,
                         "domains": [ZONE],
+                        # The embedded relay has no MTA of its own to hold mail: no ETRN, which
+                        # would go to this machine's port 25.
+                        "etrn": False,
                     },
                     {
                         "name": "dns",

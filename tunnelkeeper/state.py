@@ -163,6 +163,9 @@ class ForwardStatus:
     source: str | None = None  # the address connections to the target come from; None: kernel's
     refused_queries: int = 0  # dns: queries answered REFUSED here, not for the forward's zones
     last_flush: FlushResult | None = None  # smtp: the relay MTA's answer to the last ETRN
+    etrn_accepted: int = 0  # smtp: ETRNs the relay's MTA accepted (one per domain)
+    etrn_refused: int = 0  # ... it refused (500/502 unknown command, 458/459, ...)
+    etrn_unreachable: int = 0  # ... that could not be asked (no channel, no answer)
 
     @property
     def healthy(self) -> bool:

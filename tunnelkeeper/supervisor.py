@@ -25,11 +25,12 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import tenacity
 
 from .backoff import TunnelBackoff
-from .checks import mailtest
+from .checks import etrn, mailtest
 from .config import Config, Tunnel, load
 from .control import ControlServer
 from .errors import ConfigError, ServiceCannotStart, TunnelkeeperError
@@ -106,7 +107,7 @@ class Supervisor:
 
     async def _run(self, shutdown: Shutdown, reload: asyncio.Event | None) -> None:
         watch = mailtest.watcher(self._traffic_of)
-        async with ControlServer(self.config.control_socket, self.published, watch):
+        async with ControlServer(self.config.control_socket, self.published, watch, self.flush):
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 for cfg in self.config.tunnel:
@@ -214,6 +215,17 @@ class Supervisor:
                 self.reload(new)
             except Exception as exc:
                 self._bug("reload", exc)
+
+    async def flush(self, tunnel: str | None) -> list[dict[str, Any]]:
+        """`tunnelkeeper flush`: ETRN over every tunnel's live connection (or `tunnel`'s) now;
+        one JSON object per domain. Raises LookupError for a tunnel this supervisor has not."""
+        if tunnel is not None and tunnel not in self._tunnels:
+            raise LookupError(f"no tunnel {tunnel} here")
+        names = [tunnel] if tunnel is not None else list(self._tunnels)
+        done = await asyncio.gather(*(_flush(self._tunnels[n]) for n in names))
+        return [
+            {"tunnel": n, **a.to_json()} for n, got in zip(names, done, strict=True) for a in got
+        ]
 
     def reload(self, new: Config) -> None:
         """Apply a re-read configuration: restart only tunnels whose settings changed."""
@@ -360,6 +372,14 @@ async def serve(
             timer.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+async def _flush(tunnel: TunnelRuntime) -> list[etrn.DomainFlush]:
+    """ETRN over `tunnel`'s live connection, whatever the rate limit; recorded by its flushers."""
+    conn = tunnel.conn if tunnel.state == "up" else None
+    down = f"tunnel {tunnel.name} is {tunnel.state}: no connection to the relay"
+    opener = None if conn is None else conn.open_stream
+    return await etrn.flush_all(tunnel.flushers, opener, tunnel.cfg.relay_mta, down)
 
 
 def _only_our_errors(group: BaseExceptionGroup[BaseException]) -> TunnelkeeperError | None:

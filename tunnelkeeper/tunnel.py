@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import config, ssh
-from .checks import dnsnotify, probes
+from .checks import dnsnotify, etrn, probes
 from .errors import (
     ForwardRefused,
     InternalError,
@@ -55,6 +55,9 @@ class TunnelRuntime:
         self._draining = False
         # Why a task of ours ended the live connection (None: no connection up).
         self._end_reason: asyncio.Future[TunnelkeeperError] | None = None
+        self.conn: ssh.RelayConnection | None = None  # the live connection, while there is one
+        self.flushers = etrn.flushers(self.name, cfg.forward)  # sent by itself where `etrn`
+        self._side: set[asyncio.Task[None]] = set()  # ETRNs under way on the live connection
 
     @property
     def name(self) -> str:
@@ -81,7 +84,7 @@ class TunnelRuntime:
             last_error=self.last_error,
             cipher=self.cipher,
             standby="ready" if self.standby_ready else self._standby_state,
-            forwards=tuple(f.snapshot() for f in self.forwarders),
+            forwards=tuple(etrn.amend(f.snapshot(), self.flushers) for f in self.forwarders),
             relay_version=self.relay_version,
             internal_errors=self.internal_errors,
         )
@@ -167,6 +170,8 @@ class TunnelRuntime:
         self.state, self.next_retry_at, self.connected_at = "connecting", None, None
         for fwd in self.forwards:
             fwd.set_state("pending")
+        for flusher in self.flushers.values():
+            flusher.whole_again(False)
         conn = self._take_standby()
         if conn is None:
             try:
@@ -191,6 +196,7 @@ class TunnelRuntime:
             conn.cipher,
         )
         self._end_reason = asyncio.get_running_loop().create_future()
+        self.conn = conn
         for fwd in self.forwards:
             fwd.traffic.on_bug = functools.partial(self.report_bug, f"forward {fwd.cfg.name}")
         tasks = [
@@ -212,6 +218,8 @@ class TunnelRuntime:
         try:
             await asyncio.wait([lost, ended], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.conn = None
+            tasks += self._side
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -325,6 +333,8 @@ class TunnelRuntime:
                 fwd.cfg.target,
                 f" after {refusals} refusal(s)" if refusals else "",
             )
+            if self.cfg.probe_interval <= 0:  # no probe to wait for: whole once up
+                self._whole(conn, fwd, True, recovered=False)
             return
 
     def _refresh_forward_error(self) -> None:
@@ -363,6 +373,9 @@ class TunnelRuntime:
             return
         previous = fwd.probe
         fwd.probe = result
+        if isinstance(fwd, ForwardRuntime):
+            recovered = previous is not None and not previous.ok
+            self._whole(conn, fwd, result.ok and fwd.state == "up", recovered)
         if previous is None or previous.ok != result.ok:
             level = logging.INFO if result.ok else logging.WARNING
             log.log(
@@ -378,6 +391,22 @@ class TunnelRuntime:
             await dnsnotify.notify_changes(
                 conn.open_stream, fwd.cfg, fwd.notified, self.cfg.probe_timeout, self.name
             )
+
+    def _whole(
+        self, conn: ssh.RelayConnection, fwd: ForwardRuntime, whole: bool, recovered: bool
+    ) -> None:
+        """Whether `fwd` is whole (up and, with probes on, its probe through); when it has
+        just become so and its `etrn` is on, ETRN its domains in a task of its own."""
+        flusher = self.flushers.get(fwd.cfg.name)
+        if flusher is None or not flusher.whole_again(whole) or not fwd.cfg.flushes:
+            return
+        why = (
+            "probe recovered" if recovered else "at start" if self.connects == 1 else "reconnected"
+        )
+        work = flusher.whole(conn.open_stream, self.cfg.relay_mta, why)
+        task = self._spawn(f"etrn {fwd.cfg.name}", work)
+        self._side.add(task)
+        task.add_done_callback(self._side.discard)
 
     # -- standby -----------------------------------------------------------------------------
 

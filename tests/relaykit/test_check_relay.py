@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.sshd import free_port, port_open, wait_until
+from tests.support.sshd import free_port, wait_until
 from tunnelkeeper.config import Config
 from tunnelkeeper.relaykit import dropbear
 from tunnelkeeper.relaykit.bind import named_conf
@@ -30,7 +30,7 @@ from tunnelkeeper.relaykit.openssh import authorized_keys, sshd_config
 
 from .conftest import need_tool, run, ssh_args, write_tunnel_config
 from .test_postfix import postmap  # noqa: F401  (a fixture: pytest finds it by name here)
-from .test_sendmail import RELAY_NAME, build_relay
+from .test_sendmail import DAEMON_MC, RELAY_NAME, build_relay, port_open, stop_tree
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,7 +57,45 @@ class Staged:
         return proc.returncode, proc.stdout.splitlines()
 
 
-def stage(folder: Path, relay: Any, sshd: SshServer) -> Staged:
+class RelayMta:
+    """The relay's own sendmail daemon, which the script asks for ETRN (as tunnelkeeper does)."""
+
+    def __init__(self, folder: Path, config: Config) -> None:
+        self.folder, self.config = folder, config
+        self.port = free_port()
+        self.daemon: subprocess.Popen[bytes] | None = None
+
+    def start(self, extra_mc: str = "") -> RelayMta:
+        self.stop()
+        mc = DAEMON_MC.format(port=self.port) + extra_mc
+        cf = build_relay(self.folder, self.config, extra_mc=mc).cf
+        self.daemon = subprocess.Popen(
+            [
+                *(need_tool("unshare"), "-u", "sh", "-c"),
+                f'hostname {RELAY_NAME} && exec "$0" -C "$1" -bD',
+                *(need_tool("sendmail"), str(cf)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: port_open(self.port), 15, what="sendmail to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            stop_tree(self.daemon)
+            self.daemon = None
+
+
+@pytest.fixture
+def relay_mta(tmp_path: Path, example: Config) -> Iterator[RelayMta]:
+    mta = RelayMta(tmp_path / "relay-mta", example)
+    yield mta.start()
+    mta.stop()
+
+
+def stage(folder: Path, relay: Any, sshd: SshServer, mta: RelayMta) -> Staged:
     smtp, dns = free_port(), free_port()
     config = write_tunnel_config(folder / "tk.toml", relay, smtp, dns, 25)
     kit = folder / "kit"
@@ -84,6 +122,7 @@ def stage(folder: Path, relay: Any, sshd: SshServer) -> Staged:
         "TK_SENDMAIL_CF": str(mail.cf),
         "TK_MAILERTABLE": str(mail.folder / "mailertable"),
         "TK_NAMED_CONF": str(named / "named.conf"),
+        "TK_RELAY_MTA": f"127.0.0.1:{mta.port}",
     }
     return Staged(kit, env, relay, config, (smtp, dns))
 
@@ -112,13 +151,13 @@ def forwards() -> Iterator[Callable[[Staged], None]]:
 
 
 @pytest.fixture
-def openssh_relay(tmp_path: Path, make_sshd: Any, forwards: Any) -> Staged:
+def openssh_relay(tmp_path: Path, make_sshd: Any, forwards: Any, relay_mta: RelayMta) -> Staged:
     if os.geteuid() != 0:
         pytest.skip("the script runs as root on the relay")
     for tool in ("ssh", "sshd", "named-checkconf"):
         need_tool(tool)
     sshd = make_sshd(start=False)
-    staged = stage(tmp_path, sshd, "openssh")
+    staged = stage(tmp_path, sshd, "openssh", relay_mta)
     sshd.authorized_keys.write_text(authorized_keys(staged.config))
     sshd.extra_config = sshd_config(staged.config)
     sshd.start()
@@ -174,6 +213,7 @@ def test_everything_in_place_passes(openssh_relay: Staged) -> None:
         "mailertable.db is newer than",
         "named-checkconf accepts",
         "named.conf has zone example.org",
+        "answers ETRN @example.org: 250 2.0.0 Queuing for node @example.org started",
         f"something listens on 127.0.0.1:{openssh_relay.listens[0]}",
         f"something listens on 127.0.0.1:{openssh_relay.listens[1]}",
     ):
@@ -236,12 +276,27 @@ def test_each_mistake_fails(
     assert any(expected in line for line in failed), failed
 
 
-def test_tunnel_down_fails(tmp_path: Path, make_sshd: Any) -> None:
+def test_a_relay_mta_without_etrn_fails(openssh_relay: Staged, relay_mta: RelayMta) -> None:
+    """PrivacyOptions noetrn: held mail would wait for the next queue run; the script says
+    what sendmail answered and what to change."""
+    relay_mta.start(extra_mc="define(`confPRIVACY_FLAGS', `noetrn')dnl\n")
+    status, lines = openssh_relay.check()
+    failed = failures(lines)
+    assert status == 1 and len(failed) == 1, failed
+    assert "answers ETRN @example.org with 250, not: 502 5.7.0" in failed[0], failed
+    assert "no noetrn in PrivacyOptions" in failed[0]
+    relay_mta.stop()  # nobody there
+    status, lines = openssh_relay.check()
+    assert status == 1
+    assert [line for line in failures(lines) if "not: cannot connect" in line], lines
+
+
+def test_tunnel_down_fails(tmp_path: Path, make_sshd: Any, relay_mta: RelayMta) -> None:
     """No forwards held open: the listeners are missing, and only they fail."""
     if os.geteuid() != 0:
         pytest.skip("the script runs as root on the relay")
     sshd = make_sshd(start=False)
-    staged = stage(tmp_path, sshd, "openssh")
+    staged = stage(tmp_path, sshd, "openssh", relay_mta)
     sshd.authorized_keys.write_text(authorized_keys(staged.config))
     sshd.extra_config = sshd_config(staged.config)
     sshd.write_config()
@@ -259,12 +314,12 @@ def test_tunnel_down_fails(tmp_path: Path, make_sshd: Any) -> None:
 
 
 def test_dropbear_kit_passes_inside_dropbears_namespace(
-    tmp_path: Path, make_dropbear: Any, forwards: Any
+    tmp_path: Path, make_dropbear: Any, forwards: Any, relay_mta: RelayMta
 ) -> None:
     """On a Dropbear relay the script checks the account's shell and dropbear's -K/-j/-k.
     It runs in the daemon's mount namespace, where the test account exists."""
     relay = make_dropbear()
-    staged = stage(tmp_path, relay, "dropbear")
+    staged = stage(tmp_path, relay, "dropbear", relay_mta)
     relay.flags = tuple(dropbear.flags(staged.config.tunnel[0]))
     relay.set_authorized(dropbear.authorized_keys(staged.config))
     relay.start()

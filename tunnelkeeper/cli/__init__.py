@@ -32,6 +32,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "status": "ask the running supervisor how its tunnels are",
         "history": "outages and availability per forward, from the history database",
         "check": "one-shot: connect, verify, authenticate, try each forward and probe",
+        "flush": "ask the relays' MTAs to deliver the mail they hold now (SMTP ETRN)",
         "demo": "everything on this machine: embedded relay, mail flowing, recovery",
         "keygen": "make the RSA key pair for the relay account",
     },

@@ -16,6 +16,7 @@ from ..config import default_history_path, find_config, load
 from ..errors import ConfigError
 from ..history import report as history_report
 from ..history.store import connect
+from ..peertext import peer_text
 from . import EXIT_OK, EXIT_USAGE, verb_parser
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
@@ -134,6 +135,11 @@ def _print(doc: dict[str, Any], path: Path) -> None:
             human_duration(row["recorded_s"]["30d"]),
         )
     console.print(avail if doc["availability"] else "no forward recorded yet")
+    for f in doc.get("flushes", []):
+        verdict = "accepted" if f["ok"] else "FAILED"
+        # Escaped: the database is a file anyone with write access to it could have filled.
+        said = peer_text(f"{f['tunnel']}/{f['forward']}: ETRN {verdict}: {f['reply']}")
+        console.print(Text(f"{_local(f['at'])} {said}"))
     if not doc["outages"]:
         console.print("no outages in this span")
         return

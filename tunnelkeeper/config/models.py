@@ -206,6 +206,13 @@ class Forward(_Forwarder):
         """Whether this forward asks the relay's MTA for its held mail when whole again."""
         return self.service == "smtp" and self.etrn is not False and bool(self.domains)
 
+    @property
+    def etrn_arguments(self) -> list[tuple[str, str]]:
+        """(domain, what follows ETRN) per domain: with `subdomains`, ETRN's `@domain`,
+        "this domain and every domain below it" (sendmail then flushes every recipient whose
+        address ends in the domain; `ETRN domain` alone leaves a subdomain's mail held)."""
+        return [(d, f"@{d}" if self.subdomains else d) for d in self.domains]
+
 
 DEFAULT_SOURCE = "127.0.0.2"
 

@@ -17,7 +17,7 @@ from ..history.store import Event
 from ..peertext import escape, peer_text
 
 # The kinds worth a line; `describe` drops the noise among them (see there).
-KINDS = ("supervisor", "reload", "tunnel", "forward", "probe")
+KINDS = ("supervisor", "reload", "tunnel", "forward", "probe", "flush")
 SHOWN = 10
 DETAIL_MAX = 160
 
@@ -64,6 +64,12 @@ def describe(events: Iterable[Event]) -> list[EventLine]:
                 lines.append(EventLine(e.at, who, "forward refused", detail, "magenta"))
             elif e.state == "up" and before == "refused":
                 lines.append(EventLine(e.at, who, "forward up", style="green"))
+        elif e.kind == "flush":
+            who = f"{e.tunnel}/{e.forward}"
+            if e.state == "accepted":
+                lines.append(EventLine(e.at, who, "held mail flushed (ETRN)", detail, "green"))
+            else:
+                lines.append(EventLine(e.at, who, "ETRN not accepted", detail, "yellow"))
         elif e.kind == "probe":
             who = f"{e.tunnel}/{e.forward}"
             if e.state == "failed":

@@ -204,7 +204,23 @@ def report(
         "until": iso(until),
         "outages": [o.to_json() for o in outages],
         "availability": rows,
+        "flushes": flushes(conn, since, until, tunnel),
     }
+
+
+def flushes(
+    conn: sqlite3.Connection, since: float, until: float, tunnel: str | None = None
+) -> list[dict[str, Any]]:
+    """The ETRNs of [since, until] (the relay MTA's answers), oldest first."""
+    rows = conn.execute(
+        "SELECT at, tunnel, forward, state, reason FROM events WHERE kind = 'flush' "
+        "AND at >= ? AND at <= ? AND (? IS NULL OR tunnel = ?) ORDER BY at, id",
+        (since, until, tunnel, tunnel),
+    )
+    return [
+        {"at": iso(at), "tunnel": t, "forward": f, "ok": state == "accepted", "reply": reply}
+        for at, t, f, state, reply in rows
+    ]
 
 
 def availability_24h(conn: sqlite3.Connection, until: float) -> dict[Key, float | None]:

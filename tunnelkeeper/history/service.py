@@ -44,6 +44,7 @@ class _Forward:
     been_up: bool = False  # up at least once since it appeared (startup is no outage)
     outage: bool = False
     cause: str | None = None  # the open outage's error kind, as last recorded
+    etrns: int = 0  # ETRNs answered (or not) so far: more means a flush to record
     # First seen `down` under a tunnel still `up`: the moment between a connection's end and
     # the tunnel saying why (or that it is stopping). An outage, if one follows, began here.
     doubtful_since: float | None = None
@@ -131,6 +132,11 @@ class Recorder:
             events.append(
                 Event(now, "forward", *key, state=fwd.state, error_kind=kind, reason=reason)
             )
+        flush, etrns = fwd.last_flush, fwd.etrn_accepted + fwd.etrn_refused + fwd.etrn_unreachable
+        if flush is not None and etrns != mem.etrns:  # (two within a poll: the last one)
+            mem.etrns = etrns
+            state = "accepted" if flush.ok else "failed"
+            events.append(Event(now, "flush", *key, state=state, reason=flush.reply))
         probe = fwd.probe
         if probe is not None and probe.ok != mem.probe_ok:
             if not probe.ok or mem.probe_ok is False:  # a failure, or a recovery from one

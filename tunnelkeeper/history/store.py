@@ -32,7 +32,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         # kind: supervisor (start|stop), reload, tunnel (its state), forward (its state, or
         # removed), probe (ok|failed), outage (start|end), cause (an open outage's cause
-        # changed). Times are Unix seconds.
+        # changed), flush (accepted|failed: the relay MTA's answer to ETRN, in reason).
+        # Times are Unix seconds.
         """CREATE TABLE events (
             id INTEGER PRIMARY KEY,
             session INTEGER NOT NULL REFERENCES sessions(id),

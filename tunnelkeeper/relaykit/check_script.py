@@ -154,6 +154,48 @@ else
 fi
 """
 
+# perl-base is on every Debian system; a sh script has no SMTP client of its own.
+_ETRN = r"""
+# -- the MTA answers ETRN, so held mail goes out as soon as the tunnel is whole again -
+# (Each ETRN starts a delivery attempt for that domain's queued mail, as tunnelkeeper's do.)
+etrn() {{  # HOST PORT ARGUMENT: the MTA's last reply, to ETRN ARGUMENT (or what stopped it)
+    perl -MIO::Socket::INET -e '
+        my ($host, $port, $arg) = @ARGV;
+        $SIG{{ALRM}} = sub {{ print "no answer within 20s\n"; exit 0 }};
+        alarm 20;
+        my $s = IO::Socket::INET->new(PeerAddr => $host, PeerPort => $port, Proto => "tcp")
+            or do {{ print "cannot connect: $!\n"; exit 0 }};
+        sub reply {{
+            while (defined(my $line = <$s>)) {{ return $line if $line =~ /^\d{{3}}(?: |\r?$)/ }}
+            return "the connection closed\n";
+        }}
+        my $r = reply();
+        if ($r =~ /^220/) {{ print $s "EHLO check-relay.tunnelkeeper\r\n"; $r = reply() }}
+        if ($r =~ /^250/) {{ print $s "ETRN $arg\r\n"; $r = reply(); print $s "QUIT\r\n" }}
+        $r =~ s/[[:cntrl:]]//g;
+        print substr($r, 0, 200), "\n";
+    ' "$1" "$2" "$3"
+}}
+mta_host=${{TK_RELAY_MTA%:*}} mta_port=${{TK_RELAY_MTA##*:}}
+mta_host=${{mta_host#[}} mta_host=${{mta_host%]}}
+if [ "$TK_MTA" = postfix ]; then
+    why="list the domains in fast_flush_domains; smtpd_etrn_restrictions must permit 127.0.0.1"
+else
+    why="no noetrn in PrivacyOptions, no E in the daemon's Modifiers, no check_etrn refusing it"
+fi
+if have perl; then
+    for arg in {args}; do
+        reply=$(etrn "$mta_host" "$mta_port" "$arg")
+        case "$reply" in
+        25[0-3]" "*) pass "the MTA on $TK_RELAY_MTA answers ETRN $arg: $reply" ;;
+        *) fail "the MTA on $TK_RELAY_MTA answers ETRN $arg with 250, not: $reply ($why)" ;;
+        esac
+    done
+else
+    fail "perl is installed (to ask the MTA on $TK_RELAY_MTA for ETRN)"
+fi
+"""
+
 _NAMED = """
 # -- named takes the secondary zones --------------------------------------------------
 if out=$(named-checkconf "$TK_NAMED_CONF" 2>&1); then
@@ -208,6 +250,8 @@ def check_relay(config: Config, tun: Tunnel, sshd: SshServer, *, mail: bool, dns
             ("TK_TRANSPORT", "/etc/postfix/transport", "Postfix's transport map source"),
             ("TK_POSTMAP", "postmap", "Postfix's postmap program"),
         ]
+    if mail and _etrn_args(tun):
+        variables.append(("TK_RELAY_MTA", str(tun.relay_mta), "the MTA asked for ETRN"))
     if dns:
         variables.append(("TK_NAMED_CONF", "/etc/bind/named.conf", "the named.conf to check"))
     width = max(len(f"{name}={default}") for name, default, _ in variables)
@@ -234,12 +278,20 @@ def check_relay(config: Config, tun: Tunnel, sshd: SshServer, *, mail: bool, dns
         postfix = _POSTFIX.format(pairs=_words([f"{r.key} {nexthop(r)}" for r in routes]))
         text += '\nif [ "$TK_MTA" = postfix ]; then\n' + _indent(postfix.lstrip("\n"))
         text += "else\n" + _indent(sendmail.lstrip("\n")) + "fi\n"
+        if args := _etrn_args(tun):
+            text += _ETRN.format(args=_words(args))
     if dns:
         zones = dict.fromkeys(z for f in tun.forward if f.service == "dns" for z in f.zones)
         text += _NAMED.format(zones=_words(list(zones)))
     endpoints = dict.fromkeys((f.listen.host, f.listen.port) for f in tun.forward)
     checks = [f"check_listen {shlex.quote(host)} {port}" for host, port in endpoints]
     return text + _TAIL.format(listens="\n".join(checks))
+
+
+def _etrn_args(tun: Tunnel) -> list[str]:
+    """What tunnelkeeper sends ETRN for: each domain of each smtp forward with `etrn` on."""
+    args = [arg for f in tun.forward if f.flushes for _, arg in f.etrn_arguments]
+    return list(dict.fromkeys(args))
 
 
 def _indent(block: str) -> str:
@@ -258,7 +310,8 @@ sudo sh {name}
 
 It changes nothing. It prints one line per check, `ok ...` or `FAIL ...` with what to do, and
 exits 0 only when every check passed: the account's key line, what the SSH server applies to the
-account, the mail routes and maps, named's configuration, and that the tunnel's ports listen
+account, the mail routes and maps, that the MTA answers ETRN for each domain (with 250, as
+section 2 or 3 says), named's configuration, and that the tunnel's ports listen
 (which they do only while tunnelkeeper is connected). Its first lines name the paths it
 looks at; set any of them in the environment where this relay keeps its files elsewhere.{mta}
 """

@@ -200,6 +200,32 @@ has no port syntax of its own.
 
    The second talks straight down the tunnel to the internal mail server (its 220 banner). After
    the third, the mail log shows `mailer={mailer_name(port)}` and `stat=Sent`.
+{_sendmail_etrn(tun)}"""
+
+
+def _etrn_args(tun: Tunnel) -> list[str]:
+    return list(dict.fromkeys(a for f in tun.forward if f.flushes for _, a in f.etrn_arguments))
+
+
+def _sendmail_etrn(tun: Tunnel) -> str:
+    args = _etrn_args(tun)
+    if not args:
+        return ""
+    example = args[0]
+    return f"""5. Leave ETRN on. Whenever the tunnel is whole again, tunnelkeeper asks this
+   sendmail, from 127.0.0.1 through the tunnel's SSH connection, to deliver at once what it
+   holds for the domains (`ETRN {example}`; the `@` form covers the subdomains too), instead
+   of at the next queue run, up to `-q` minutes later (Debian: 10). ETRN is on unless it was
+   turned off, so make sure none of these is there: `noetrn` in `confPRIVACY_FLAGS` (`O
+   PrivacyOptions` in sendmail.cf), the flag `E` in the port-25 daemon's `Modifiers=`
+   (`DAEMON_OPTIONS`), or a `check_etrn` ruleset that refuses 127.0.0.1:
+
+   ```sh
+   grep -E '^O (PrivacyOptions|DaemonPortOptions)|^Scheck_etrn' /etc/mail/sendmail.cf
+   ```
+
+   sendmail answers `250 2.0.0 Queuing for node {example} started`; `502 5.7.0 Sorry, we do
+   not allow this operation` means ETRN is off. `check-relay.sh` asks it for every domain.
 """
 
 
@@ -218,6 +244,29 @@ postmap -q {first} hash:/etc/postfix/transport
 
 The last command prints the nexthop `smtp:[...]:port`. If `transport_maps` or `relay_domains`
 already have values, add to them rather than replace. Test with `swaks` as in section 2.
+{_postfix_etrn(tun)}"""
+
+
+def _postfix_etrn(tun: Tunnel) -> str:
+    domains = list(dict.fromkeys(d for f in tun.forward if f.flushes for d in f.domains))
+    if not domains:
+        return ""
+    return f"""
+Whenever the tunnel is whole again, tunnelkeeper sends `ETRN` for each domain from 127.0.0.1,
+through its SSH connection, so that Postfix delivers what it holds for them at once instead of
+at its next queue run (up to `maximal_backoff_time` later). Postfix flushes only the domains in
+`fast_flush_domains` (default `$relay_domains`, which has them after the lines above), and
+`smtpd_etrn_restrictions` must permit 127.0.0.1 (empty, the default, permits everyone; else
+e.g. `permit_mynetworks, reject` with 127.0.0.0/8 in `mynetworks`):
+
+```sh
+postconf fast_flush_domains smtpd_etrn_restrictions
+postconf -e 'fast_flush_domains = $relay_domains'   # only if it was set to something else
+```
+
+Postfix keeps one flush list per destination: `ETRN {domains[0]}` delivers mail held for
+`{domains[0]}` itself; mail held for a subdomain waits for the next queue run (or
+`postqueue -s SUBDOMAIN`). `check-relay.sh` (with `TK_MTA=postfix`) asks for every domain.
 """
 
 
@@ -294,7 +343,9 @@ def trouble(tun: Tunnel) -> str:
 - "Relaying denied" when mail for the domains arrives: step 3 of section 2 (or
   `relay_domains` for Postfix) is missing.
 - Mail stays queued with "Connection refused by [127.0.0.1]": the tunnel was down at that
-  moment; the queue run after it is back delivers it.
+  moment. tunnelkeeper sends ETRN as soon as it is back (its log and `tunnelkeeper status
+  --json`'s `last_flush` say what this MTA answered); with ETRN refused or `etrn = false`, the
+  next queue run delivers it. `tunnelkeeper flush` on the internal host asks again at once.
 """
 
 

@@ -21,7 +21,7 @@ def open_reasons(tunnels: tuple[Tunnel, ...]) -> dict[str, str]:
 
     Per tunnel: the forwards' listens (the end-to-end probes loop back through them), the
     locals' targets, the dns forwards' notify addresses, and relay_mta when the tunnel has an
-    smtp forward (`check --mail` submits its test message there).
+    smtp forward (ETRN asks it for held mail; `check --mail` submits its test message there).
     """
     found: dict[str, list[str]] = {}
 
@@ -39,7 +39,7 @@ def open_reasons(tunnels: tuple[Tunnel, ...]) -> dict[str, str]:
             if forward.notify is not None:
                 add(forward.notify, f"DNS NOTIFY for {forward.name}")
         if has_mail(tun):
-            add(tun.relay_mta, "relay_mta: check --mail submits its test there")
+            add(tun.relay_mta, "relay_mta: ETRN (etrn, flush) and check --mail's test go there")
     return {dest: "; ".join(reasons) for dest, reasons in found.items()}
 
 

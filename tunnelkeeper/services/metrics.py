@@ -93,6 +93,20 @@ class StatusCollector:
                 if fwd.service == "dns" and fwd.direction == "forward":
                     _add(refused, [tunnel.name, fwd.name], fwd.refused_queries)
         yield refused
+        etrn = _family(
+            "tunnelkeeper_etrn",
+            "ETRNs sent to the relay's MTA, one per domain, by its answer",
+            True,
+            [*forward_labels, "result"],
+        )
+        for tunnel in status.tunnels:
+            for fwd in tunnel.forwards:
+                if fwd.service == "smtp" and fwd.direction == "forward":
+                    values = [tunnel.name, fwd.name, fwd.service]
+                    _add(etrn, [*values, "accepted"], fwd.etrn_accepted)
+                    _add(etrn, [*values, "refused"], fwd.etrn_refused)
+                    _add(etrn, [*values, "unreachable"], fwd.etrn_unreachable)
+        yield etrn
 
 
 TunnelSample = Callable[[TunnelStatus], float | None]

@@ -16,6 +16,7 @@
 #   TK_MAILERTABLE_MAP=                   its map (default: TK_MAILERTABLE.db)
 #   TK_TRANSPORT=/etc/postfix/transport   Postfix's transport map source
 #   TK_POSTMAP=postmap                    Postfix's postmap program
+#   TK_RELAY_MTA=127.0.0.1:10025          the MTA asked for ETRN
 #   TK_NAMED_CONF=/etc/bind/named.conf    the named.conf to check
 set -u
 : "${TK_USER:=tunnel}"
@@ -27,6 +28,7 @@ set -u
 : "${TK_MAILERTABLE:=/etc/mail/mailertable}"
 : "${TK_TRANSPORT:=/etc/postfix/transport}"
 : "${TK_POSTMAP:=postmap}"
+: "${TK_RELAY_MTA:=127.0.0.1:10025}"
 : "${TK_NAMED_CONF:=/etc/bind/named.conf}"
 
 failed=0
@@ -122,6 +124,45 @@ else
     else
         fail "$map is newer than $TK_MAILERTABLE: $rebuild"
     fi
+fi
+
+# -- the MTA answers ETRN, so held mail goes out as soon as the tunnel is whole again -
+# (Each ETRN starts a delivery attempt for that domain's queued mail, as tunnelkeeper's do.)
+etrn() {  # HOST PORT ARGUMENT: the MTA's last reply, to ETRN ARGUMENT (or what stopped it)
+    perl -MIO::Socket::INET -e '
+        my ($host, $port, $arg) = @ARGV;
+        $SIG{ALRM} = sub { print "no answer within 20s\n"; exit 0 };
+        alarm 20;
+        my $s = IO::Socket::INET->new(PeerAddr => $host, PeerPort => $port, Proto => "tcp")
+            or do { print "cannot connect: $!\n"; exit 0 };
+        sub reply {
+            while (defined(my $line = <$s>)) { return $line if $line =~ /^\d{3}(?: |\r?$)/ }
+            return "the connection closed\n";
+        }
+        my $r = reply();
+        if ($r =~ /^220/) { print $s "EHLO check-relay.tunnelkeeper\r\n"; $r = reply() }
+        if ($r =~ /^250/) { print $s "ETRN $arg\r\n"; $r = reply(); print $s "QUIT\r\n" }
+        $r =~ s/[[:cntrl:]]//g;
+        print substr($r, 0, 200), "\n";
+    ' "$1" "$2" "$3"
+}
+mta_host=${TK_RELAY_MTA%:*} mta_port=${TK_RELAY_MTA##*:}
+mta_host=${mta_host#[} mta_host=${mta_host%]}
+if [ "$TK_MTA" = postfix ]; then
+    why="list the domains in fast_flush_domains; smtpd_etrn_restrictions must permit 127.0.0.1"
+else
+    why="no noetrn in PrivacyOptions, no E in the daemon's Modifiers, no check_etrn refusing it"
+fi
+if have perl; then
+    for arg in @example.org; do
+        reply=$(etrn "$mta_host" "$mta_port" "$arg")
+        case "$reply" in
+        25[0-3]" "*) pass "the MTA on $TK_RELAY_MTA answers ETRN $arg: $reply" ;;
+        *) fail "the MTA on $TK_RELAY_MTA answers ETRN $arg with 250, not: $reply ($why)" ;;
+        esac
+    done
+else
+    fail "perl is installed (to ask the MTA on $TK_RELAY_MTA for ETRN)"
 fi
 
 # -- named takes the secondary zones --------------------------------------------------
