@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from tests.support.embedded import World, forward, wait_for
+from tunnelkeeper import standby as standby_mod
 from tunnelkeeper import supervisor as supervisor_mod
-from tunnelkeeper import tunnel as tunnel_mod
 from tunnelkeeper.checks import probes
 from tunnelkeeper.forwarding import inbound as inbound_mod
 from tunnelkeeper.publisher import ServiceContext
@@ -62,15 +62,15 @@ def _inject(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
 
         monkeypatch.setattr(inbound_mod.ForwardRuntime, "accept", accept)
     elif where == "standby":
-        real_keep_standby = tunnel_mod.TunnelRuntime._keep_standby
+        real_keep = standby_mod.Standby.keep
 
         async def keep_standby(self: Any) -> None:
-            if self.name == "one":
+            if self._cfg.name == "one":
                 await asyncio.sleep(0.2)
                 raise RuntimeError("injected: standby")
-            await real_keep_standby(self)
+            await real_keep(self)
 
-        monkeypatch.setattr(tunnel_mod.TunnelRuntime, "_keep_standby", keep_standby)
+        monkeypatch.setattr(standby_mod.Standby, "keep", keep_standby)
 
 
 @pytest.mark.parametrize("where", ["probe", "accept", "standby"])

@@ -20,13 +20,13 @@ from .errors import (
 )
 from .forwarding.inbound import ForwardRuntime
 from .forwarding.outbound import LocalRuntime
-from .state import StandbyState, TunnelState, TunnelStatus, refused_summary, utcnow
+from .standby import Standby
+from .state import TunnelState, TunnelStatus, refused_summary, utcnow
 
 log = logging.getLogger(__name__)
 
 Connector = Callable[[config.Tunnel], Awaitable[ssh.RelayConnection]]
 PROBE_START_DELAY = 0.5  # let the relay settle a fresh listener before the first probe
-STANDBY_RETRY = 5.0
 QUICK_RETRY = 0.05  # first retry of a refused listen; doubles up to forward_retry
 
 
@@ -50,8 +50,7 @@ class TunnelRuntime:
         self.relay_version: str | None = None
         self.internal_errors = 0
         self.attempted = asyncio.Event()  # set by _set_state: the first attempt had its outcome
-        self._standby: ssh.RelayConnection | None = None
-        self._standby_state: StandbyState = "off"
+        self.standby = Standby(cfg, self._connect)
         self._draining = False
         # Why a task of ours ended the live connection (None: no connection up).
         self._end_reason: asyncio.Future[TunnelkeeperError] | None = None
@@ -70,7 +69,7 @@ class TunnelRuntime:
 
     @property
     def standby_ready(self) -> bool:
-        return self._standby is not None and not self._standby.is_closing
+        return self.standby.ready
 
     def snapshot(self) -> TunnelStatus:
         return TunnelStatus(
@@ -83,7 +82,7 @@ class TunnelRuntime:
             error_kind=self.error_kind,
             last_error=self.last_error,
             cipher=self.cipher,
-            standby="ready" if self.standby_ready else self._standby_state,
+            standby=self.standby.state,
             forwards=tuple(etrn.amend(f.snapshot(), self.flushers) for f in self.forwarders),
             relay_version=self.relay_version,
             internal_errors=self.internal_errors,
@@ -172,7 +171,7 @@ class TunnelRuntime:
             fwd.set_state("pending")
         for flusher in self.flushers.values():
             flusher.whole_again(False)
-        conn = self._take_standby()
+        conn = self.standby.take()
         if conn is None:
             try:
                 conn = await self._connect(self.cfg)
@@ -212,7 +211,7 @@ class TunnelRuntime:
                 for f in self.forwarders
             ]
         if self.cfg.standby:
-            tasks.append(self._spawn("standby", self._keep_standby()))
+            tasks.append(self._spawn("standby", self.standby.keep()))
         lost: asyncio.Future[TunnelkeeperError] = asyncio.ensure_future(conn.wait_lost())
         ended = self._end_reason  # kept: the finally clears the attribute
         try:
@@ -273,9 +272,7 @@ class TunnelRuntime:
 
     def close(self) -> None:
         """Drop the standby connection (the live one closes with `run_once`)."""
-        if self._standby is not None:
-            self._standby.close()
-            self._standby = None
+        self.standby.close()
         self._set_state("stopped")  # stopped before a first attempt: READY=1 must not wait for it
         self._forwards_down()
 
@@ -407,28 +404,3 @@ class TunnelRuntime:
         task = self._spawn(f"etrn {fwd.cfg.name}", work)
         self._side.add(task)
         task.add_done_callback(self._side.discard)
-
-    # -- standby -----------------------------------------------------------------------------
-
-    def _take_standby(self) -> ssh.RelayConnection | None:
-        standby, self._standby = self._standby, None
-        if standby is not None and standby.is_closing:
-            return None
-        return standby
-
-    async def _keep_standby(self) -> None:
-        """Hold a second authenticated connection, ready to take the forwards over."""
-        while True:
-            if not self.standby_ready:
-                self._standby_state = "connecting"
-                try:
-                    self._standby = await self._connect(self.cfg)
-                except TunnelkeeperError as exc:
-                    log.warning("tunnel %s: standby connection failed: %s", self.name, exc)
-                    await asyncio.sleep(STANDBY_RETRY)
-                    continue
-                log.info("tunnel %s: standby connection ready", self.name)
-            assert self._standby is not None
-            reason = await self._standby.wait_lost()
-            log.warning("tunnel %s: standby connection lost: %s", self.name, reason)
-            self._standby = None
