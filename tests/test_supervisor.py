@@ -29,7 +29,7 @@ from tunnelkeeper.errors import (
     HostKeyMismatch,
     TunnelError,
 )
-from tunnelkeeper.forwarding.endpoint import ForwarderRuntime
+from tunnelkeeper.forwarding.forwarder import ForwarderRuntime
 from tunnelkeeper.supervisor import Shutdown, Supervisor, serve
 from tunnelkeeper.tunnel import TunnelRuntime
 

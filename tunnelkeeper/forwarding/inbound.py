@@ -10,7 +10,7 @@ from .. import config, ssh
 from ..errors import SourceUnavailable, TunnelkeeperError
 from .admission import Admission
 from .dnsgate import ZonePolicy
-from .endpoint import ForwarderRuntime
+from .forwarder import ForwarderRuntime
 from .proxyheader import proxy_header
 from .splice import Splice
 from .zonecut import ZoneCuts, primary

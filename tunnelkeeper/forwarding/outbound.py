@@ -12,7 +12,7 @@ import logging
 from .. import config, ssh
 from ..errors import ForwardFull, StreamLost, TunnelkeeperError
 from .admission import Admission
-from .endpoint import ForwarderRuntime
+from .forwarder import ForwarderRuntime
 
 log = logging.getLogger(__name__)
 
