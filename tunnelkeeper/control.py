@@ -246,18 +246,7 @@ async def fetch_status(path: Path, timeout: float = 5.0) -> SupervisorStatus:
 
     Raises ControlError when nobody answers there or the reply is not a status.
     """
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_unix_connection(str(path), limit=2**24)
-            try:
-                writer.write(b'{"cmd":"status"}\n')
-                await writer.drain()
-                line = await reader.readline()
-            finally:
-                writer.close()
-    except (OSError, TimeoutError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
-        raise ControlError(f"no supervisor reachable on {path}: {reason}") from exc
+    line = await _ask(path, {"cmd": "status"}, timeout)
     try:
         data = json.loads(line)
         if "error" in data:
@@ -271,18 +260,7 @@ async def request_flush(path: Path, tunnel: str | None) -> list[dict[str, Any]]:
     """Ask the supervisor on `path` to ETRN over its connections; its answers, one object per
     domain. Raises ControlError when nobody answers there, or it refuses (an unknown tunnel).
     """
-    try:
-        async with asyncio.timeout(FLUSH_TIMEOUT):
-            reader, writer = await asyncio.open_unix_connection(str(path), limit=2**24)
-            try:
-                writer.write(json.dumps({"cmd": "flush", "tunnel": tunnel}).encode() + b"\n")
-                await writer.drain()
-                line = await reader.readline()
-            finally:
-                writer.close()
-    except (OSError, TimeoutError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
-        raise ControlError(f"no supervisor reachable on {path}: {reason}") from exc
+    line = await _ask(path, {"cmd": "flush", "tunnel": tunnel}, FLUSH_TIMEOUT)
     try:
         data = json.loads(line)
     except ValueError as exc:
@@ -291,6 +269,25 @@ async def request_flush(path: Path, tunnel: str | None) -> list[dict[str, Any]]:
         return [a for a in data["flushed"] if isinstance(a, dict)]
     error = data.get("error") if isinstance(data, dict) else data
     raise ControlError(f"supervisor on {path} refused the flush: {error}")
+
+
+async def _ask(path: Path, request: dict[str, Any], timeout: float) -> bytes:
+    """One request line to the supervisor on `path`, its one reply line.
+
+    Raises ControlError when nobody answers there within `timeout`.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_unix_connection(str(path), limit=2**24)
+            try:
+                writer.write(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+                await writer.drain()
+                return await reader.readline()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
+        raise ControlError(f"no supervisor reachable on {path}: {reason}") from exc
 
 
 class MailWatchClient:

@@ -13,19 +13,18 @@ from .. import config, control
 from ..checks import etrn
 from ..errors import ConfigError, ControlError
 from ..peertext import peer_text
-from . import EXIT_FAILURE, EXIT_OK, add_config_option, check_tunnel_files
+from . import EXIT_FAILURE, EXIT_OK, check_tunnel_files, load_config, verb_parser
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("flush", description=__doc__)
-    add_config_option(parser)
+    parser = verb_parser(subparsers, "flush", run, __doc__ or "")
     parser.add_argument("--tunnel", metavar="NAME", help="only this tunnel")
     parser.add_argument("--json", action="store_true", help="print the answers as JSON")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config.load(config.find_config(args.config))
+    cfg = load_config(args)
     if args.tunnel is not None:
         cfg.tunnel_named(args.tunnel)  # ConfigError (exit 2) for a name not in the file
     wanted = [t for t in cfg.tunnel if args.tunnel in (None, t.name)]

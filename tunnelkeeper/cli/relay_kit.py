@@ -21,13 +21,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "Write every file the relay's admin needs, one each, with a README that "
         "says where each goes and how to test it.",
     )
-    parser.add_argument(
-        "--out",
-        metavar="DIR",
-        required=True,
-        type=lambda t: Path(path_text(t)),
-        help="folder to write",
-    )
+    add_out_option(parser)
     parser.add_argument("--tunnel", metavar="NAME", help="only this tunnel")
     parser.add_argument(
         "--internal-host", metavar="NAME", help="also write MX records with this internal host"
@@ -57,10 +51,27 @@ def run(args: argparse.Namespace) -> int:
                 "give --relay-host NAME"
             ) from None
         raise ConfigError(f"{FLAGS[exc.key]}: {exc.detail}") from None
+    return write_files(files, args.out)
+
+
+def add_out_option(parser: argparse.ArgumentParser) -> None:
+    """`--out DIR`, the folder a kit is written into."""
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        required=True,
+        type=lambda t: Path(path_text(t)),
+        help="folder to write",
+    )
+
+
+def write_files(files: dict[str, str], out: Path) -> int:
+    """Write a kit's files into `out` and list them; a folder that cannot be written is one
+    line on stderr (exit 1)."""
     try:
-        written = write_kit(files, args.out)
+        written = write_kit(files, out)
     except OSError as exc:
-        where = exc.filename or args.out
+        where = exc.filename or out
         print(f"tunnelkeeper: cannot write the kit at {where}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILURE
     for path in written:
