@@ -15,9 +15,9 @@ import pytest
 
 from tests.relaykit.conftest import need_tool
 from tests.relaykit.test_bind import PRIMARY_ZONE, named, named_options, soa
-from tests.relaykit.test_sendmail import build_relay, port_open, stop_tree
 from tests.support.configs import write_config
 from tests.support.procs import SupervisorProcess
+from tests.support.sendmail import build_relay, port_open, stop_tree
 from tests.support.sshd import free_port, wait_until
 from tunnelkeeper.checks.boundary import NO_TRANSFER, OPEN_RELAY
 from tunnelkeeper.config import load

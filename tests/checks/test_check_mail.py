@@ -16,9 +16,9 @@ import pytest
 
 from tests.conftest import SmtpSink
 from tests.relaykit.conftest import need_tool
-from tests.relaykit.test_sendmail import DAEMON_MC, RELAY_NAME, build_relay, port_open, stop_tree
 from tests.support.configs import write_config
 from tests.support.procs import SupervisorProcess
+from tests.support.sendmail import DAEMON_MC, RELAY_NAME, build_relay, port_open, stop_tree
 from tests.support.sshd import free_port, wait_until
 from tunnelkeeper.config import load
 

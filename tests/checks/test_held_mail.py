@@ -21,10 +21,10 @@ import pytest
 
 from tests.conftest import SmtpSink
 from tests.relaykit.conftest import need_tool, ssh_args
-from tests.relaykit.test_sendmail import DAEMON_MC, RELAY_NAME, build_relay, port_open, stop_tree
 from tests.support.configs import write_config
 from tests.support.mailbox_mta import MailboxMta
 from tests.support.procs import SupervisorProcess, history_json
+from tests.support.sendmail import DAEMON_MC, RELAY_NAME, build_relay, port_open, stop_tree
 from tests.support.sshd import free_port, wait_until
 from tunnelkeeper.config import load
 

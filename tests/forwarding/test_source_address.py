@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from tests.relaykit.conftest import need_tool, run
-from tests.relaykit.test_sendmail import mc_text, port_open, stop_tree
 from tests.support.configs import write_config
+from tests.support.sendmail import mc_text, port_open, stop_tree
 from tests.support.sshd import free_port, wait_until
 from tunnelkeeper import ssh
 from tunnelkeeper.checks import probes

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.sendmail import DAEMON_MC, RELAY_NAME, build_relay, port_open, stop_tree
 from tests.support.sshd import free_port, wait_until
 from tunnelkeeper.config import Config
 from tunnelkeeper.relaykit import dropbear
@@ -30,7 +31,6 @@ from tunnelkeeper.relaykit.openssh import authorized_keys, sshd_config
 
 from .conftest import need_tool, run, ssh_args, write_tunnel_config
 from .test_postfix import postmap  # noqa: F401  (a fixture: pytest finds it by name here)
-from .test_sendmail import DAEMON_MC, RELAY_NAME, build_relay, port_open, stop_tree
 
 pytestmark = pytest.mark.timeout(120)
 

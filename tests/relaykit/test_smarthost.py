@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.procs import SupervisorProcess
+from tests.support.sendmail import CF_M4, Relay, mailer_line, parsed, stop_tree
 from tests.support.sshd import free_port, port_open, wait_until
 from tunnelkeeper.cli import main
 from tunnelkeeper.config import Config, load
@@ -24,7 +25,6 @@ from tunnelkeeper.relaykit.openssh import authorized_keys, sshd_config
 from tunnelkeeper.relaykit.smarthost import postfix_relayhost, sendmail_mc
 
 from .conftest import OUTBOUND, need_tool, run, ssh_args, wait_listening, write_local_config
-from .test_sendmail import CF_M4, Relay, mailer_line, parsed, stop_tree
 
 # Not the sink's greeting name: sendmail refuses to send to a server that greets as itself.
 INTERNAL_NAME = "internal.example.org"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.relaykit.conftest import need_tool
-from tests.relaykit.test_sendmail import CF_M4, port_open, stop_tree
+from tests.support.sendmail import CF_M4, port_open, stop_tree
 from tests.support.sshd import free_port, wait_until
 
 NAME = "mail.example.org"
