@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.relaykit.conftest import need_tool
-from tests.relaykit.test_bind import PRIMARY_ZONE, named, named_options, soa
+from tests.support.bind import PRIMARY_ZONE, named, named_options, soa
 from tests.support.configs import write_config
 from tests.support.procs import SupervisorProcess
 from tests.support.sendmail import build_relay, port_open, stop_tree

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.relaykit.conftest import need_tool
-from tests.relaykit.test_bind import PRIMARY_ZONE, named, named_options, soa
+from tests.support.bind import PRIMARY_ZONE, named, named_options, soa
 from tests.support.configs import write_config
 from tests.support.procs import SupervisorProcess
 from tests.support.sshd import free_port, wait_until

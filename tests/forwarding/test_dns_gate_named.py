@@ -25,7 +25,7 @@ import dns.zone
 import pytest
 
 from tests.relaykit.conftest import need_tool
-from tests.relaykit.test_bind import named, soa
+from tests.support.bind import named, soa
 from tests.support.configs import write_config
 from tests.support.procs import SupervisorProcess
 from tests.support.sshd import free_port, wait_until

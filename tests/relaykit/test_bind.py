@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import dns.exception
 import dns.flags
-import dns.message
-import dns.query
 import pytest
 
+from tests.support.bind import PRIMARY_ZONE, named, named_options, soa
 from tests.support.configs import write_config
 from tests.support.procs import SupervisorProcess
-from tests.support.sshd import free_port, port_open, wait_until
+from tests.support.sshd import free_port, wait_until
 from tunnelkeeper.config import Config, load
 from tunnelkeeper.relaykit.bind import named_conf
 from tunnelkeeper.relaykit.mx import mx_records
@@ -120,66 +116,6 @@ def test_strict_checkzone_catches_the_trailing_dot_pitfall(tmp_path: Path) -> No
 
 
 # -- a real secondary named pulling a zone through an SSH reverse forward ----------------------
-
-
-def named_options(folder: Path, port: int) -> str:
-    """A named of its own on 127.0.0.1:`port`: no rndc, no system paths, no recursion."""
-    return f"""\
-options {{
-	directory "{folder}";
-	pid-file "{folder}/named.pid";
-	session-keyfile "{folder}/session.key";
-	managed-keys-directory "{folder}";
-	listen-on port {port} {{ 127.0.0.1; }};
-	listen-on-v6 {{ none; }};
-	recursion no;
-	notify no;
-}};
-controls {{ }};
-"""
-
-
-PRIMARY_ZONE = """\
-$TTL 300
-@     IN SOA ns1.example.org. hostmaster.example.org. 2026112601 900 300 604800 300
-@     IN NS  ns1.example.org.
-ns1   IN A   192.0.2.53
-mail  IN A   192.0.2.25
-"""
-
-
-@contextlib.contextmanager
-def named(folder: Path, conf: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "named.conf").write_text(conf)
-    run([need_tool("named-checkconf"), folder / "named.conf"])
-    log = (folder / "named.log").open("wb")
-    proc = subprocess.Popen(
-        [need_tool("named"), "-g", "-4", "-c", folder / "named.conf"],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-    )
-    log.close()
-    try:
-        wait_until(lambda: port_open(port) or proc.poll() is not None, 15, what="named")
-        assert proc.poll() is None, (folder / "named.log").read_text()
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def soa(port: int) -> dns.message.Message | None:
-    query = dns.message.make_query("example.org", "SOA")
-    try:
-        return dns.query.tcp(query, "127.0.0.1", port=port, timeout=2)
-    except (OSError, dns.exception.DNSException):
-        return None
 
 
 @pytest.mark.parametrize("tcp_only", [True, False], ids=["as-generated", "without-tcp-only"])
