@@ -20,9 +20,9 @@ import pytest
 
 from tests.checks.test_held_mail import ListenWatch, internal_mta  # noqa: F401  (a fixture)
 from tests.relaykit.conftest import need_tool
-from tests.relaykit.test_postfix import unpacked_postfix
 from tests.support.configs import write_config
 from tests.support.mailbox_mta import MailboxMta
+from tests.support.postfix import unpacked_postfix
 from tests.support.procs import SupervisorProcess
 from tests.support.sshd import free_port, port_open, wait_until
 

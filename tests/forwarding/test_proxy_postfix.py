@@ -24,7 +24,7 @@ from tests.forwarding.test_source_address import (  # noqa: F401  (relay: a fixt
     forwarded,
     relay,
 )
-from tests.relaykit.test_postfix import unpacked_postfix
+from tests.support.postfix import unpacked_postfix
 from tests.support.sendmail import port_open, stop_tree
 from tests.support.sshd import free_port, wait_until
 

@@ -30,7 +30,6 @@ from tunnelkeeper.relaykit.kit_readme import CHECK_SCRIPT
 from tunnelkeeper.relaykit.openssh import authorized_keys, sshd_config
 
 from .conftest import need_tool, run, ssh_args, write_tunnel_config
-from .test_postfix import postmap  # noqa: F401  (a fixture: pytest finds it by name here)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -346,7 +345,7 @@ def test_dropbear_kit_passes_inside_dropbears_namespace(
 def test_postfix_relay(
     tmp_path: Path,
     openssh_relay: Staged,
-    postmap: Any,  # noqa: F811  (the fixture imported from test_postfix, requested by name)
+    postmap: Any,
 ) -> None:
     """TK_MTA=postfix: postmap -q for every key instead of sendmail -bt, and the .db's age."""
     table = tmp_path / "postfix" / "transport"

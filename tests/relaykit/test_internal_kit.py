@@ -21,13 +21,13 @@ import pytest
 
 from tests.checks.test_check_boundary import InternalSendmail, loaded
 from tests.support.bind import PRIMARY_ZONE, named, named_options
+from tests.support.postfix import unpacked_postfix
 from tests.support.sshd import free_port
 from tunnelkeeper.cli import main
 from tunnelkeeper.relaykit.internal_kit import internal_kit
 
 from .conftest import GOLDEN, HERE, copy_example, need_tool, run
 from .test_golden import check_golden
-from .test_postfix import unpacked_postfix
 
 INTERNAL = HERE / "configs" / "internal.toml"
 
