@@ -9,8 +9,9 @@ from typing import Any
 import asyncssh
 import pytest
 
+from tests.support.embedded import keys, write
+from tests.support.polling import wait
 from tests.support.sshd import free_port
-from tests.system.test_reconnects import _keys, _wait, _write
 from tunnelkeeper import config, ssh
 from tunnelkeeper.supervisor import Shutdown, Supervisor
 
@@ -37,14 +38,14 @@ class _Target:
 
 
 async def test_relay_reaches_only_configured_targets(fdir: Path, outcome: dict[str, Any]) -> None:
-    host_key, host_pub, client_key, client_pub = _keys(fdir)
+    host_key, host_pub, client_key, client_pub = keys(fdir)
     target, bystander = _Target(), _Target()
     target.server = await asyncio.start_server(target.serve, "127.0.0.1", 0)
     bystander.server = await asyncio.start_server(bystander.serve, "127.0.0.1", 0)
     listen = free_port()
     relay = ssh.EmbeddedRelay(host_key, client_pub)
     async with target.server, bystander.server, relay:
-        _write(fdir / "known_hosts", f"[127.0.0.1]:{relay.port} {host_pub}\n")
+        write(fdir / "known_hosts", f"[127.0.0.1]:{relay.port} {host_pub}\n")
         raw = {
             "supervisor": {"control_socket": str(fdir / "control.sock")},
             "tunnel": [
@@ -70,7 +71,7 @@ async def test_relay_reaches_only_configured_targets(fdir: Path, outcome: dict[s
         shutdown = Shutdown()
         running = asyncio.create_task(supervisor.run(shutdown))
         try:
-            await _wait(
+            await wait(
                 lambda: any(f.state == "up" for f in supervisor.snapshot().forwards), 10, "up"
             )
             (conn,) = [c for c in relay.connections if c is not None]

@@ -20,10 +20,10 @@ import pytest
 from asyncssh.constants import MSG_REQUEST_FAILURE, MSG_REQUEST_SUCCESS
 from asyncssh.packet import UInt32
 
+from tests.support.embedded import keys, write
 from tests.support.faults import rss_kb
 from tests.support.polling import until
 from tests.support.sshd import free_port
-from tests.system.test_reconnects import _keys, _write
 from tunnelkeeper import config
 from tunnelkeeper.errors import ERROR_KINDS
 from tunnelkeeper.state import SupervisorStatus, TunnelStatus
@@ -213,7 +213,7 @@ async def supervised(
     fdir: Path, port: int, host_pub: str, client_key: Path, target: int, **tunnel: Any
 ) -> AsyncIterator[Watch]:
     """The real supervisor, in this process, with one smtp forward through 127.0.0.1:`port`."""
-    _write(fdir / "known_hosts", f"[127.0.0.1]:{port} {host_pub}\n")
+    write(fdir / "known_hosts", f"[127.0.0.1]:{port} {host_pub}\n")
     settings: dict[str, Any] = {
         "backoff_initial": 0.1,
         "backoff_max": 0.5,
@@ -285,7 +285,7 @@ PROBE_CASES = {
 async def test_probe_channel_misbehaves(
     mode: str, fdir: Path, smtp_target: int, outcome: dict[str, Any]
 ) -> None:
-    host_key, host_pub, client_key, client_pub = _keys(fdir)
+    host_key, host_pub, client_key, client_pub = keys(fdir)
     detail, drops = PROBE_CASES[mode]
     async with (
         HostileRelay(host_key, client_pub, mode) as relay,
@@ -328,7 +328,7 @@ async def test_probe_channel_misbehaves(
 async def test_disconnect_during_authentication(
     code: int, kind: str, fdir: Path, smtp_target: int, outcome: dict[str, Any]
 ) -> None:
-    host_key, host_pub, client_key, client_pub = _keys(fdir)
+    host_key, host_pub, client_key, client_pub = keys(fdir)
     async with (
         HostileRelay(host_key, client_pub, "disconnect-in-auth", code) as relay,
         supervised(fdir, relay.port, host_pub, client_key, smtp_target) as watch,
@@ -346,7 +346,7 @@ async def test_disconnect_during_authentication(
 async def test_replies_to_requests_never_made(
     fdir: Path, smtp_target: int, outcome: dict[str, Any]
 ) -> None:
-    host_key, host_pub, client_key, client_pub = _keys(fdir)
+    host_key, host_pub, client_key, client_pub = keys(fdir)
     async with (
         HostileRelay(host_key, client_pub, "unasked-replies") as relay,
         supervised(fdir, relay.port, host_pub, client_key, smtp_target) as watch,
@@ -395,7 +395,7 @@ async def _banner_server(banner: bytes) -> tuple[asyncio.base_events.Server, lis
 async def test_hostile_banner(
     name: str, fdir: Path, smtp_target: int, outcome: dict[str, Any]
 ) -> None:
-    _host_key, host_pub, client_key, _client_pub = _keys(fdir)
+    _host_key, host_pub, client_key, _client_pub = keys(fdir)
     server, served = await _banner_server(BANNERS[name])
     port = int(server.sockets[0].getsockname()[1])
     async with server, supervised(fdir, port, host_pub, client_key, smtp_target) as watch:
@@ -442,7 +442,7 @@ async def test_forwarded_channel_window_never_opens(fdir: Path, outcome: dict[st
     """The relay opens a forwarded channel with a window of 0 and the target has 64 MiB to
     say: flow control must stop reading the target, not buffer it all."""
     total = 64 * 1024 * 1024
-    host_key, host_pub, client_key, client_pub = _keys(fdir)
+    host_key, host_pub, client_key, client_pub = keys(fdir)
     pusher = _Pusher(total)
     try:
         async with (

@@ -1,4 +1,5 @@
-"""An embedded relay in this process, for the border and isolation tests."""
+"""An embedded relay in this process, for the border and isolation tests; its keys and the
+known_hosts line for the tests that start one of their own."""
 
 from __future__ import annotations
 
@@ -76,3 +77,15 @@ def forward(name: str, target_port: int, service: str = "tcp", **more: Any) -> d
 
 
 wait_for = until  # the name its users know
+
+
+def keys(folder: Path) -> tuple[bytes, str, Path, str]:
+    """The relay's host key (private, public) and the client's key (path, public line)."""
+    host = keygen(folder / "host_ed25519", "ed25519")
+    client = keygen(folder / "client_rsa")
+    host_pub = " ".join(Path(f"{host}.pub").read_text().split()[:2])
+    return host.read_bytes(), host_pub, client, Path(f"{client}.pub").read_text()
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text)

@@ -85,3 +85,7 @@ def until_listening(
         return port_open(port, host)
 
     until_blocking(listening, timeout, lambda: f"{name} to listen on {port}:\n{log()}")
+
+
+async def wait(predicate: Any, timeout: float, what: str) -> None:
+    await until(predicate, timeout, what, interval=0.002)  # a fine grain: outages are timed

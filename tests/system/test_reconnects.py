@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.embedded import keys, write
 from tests.support.faults import rss_kb
-from tests.support.polling import until
-from tests.support.sshd import free_port, keygen
+from tests.support.polling import wait
+from tests.support.sshd import free_port
 from tunnelkeeper import config, ssh
 from tunnelkeeper.supervisor import Shutdown, Supervisor
 
@@ -30,36 +31,20 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def _wait(predicate: Any, timeout: float, what: str) -> None:
-    await until(predicate, timeout, what, interval=0.002)  # a fine grain: outages are timed
-
-
 def _usage() -> tuple[int, int, int]:
     gc.collect()
     return rss_kb(os.getpid()), len(os.listdir("/proc/self/fd")), len(asyncio.all_tasks())
 
 
-def _keys(folder: Path) -> tuple[bytes, str, Path, str]:
-    """The relay's host key (private, public) and the client's key (path, public line)."""
-    host = keygen(folder / "host_ed25519", "ed25519")
-    client = keygen(folder / "client_rsa")
-    host_pub = " ".join(Path(f"{host}.pub").read_text().split()[:2])
-    return host.read_bytes(), host_pub, client, Path(f"{client}.pub").read_text()
-
-
-def _write(path: Path, text: str) -> None:
-    path.write_text(text)
-
-
 async def forced_reconnects(count: int, folder: Path) -> dict[str, Any]:
     """Run the real supervisor against the embedded relay and cut its connection `count`
     times; a forwarded connection goes through every tenth time."""
-    host_key, host_pub, client_key, client_pub = _keys(folder)
+    host_key, host_pub, client_key, client_pub = keys(folder)
     listen = free_port()
     echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
     relay = ssh.EmbeddedRelay(host_key, client_pub, allow_direct=False)
     async with echo, relay:
-        _write(folder / "known_hosts", f"[127.0.0.1]:{relay.port} {host_pub}\n")
+        write(folder / "known_hosts", f"[127.0.0.1]:{relay.port} {host_pub}\n")
         raw = {
             "supervisor": {"control_socket": str(folder / "control.sock")},
             "tunnel": [
@@ -92,7 +77,7 @@ async def forced_reconnects(count: int, folder: Path) -> dict[str, Any]:
 
         async def cycle(n: int) -> None:
             target = n + 1
-            await _wait(
+            await wait(
                 lambda: (
                     (t := tunnel()) is not None
                     and t.connects >= target
@@ -117,7 +102,7 @@ async def forced_reconnects(count: int, folder: Path) -> dict[str, Any]:
         for n in range(WARMUP, WARMUP + count):
             await cycle(n)
         elapsed = time.monotonic() - t0
-        await _wait(lambda: tunnel().forwards[0].state == "up", 10, "the last connection")
+        await wait(lambda: tunnel().forwards[0].state == "up", 10, "the last connection")
         await asyncio.sleep(0.2)
         rss1, fds1, tasks1 = _usage()
         connects = tunnel().connects
