@@ -8,7 +8,7 @@ import logging
 import struct
 import zlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import dns.flags
 import dns.message
@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.dnswire import ZONES, Channel, framed, parse_refusal, query, sort
 from tunnelkeeper.forwarding import dnsgate, ratelog
-from tunnelkeeper.forwarding.dnsgate import CutCheck, DnsGate, NotDns, ZonePolicy
+from tunnelkeeper.forwarding.dnsgate import DnsGate, NotDns, ZonePolicy
 from tunnelkeeper.forwarding.zonecut import Owner, ZoneCuts
 
-ZONES = ("example.org", "Example.NET")
 T = TypeVar("T")
 
 
@@ -37,16 +37,6 @@ def run(body: Callable[[], T]) -> T:
         return body()
 
     return asyncio.run(inside())
-
-
-def framed(wire: bytes) -> bytes:
-    return struct.pack("!H", len(wire)) + wire
-
-
-def query(name: str, rdtype: str = "A", ident: int = 4242, **kw: Any) -> bytes:
-    message = dns.message.make_query(name, rdtype, **kw)
-    message.id = ident
-    return message.to_wire()
 
 
 def frames(stream: bytes) -> list[bytes]:
@@ -70,28 +60,6 @@ def policy(cuts: ZoneCuts | None = None) -> ZonePolicy:
 
 def gate() -> DnsGate:
     return policy().gate()
-
-
-def in_its_zone(check: CutCheck) -> Owner:
-    """The target's word when every name is in the forward zone it is below."""
-    return check.zone
-
-
-def sort(
-    g: DnsGate, *chunks: bytes, owner: Callable[[CutCheck], Owner] = in_its_zone
-) -> tuple[bytes, list[bytes]]:
-    """Feed `chunks`, each zone-cut check answered by `owner` at once."""
-    to_target: list[bytes] = []
-    replies: list[bytes] = []
-    for chunk in chunks:
-        passed, refused = g.from_client(chunk)
-        to_target += passed
-        replies += refused
-        while g.check is not None:
-            passed, refused = g.decide(owner(g.check))
-            to_target += passed
-            replies += refused
-    return b"".join(to_target), replies
 
 
 @pytest.mark.parametrize(
@@ -120,12 +88,6 @@ def test_pipelined_allowed_queries_pass_as_the_same_object() -> None:
     g = gate()
     passed, _ = run(lambda: g.from_client(stream))
     assert passed == [stream] and passed[0] is stream  # no copy when all of it may go
-
-
-def parse_refusal(reply: bytes) -> dns.message.Message:
-    (size,) = struct.unpack_from("!H", reply)
-    assert size == len(reply) - 2
-    return dns.message.from_wire(reply[2:])
 
 
 @pytest.mark.parametrize(
@@ -459,30 +421,6 @@ def test_a_fuzzed_stream_never_lets_a_foreign_query_through(
 
 
 LONG_FOREIGN = ".".join(["x" * 60, "y" * 60, "z" * 60, "corp", "lan"])
-
-
-class Channel:
-    """The seam: what the relay side of a splice sees (the SSH channel)."""
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.reading = True
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def write_eof(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
 
 
 async def test_in_the_splice_a_refusal_never_splits_the_targets_reply() -> None:

@@ -16,7 +16,7 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from tests.forwarding.test_dns_gate import ZONES, Channel, framed, parse_refusal, query, sort
+from tests.support.dnswire import ZONES, Channel, framed, parse_refusal, query, sort
 from tunnelkeeper.config import Endpoint
 from tunnelkeeper.forwarding import dnsgate
 from tunnelkeeper.forwarding.dnsgate import ZonePolicy
