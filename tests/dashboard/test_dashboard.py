@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import threading
 import time
 from dataclasses import replace
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from tests.dashboard.golden_text import check_golden, render
 from tests.support.polling import until, until_blocking
 from tests.support.snapshots import NOW, SNAPSHOTS, mixed
 from tunnelkeeper.dashboard import (
@@ -26,24 +26,6 @@ from tunnelkeeper.dashboard import (
     show,
 )
 from tunnelkeeper.state import SupervisorStatus
-
-GOLDEN = Path(__file__).parent / "golden"
-# TUNNELKEEPER_UPDATE_GOLDEN=1 rewrites the files after a deliberate change of the view.
-UPDATE = os.environ.get("TUNNELKEEPER_UPDATE_GOLDEN") == "1"
-
-
-def render(renderable: object, width: int, terminal: bool = False) -> str:
-    out = io.StringIO()
-    console = Console(file=out, width=width, color_system=None, force_terminal=terminal)
-    console.print(renderable)
-    return "".join(line.rstrip() + "\n" for line in out.getvalue().splitlines())
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if UPDATE:
-        path.write_text(text, encoding="utf-8")
-    assert text == path.read_text(encoding="utf-8"), f"{name} differs from the golden file"
 
 
 @pytest.mark.parametrize("width", [80, 100, 160])

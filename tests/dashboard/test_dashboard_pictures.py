@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tests.dashboard.test_dashboard import check_golden, render
+from tests.dashboard.golden_text import check_golden, render
 from tests.support.snapshots import NOW, RELAY1_UP, healthy, mixed, outage_run
 from tunnelkeeper.dashboard import Dashboard, Feed, LogBuffer, Pictures, TrendBook
 from tunnelkeeper.dashboard.events import describe

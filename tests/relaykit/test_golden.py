@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.relaykit.golden_files import check_golden
 from tunnelkeeper.cli import main
 
 from .conftest import GOLDEN, OUTBOUND, TWO_RELAYS, copy_example
-
-UPDATE = bool(os.environ.get("TUNNELKEEPER_UPDATE_GOLDEN"))
 
 COMMANDS: dict[str, list[str]] = {
     "mailertable": ["mailertable"],
@@ -72,14 +70,6 @@ KIT_IS_GENERATOR = {
     "transport": "transport",
 }
 AUTHORIZED = {"openssh": "", "dropbear": "-dropbear"}
-
-
-def check_golden(path: Path, text: str) -> None:
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert path.exists(), f"no golden file {path}: run with TUNNELKEEPER_UPDATE_GOLDEN=1"
-    assert text == path.read_text(encoding="utf-8")
 
 
 def generate(argv: list[str], config: Path, capsys: pytest.CaptureFixture[str]) -> str:

@@ -20,6 +20,7 @@ import dns.zone
 import pytest
 
 from tests.checks.test_check_boundary import InternalSendmail, loaded
+from tests.relaykit.golden_files import check_golden
 from tests.support.bind import PRIMARY_ZONE, named, named_options
 from tests.support.postfix import unpacked_postfix
 from tests.support.sshd import free_port
@@ -27,7 +28,6 @@ from tunnelkeeper.cli import main
 from tunnelkeeper.relaykit.internal_kit import internal_kit
 
 from .conftest import GOLDEN, HERE, copy_example, need_tool, run
-from .test_golden import check_golden
 
 INTERNAL = HERE / "configs" / "internal.toml"
 
