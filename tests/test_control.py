@@ -5,22 +5,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import socket
 import stat
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.faults import fd_count, relay_config, smtp_forward
+from tests.support.nobody import as_nobody
 from tests.support.procs import SupervisorProcess
 from tests.support.sshd import free_port
 
 pytestmark = pytest.mark.timeout(120)
-NOBODY = 65534
 
 
 def _client(path: Path, payload: bytes, *, close_early: bool = False) -> bytes:
@@ -120,42 +118,6 @@ def test_hostile_clients_do_not_hurt_the_supervisor(running, outcome: dict[str, 
     assert fds_after <= fds_before + 1
 
 
-def _as_nobody(fn: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Run `fn` in a forked child that dropped to uid/gid nobody; return what it returned."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            try:
-                result = {"value": fn()}
-            except Exception as exc:
-                result = {"error": type(exc).__name__, "errno": getattr(exc, "errno", None)}
-            os.write(write_end, json.dumps(result).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], timeout)
-        assert ready, "the child running as nobody did not answer"
-        data = b""
-        while chunk := os.read(read_end, 65536):
-            data += chunk
-    finally:
-        os.close(read_end)
-        deadline = time.monotonic() + timeout
-        while os.waitpid(pid, os.WNOHANG) == (0, 0):
-            if time.monotonic() > deadline:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-                break
-            time.sleep(0.01)
-    return json.loads(data)
-
-
 def test_socket_modes_and_another_user(running, outcome: dict[str, Any]) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to act as a second user (CI runs the suite as root)")
@@ -169,13 +131,13 @@ def test_socket_modes_and_another_user(running, outcome: dict[str, Any]) -> None
     def ask() -> str:
         return _client(path, b'{"cmd": "status"}\n').decode()
 
-    denied_by_modes = _as_nobody(ask)
+    denied_by_modes = as_nobody(ask)
     assert denied_by_modes.get("error") == "PermissionError", denied_by_modes
     # An admin loosens the modes by mistake: the peer-uid check still turns the user away.
     path.parent.chmod(0o755)
     path.chmod(0o666)
     try:
-        denied_by_uid = _as_nobody(ask)
+        denied_by_uid = as_nobody(ask)
     finally:
         path.parent.chmod(0o700)
         path.chmod(0o600)

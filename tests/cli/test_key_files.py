@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests.support.faults import relay_config, smtp_forward
+from tests.support.nobody import NOBODY, as_nobody
 from tests.support.sshd import SSH_KEYGEN, free_port, keygen
-from tests.test_control import NOBODY, _as_nobody
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -157,12 +157,12 @@ def test_files_unreadable_by_the_running_user(
         return {"exit": code, "stderr": err.getvalue()}
 
     sshd.client_key.chmod(0o600)  # root's key, 0600: nobody cannot read it
-    key_case = _as_nobody(check)
+    key_case = as_nobody(check)
     sshd.client_key.chmod(0o644)  # ... the key readable, known_hosts not
     os.chown(sshd.client_key, NOBODY, -1)
     sshd.client_key.chmod(0o600)
     sshd.known_hosts.chmod(0o600)
-    hosts_case = _as_nobody(check)
+    hosts_case = as_nobody(check)
     outcome.update(unreadable_key=key_case, unreadable_known_hosts=hosts_case)
     for result, path in ((key_case, sshd.client_key), (hosts_case, sshd.known_hosts)):
         value = result.get("value", result)
