@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_status_watch import Tmux
 from tests.conftest import need
+from tests.support.tmux import Tmux
 from tunnelkeeper.dashboard.hour import GLYPHS
 
 REPO = Path(__file__).parents[2]
