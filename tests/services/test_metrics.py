@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.polling import until
+from tests.support.polling import wait_listening
 from tests.support.snapshots import healthy, mixed
 from tests.support.sshd import free_port
 from tunnelkeeper.config import Endpoint
@@ -31,17 +31,6 @@ def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 def fwd(tunnel: str, forward: str, service: str, **extra: str) -> frozenset[tuple[str, str]]:
     return frozenset({"tunnel": tunnel, "forward": forward, "service": service, **extra}.items())
-
-
-async def wait_listening(port: int) -> None:
-    def listening() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        except OSError:
-            return False
-        return True
-
-    await until(listening, 5.0, f"a listener on port {port}", interval=0.02)
 
 
 async def test_scrape_reads_the_current_snapshot() -> None:

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import need
-from tests.services.test_metrics import wait_listening
+from tests.support.polling import wait_listening
 from tests.support.snapshots import with_history
 from tests.support.sshd import free_port
 from tunnelkeeper.config import Endpoint

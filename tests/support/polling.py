@@ -89,3 +89,16 @@ def until_listening(
 
 async def wait(predicate: Any, timeout: float, what: str) -> None:
     await until(predicate, timeout, what, interval=0.002)  # a fine grain: outages are timed
+
+
+async def wait_listening(port: int) -> None:
+    """`until` something listens on 127.0.0.1:`port` (a server started on this event loop)."""
+
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
+    await until(listening, 5.0, f"a listener on port {port}", interval=0.02)
