@@ -17,6 +17,7 @@ import pytest
 from tests.support.control import ThreadedControlServer, write_config
 from tests.support.embedded import world  # noqa: F401 (a fixture for the border and isolation tests)
 from tests.support.faults import IP, NFT, FaultSshd, Netns
+from tests.support.mailbox_mta import internal_mta  # noqa: F401 (a fixture for the held-mail tests)
 from tests.support.postfix import postmap  # noqa: F401 (a fixture for the relay kit's postmap tests)
 from tests.support.snapshots import healthy
 from tests.support.sshd import SSHD, Sshd, free_port

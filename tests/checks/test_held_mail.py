@@ -10,7 +10,6 @@ import os
 import smtplib
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -22,7 +21,7 @@ import pytest
 from tests.conftest import SmtpSink
 from tests.relaykit.conftest import need_tool, ssh_args
 from tests.support.configs import write_config
-from tests.support.mailbox_mta import MailboxMta
+from tests.support.mailbox_mta import ListenWatch, MailboxMta
 from tests.support.procs import SupervisorProcess, history_json
 from tests.support.sendmail import DAEMON_MC, RELAY_NAME, build_relay, port_open, stop_tree
 from tests.support.sshd import free_port, wait_until
@@ -126,43 +125,9 @@ def holding_relay(make_sshd: Any, tmp_path: Path, smtp_sink: SmtpSink) -> Iterat
         relay.stop()
 
 
-@pytest.fixture
-def internal_mta() -> Iterator[MailboxMta]:
-    """The internal mail server: a real sendmail delivering into a mailbox file."""
-    mta = MailboxMta(["example.org", "host.sub.example.org"])
-    try:
-        yield mta.start()
-    finally:
-        mta.close()
-
-
 def arrived(sink: SmtpSink, subjects: list[str]) -> bool:
     got = b"".join(sink.raw).decode(errors="replace")
     return all(f"Subject: {s}" in got for s in subjects)
-
-
-class ListenWatch:
-    """When the relay's listen port first accepted a connection (the forward up), polled
-    every 5 ms from a thread: a finer clock than the status the supervisor publishes."""
-
-    def __init__(self, port: int, timeout: float = 30.0) -> None:
-        self.port, self.timeout = port, timeout
-        self.at: float | None = None
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if port_open(self.port):
-                self.at = time.monotonic()
-                return
-            time.sleep(0.005)
-
-    def up(self) -> float:
-        self._thread.join(self.timeout)
-        assert self.at is not None, f"nothing listened on {self.port}"
-        return self.at
 
 
 def forward_up(supervisor: SupervisorProcess) -> float:

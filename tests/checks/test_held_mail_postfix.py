@@ -18,10 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.checks.test_held_mail import ListenWatch, internal_mta  # noqa: F401  (a fixture)
 from tests.relaykit.conftest import need_tool
 from tests.support.configs import write_config
-from tests.support.mailbox_mta import MailboxMta
+from tests.support.mailbox_mta import ListenWatch, MailboxMta
 from tests.support.postfix import unpacked_postfix
 from tests.support.procs import SupervisorProcess
 from tests.support.sshd import free_port, port_open, wait_until
@@ -160,7 +159,7 @@ class PostfixRelay:
 @pytest.fixture
 def postfix_relay(
     make_sshd: Any,
-    internal_mta: MailboxMta,  # noqa: F811  (the fixture imported from test_etrn)
+    internal_mta: MailboxMta,
     tmp_path: Path,
 ) -> Iterator[Callable[..., PostfixRelay]]:
     made: list[PostfixRelay] = []
@@ -178,7 +177,7 @@ def postfix_relay(
 
 def test_mail_held_by_postfix_goes_out_when_tunnelkeeper_starts(
     postfix_relay: Callable[..., PostfixRelay],
-    internal_mta: MailboxMta,  # noqa: F811  (the fixture imported from test_etrn)
+    internal_mta: MailboxMta,
     outcome: dict[str, Any],
 ) -> None:
     relay = postfix_relay()

@@ -1,6 +1,9 @@
 """A real internal mail server for the tests: a sendmail daemon on 127.0.0.1 that takes
 example.org (and the names given) as its own and delivers postmaster's mail into an mbox file,
-as an internal host's MTA delivers to a mailbox. It can be stopped and started again."""
+as an internal host's MTA delivers to a mailbox. It can be stopped and started again.
+
+The `internal_mta` fixture (offered by tests/conftest.py) is one such server, and ListenWatch
+times when a relay's listen port first answers, against the mailbox's arrival times."""
 
 from __future__ import annotations
 
@@ -8,7 +11,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -117,3 +122,37 @@ class MailboxMta:
 
     def count(self, subject: str) -> int:
         return self.mailbox.read_text(errors="replace").count(f"Subject: {subject}\n")
+
+
+@pytest.fixture
+def internal_mta() -> Iterator[MailboxMta]:
+    """The internal mail server: a real sendmail delivering into a mailbox file."""
+    mta = MailboxMta(["example.org", "host.sub.example.org"])
+    try:
+        yield mta.start()
+    finally:
+        mta.close()
+
+
+class ListenWatch:
+    """When the relay's listen port first accepted a connection (the forward up), polled
+    every 5 ms from a thread: a finer clock than the status the supervisor publishes."""
+
+    def __init__(self, port: int, timeout: float = 30.0) -> None:
+        self.port, self.timeout = port, timeout
+        self.at: float | None = None
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if port_open(self.port):
+                self.at = time.monotonic()
+                return
+            time.sleep(0.005)
+
+    def up(self) -> float:
+        self._thread.join(self.timeout)
+        assert self.at is not None, f"nothing listened on {self.port}"
+        return self.at
