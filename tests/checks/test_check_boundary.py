@@ -14,63 +14,14 @@ from typing import Any
 import pytest
 
 from tests.relaykit.conftest import need_tool
-from tests.support.bind import PRIMARY_ZONE, named, named_options, soa
+from tests.support.bind import PRIMARY_ZONE, loaded, named, named_options
 from tests.support.configs import write_config
 from tests.support.procs import SupervisorProcess
-from tests.support.sendmail import build_relay, port_open, stop_tree
-from tests.support.sshd import free_port, wait_until
+from tests.support.sendmail import InternalSendmail
+from tests.support.sshd import free_port
 from tunnelkeeper.checks.boundary import NO_TRANSFER, OPEN_RELAY
-from tunnelkeeper.config import load
 
 pytestmark = pytest.mark.timeout(120)
-
-INTERNAL_NAME = "mail.example.org"
-# The internal MTA as a site runs it: no DNS in a test, one loopback listener, nothing else.
-INTERNAL_MC = """\
-FEATURE(`accept_unresolvable_domains')dnl
-FEATURE(`no_default_msa')dnl
-DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl
-"""
-
-
-class InternalSendmail:
-    """A real sendmail daemon on 127.0.0.1:`port`, the internal MTA; `access` (the text of its
-    access map) switches FEATURE(access_db) on."""
-
-    def __init__(self, folder: Path, config_path: Path, port: int, access: str | None) -> None:
-        self.port = port
-        mc = INTERNAL_MC.format(port=port)
-        if access is not None:
-            mc += f"FEATURE(`access_db', `hash -o -T<TMPF> {folder}/access')dnl\n"
-        self.cf = build_relay(folder, load(config_path), extra_mc=mc).cf
-        if access is not None:
-            (folder / "access").write_text(access)
-            subprocess.run(
-                [need_tool("makemap"), "hash", str(folder / "access")],
-                input=access,
-                text=True,
-                check=True,
-                timeout=30,
-            )
-        self.daemon = subprocess.Popen(
-            [
-                *(need_tool("unshare"), "-u", "sh", "-c"),
-                f'hostname {INTERNAL_NAME} && exec "$0" -C "$1" -bD',
-                *(need_tool("sendmail"), str(self.cf)),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: port_open(port), 15, what="the internal sendmail to listen")
-
-    def stop(self) -> None:
-        stop_tree(self.daemon)
-
-
-def loaded(port: int) -> None:
-    """named listens before its zones are loaded (SERVFAIL meanwhile): wait for the SOA."""
-    wait_until(lambda: (a := soa(port)) is not None and a.answer, 10, what="the zone to load")
 
 
 def check(config: Path) -> tuple[int, dict[str, Any], str]:

@@ -19,10 +19,10 @@ import dns.xfr
 import dns.zone
 import pytest
 
-from tests.checks.test_check_boundary import InternalSendmail, loaded
 from tests.relaykit.golden_files import check_golden
-from tests.support.bind import PRIMARY_ZONE, named, named_options
+from tests.support.bind import PRIMARY_ZONE, loaded, named, named_options
 from tests.support.postfix import unpacked_postfix
+from tests.support.sendmail import InternalSendmail
 from tests.support.sshd import free_port
 from tunnelkeeper.cli import main
 from tunnelkeeper.relaykit.internal_kit import internal_kit

@@ -1,5 +1,5 @@
 """A real BIND 9.18 named for the tests: its own options on a loopback port, a primary zone,
-the daemon held for a `with` block, and an SOA query."""
+the daemon held for a `with` block, an SOA query, and the wait for the zone to load."""
 
 from __future__ import annotations
 
@@ -74,3 +74,8 @@ def soa(port: int) -> dns.message.Message | None:
         return dns.query.tcp(query, "127.0.0.1", port=port, timeout=2)
     except (OSError, dns.exception.DNSException):
         return None
+
+
+def loaded(port: int) -> None:
+    """named listens before its zones are loaded (SERVFAIL meanwhile): wait for the SOA."""
+    wait_until(lambda: (a := soa(port)) is not None and a.answer, 10, what="the zone to load")

@@ -1,5 +1,6 @@
 """The real sendmail 8.17 as a relay for the tests: a throwaway sendmail.cf from a minimal .mc
-with the generated mailers and mailertable, and a daemon's start and stop."""
+with the generated mailers and mailertable, and a daemon's start and stop; and InternalSendmail,
+the internal MTA as a site runs it, for the boundary checks."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.relaykit.conftest import need_tool, run
-from tunnelkeeper.config import Config
+from tests.support.sshd import wait_until
+from tunnelkeeper.config import Config, load
 from tunnelkeeper.relaykit.mailertable import mailertable
 from tunnelkeeper.relaykit.sendmail import mailer_definitions, mailer_definitions_m4
 
@@ -141,3 +143,47 @@ def port_open(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+INTERNAL_NAME = "mail.example.org"
+# The internal MTA as a site runs it: no DNS in a test, one loopback listener, nothing else.
+INTERNAL_MC = """\
+FEATURE(`accept_unresolvable_domains')dnl
+FEATURE(`no_default_msa')dnl
+DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl
+"""
+
+
+class InternalSendmail:
+    """A real sendmail daemon on 127.0.0.1:`port`, the internal MTA; `access` (the text of its
+    access map) switches FEATURE(access_db) on."""
+
+    def __init__(self, folder: Path, config_path: Path, port: int, access: str | None) -> None:
+        self.port = port
+        mc = INTERNAL_MC.format(port=port)
+        if access is not None:
+            mc += f"FEATURE(`access_db', `hash -o -T<TMPF> {folder}/access')dnl\n"
+        self.cf = build_relay(folder, load(config_path), extra_mc=mc).cf
+        if access is not None:
+            (folder / "access").write_text(access)
+            subprocess.run(
+                [need_tool("makemap"), "hash", str(folder / "access")],
+                input=access,
+                text=True,
+                check=True,
+                timeout=30,
+            )
+        self.daemon = subprocess.Popen(
+            [
+                *(need_tool("unshare"), "-u", "sh", "-c"),
+                f'hostname {INTERNAL_NAME} && exec "$0" -C "$1" -bD',
+                *(need_tool("sendmail"), str(self.cf)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: port_open(port), 15, what="the internal sendmail to listen")
+
+    def stop(self) -> None:
+        stop_tree(self.daemon)
