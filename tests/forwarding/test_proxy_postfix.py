@@ -18,13 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.forwarding.test_source_address import (  # noqa: F401  (relay: a fixture used by name)
-    RELAY_ADDRESS,
-    forward_config,
-    forwarded,
-    relay,
-)
 from tests.support.postfix import unpacked_postfix
+from tests.support.relay_address import RELAY_ADDRESS, forward_config, forwarded
 from tests.support.sendmail import port_open, stop_tree
 from tests.support.sshd import free_port, wait_until
 
@@ -126,7 +121,7 @@ def rcpt_from_the_relay(listen: int) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_postfix_judges_the_relay(relay: Any, tmp_path: Path, version: str) -> None:  # noqa: F811
+def test_postfix_judges_the_relay(relay: Any, tmp_path: Path, version: str) -> None:
     with postfix_smtpd() as postfix:
         config, listen = forward_config(tmp_path, relay, postfix.port, proxy_protocol=version)
 

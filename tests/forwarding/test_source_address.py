@@ -12,7 +12,7 @@ import logging
 import os
 import smtplib
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,13 @@ import pytest
 
 from tests.relaykit.conftest import need_tool, run
 from tests.support.configs import write_config
+from tests.support.relay_address import RELAY_ADDRESS, forward_config, forwarded
 from tests.support.sendmail import mc_text, port_open, stop_tree
 from tests.support.sshd import free_port, wait_until
-from tunnelkeeper import ssh
 from tunnelkeeper.checks import probes
 from tunnelkeeper.checks.checker import check
 from tunnelkeeper.config import Forward, load
 from tunnelkeeper.errors import SourceUnavailable
-from tunnelkeeper.forwarding.inbound import ForwardRuntime
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,7 +37,6 @@ FEATURE(`accept_unresolvable_domains')dnl
 FEATURE(`no_default_msa')dnl
 DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl
 """
-RELAY_ADDRESS = "127.0.0.3"  # the test sshd answers here too, so the relay's address is its own
 
 
 @contextlib.contextmanager
@@ -74,49 +72,6 @@ def internal_sendmail(folder: Path) -> Iterator[int]:
         yield port
     finally:
         stop_tree(daemon)
-
-
-@pytest.fixture
-def relay(make_sshd: Any) -> Any:
-    """A real sshd that also answers on RELAY_ADDRESS, with known_hosts naming it there."""
-    sshd = make_sshd(start=False)
-    sshd.extra_config = f"ListenAddress {RELAY_ADDRESS}\n"
-    sshd.start()
-    line = sshd.known_hosts.read_text().split(maxsplit=1)[1]
-    sshd.known_hosts.write_text(
-        sshd.known_hosts.read_text() + f"[{RELAY_ADDRESS}]:{sshd.port} {line}"
-    )
-    return sshd
-
-
-def forward_config(
-    folder: Path, sshd: Any, target: int, service: str = "smtp", **extra: Any
-) -> tuple[Path, int]:
-    listen = free_port()
-    forward = {
-        "name": "fwd",
-        "service": service,
-        "listen": f"127.0.0.1:{listen}",
-        "target": f"127.0.0.1:{target}",
-        **extra,
-    }
-    path = write_config(folder / "tk.toml", sshd, [forward], host=RELAY_ADDRESS)
-    return path, listen
-
-
-@contextlib.asynccontextmanager
-async def forwarded(config: Path) -> AsyncIterator[ForwardRuntime]:
-    """The tunnel's one forward held through the real sshd, as `run` holds it."""
-    tunnel = load(config).tunnel[0]
-    async with await ssh.connect(tunnel) as conn:
-        fwd = ForwardRuntime(tunnel.forward[0])
-        fwd.relay_address = conn.relay_address
-        listener = await conn.listen(fwd.cfg.listen, fwd.accept)
-        try:
-            yield fwd
-        finally:
-            listener.close()
-            await listener.wait_closed()
 
 
 def rcpt_from_the_relay(listen: int) -> tuple[int, str]:
