@@ -8,7 +8,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.relaykit.conftest import need_tool, run
+from tests.support.polling import port_open as port_open  # its users import it from here too
 from tests.support.sshd import wait_until
 from tunnelkeeper.config import Config, load
 from tunnelkeeper.relaykit.mailertable import mailertable
@@ -135,14 +135,6 @@ def stop_tree(proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait(10)
-
-
-def port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 INTERNAL_NAME = "mail.example.org"
