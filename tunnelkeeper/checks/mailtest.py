@@ -136,7 +136,7 @@ def refused_inside(accepted: str, reply: str) -> str:
     later = "; a temporary refusal: the relay will try again" if reply.startswith("4") else ""
     return (
         f"the relay accepted it ({accepted}) and handed it through the tunnel, but the "
-        f'internal mail server refused it at the end of the message: "{reply}"{later}'
+        f'internal mail server refused it: "{reply}"{later}'
     )
 
 

@@ -27,7 +27,9 @@ class Handover:
     """How the session that carried a watched token handed the message to the target."""
 
     at: float  # the loop time of the answer (or of the session's end)
-    reply: str | None  # the target's reply to the end of the message, escaped; None: none came
+    # The target's reply to the end of the message (or its refusal of the message before
+    # that: a MAIL FROM or RCPT TO answered 4xx/5xx), escaped; None: no answer came.
+    reply: str | None
 
     @property
     def accepted(self) -> bool:
@@ -54,6 +56,7 @@ class SessionWatch:
         self._reply: list[bytes] = []  # lines of the reply being read
         self._carrying: list[asyncio.Future[Handover]] = []  # tokens in the current message
         self._due: dict[int, list[asyncio.Future[Handover]]] = {}  # reply number -> tokens
+        self._refusal: str | None = None  # the first 4xx/5xx since a token passed
 
     @property
     def busy(self) -> bool:
@@ -102,22 +105,28 @@ class SessionWatch:
                 self._reply.append(line.rstrip(b"\r")[:MAX_LINE])
             if line[3:4] == b"-":
                 continue  # more lines of this reply follow
-            number, words = self._answered, self._reply
+            number, text = self._answered, peer_text(b" / ".join(self._reply))
             self._answered += 1
             self._reply = []
+            if self._carrying and self._refusal is None and text[:1] in ("4", "5"):
+                # The message may never reach its end: keep the first why (with PIPELINING,
+                # a refused MAIL FROM is followed by "503 Need MAIL" answers).
+                self._refusal = text
             for future in self._due.pop(number, []):
                 if not future.done():
-                    text = peer_text(b" / ".join(words))
                     future.set_result(Handover(now, text))
 
     def ended(self) -> None:
-        """The session is over: tokens still waiting for an answer got none."""
+        """The session is over: tokens still waiting for an answer got none, or the refusal
+        that stopped their message before its end."""
         now = asyncio.get_running_loop().time()
-        waiting = self._carrying + [f for futures in self._due.values() for f in futures]
-        self._carrying, self._due = [], {}
-        for future in waiting:
+        due = [f for futures in self._due.values() for f in futures]
+        for future, reply in [(f, self._refusal) for f in self._carrying] + [
+            (f, None) for f in due
+        ]:
             if not future.done():
-                future.set_result(Handover(now, None))
+                future.set_result(Handover(now, reply))
+        self._carrying, self._due = [], {}
 
     def _holds(self, future: asyncio.Future[Handover]) -> bool:
         return future in self._carrying or any(future in f for f in self._due.values())
@@ -143,6 +152,7 @@ class SessionWatch:
             self._chunk_reply = None
 
     def _message_end(self, reply: int) -> None:
+        self._refusal = None
         if self._carrying:
             self._due.setdefault(reply, []).extend(self._carrying)
             self._carrying = []
