@@ -5,6 +5,10 @@ mailbox, with and without a running supervisor; and an internal server that refu
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +16,10 @@ from typing import Any
 import pytest
 
 from tests.checks.test_check_mail import SendmailRelay, check_mail
+from tests.checks.test_held_mail_postfix import PostfixRelay
 from tests.conftest import SmtpSink
-from tests.relaykit.test_sendmail import DAEMON_MC, build_relay
+from tests.relaykit.conftest import need_tool
+from tests.relaykit.test_sendmail import DAEMON_MC, RELAY_NAME, build_relay
 from tests.support.mailbox_mta import MailboxMta
 from tests.support.procs import SupervisorProcess
 from tests.support.trickle import Trickle
@@ -129,3 +135,51 @@ def test_an_internal_refusal_through_a_running_supervisor(
     (test,) = result["mail"]
     assert code == 1 and test["outcome"] == "internal-refused", test
     assert "554 5.7.1 Message refused by policy" in test["detail"], test
+
+
+def check_mail_naming_the_relay(config: Path, name: str) -> tuple[int, dict[str, Any]]:
+    """check --mail with the relay's host given by name, in a mount namespace whose
+    /etc/hosts says `name` is 127.0.0.1 (the host's own file is left alone)."""
+    hosts = config.parent / "hosts"
+    hosts.write_text(f"127.0.0.1 localhost\n127.0.0.1 {name}\n")
+    config.write_text(config.read_text().replace('host = "127.0.0.1"', f'host = "{name}"', 1))
+    known = config.read_text().split("known_hosts = ", 1)[1].split("\n", 1)[0].strip('"')
+    pinned = Path(known).read_text()
+    Path(known).write_text(pinned + pinned.replace("[127.0.0.1]", f"[{name}]"))
+    proc = subprocess.run(
+        [
+            *(need_tool("unshare"), "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"'),
+            *(str(hosts), sys.executable, "-m", "tunnelkeeper", "check", "-c", str(config)),
+            *("--json", "--mail", "--mail-timeout", "20"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    try:
+        return proc.returncode, json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stdout}{proc.stderr}") from None
+
+
+def test_a_postfix_relay_pipelining_into_sendmail(
+    make_sshd: Any, internal_mta: MailboxMta, tmp_path: Path, outcome: dict[str, Any]
+) -> None:
+    """Postfix delivers from its queue manager, after it answered the submission, and
+    pipelines MAIL, RCPT and DATA to the internal sendmail: the reply to the end of the
+    message is still the one waited for. The relay goes by a name (the test's sender is
+    tunnelkeeper-test+TOKEN@ the relay's host: Postfix takes no bare address there, the
+    internal sendmail no address literal or bare "localhost")."""
+    relay = PostfixRelay(make_sshd(), internal_mta.port, tmp_path)
+    try:
+        relay.start()
+        started = time.monotonic()
+        code, result = check_mail_naming_the_relay(relay.config, RELAY_NAME)
+        took = time.monotonic() - started
+        (test,) = result["mail"]
+        assert internal_mta.has([subject(test["token"])]), (test["detail"], relay.log()[-3000:])
+    finally:
+        relay.stop()
+    assert code == 0 and test["outcome"] == "delivered", test
+    assert "the internal mail server took it (250 " in test["detail"], test
+    outcome.update(seconds=test["seconds"], run_s=round(took, 1))

@@ -88,3 +88,20 @@ def test_control_characters_in_the_reply_are_escaped() -> None:
     handed, _ = asyncio.run(watched(relay, target))
     assert handed is not None and handed.reply is not None
     assert "\x1b" not in handed.reply and handed.reply.startswith("250 ok ")
+
+
+def test_a_sender_refused_before_the_data_is_the_answer() -> None:
+    relay = [b"EHLO relay\r\n", MAIL, b"QUIT\r\n"]
+    target = [b"250 mail\r\n", b"553 5.5.4 Real domain name required\r\n", b"221 bye\r\n"]
+    handed, done = asyncio.run(watched(relay, target, end=True))
+    assert done == [False, False, False]  # only the session's end settles it
+    assert handed is not None and not handed.accepted
+    assert handed.reply == "553 5.5.4 Real domain name required"
+
+
+def test_a_pipelined_refusal_names_the_first_reason() -> None:
+    relay = [b"EHLO relay\r\n", MAIL + b"RCPT TO:<p@example.org>\r\nDATA\r\n", b"QUIT\r\n"]
+    target = [b"250 mail\r\n", b"553 5.5.4 Real domain name required\r\n503 5.0.0 Need MAIL\r\n"]
+    target += [b"503 5.0.0 Need MAIL command\r\n221 bye\r\n"]
+    handed, _ = asyncio.run(watched(relay, target, end=True))
+    assert handed is not None and handed.reply == "553 5.5.4 Real domain name required"
