@@ -31,7 +31,7 @@ class MailTest:
     domain: str
     token: str
     ok: bool
-    outcome: str  # delivered | refused | not-delivered | error
+    outcome: str  # delivered | refused | not-delivered | internal-refused | error
     detail: str
     seconds: float | None = None
 
