@@ -60,8 +60,10 @@ class SessionWatch:
 
     @property
     def busy(self) -> bool:
-        """Whether a token passed here and its answer is still to come."""
-        return bool(self._carrying or self._due)
+        """Whether a token passed here and its answer is still to come (for a test that
+        still waits for it)."""
+        waiting = self._carrying + [f for futures in self._due.values() for f in futures]
+        return any(not f.done() for f in waiting)
 
     def from_relay(self, data: bytes) -> None:
         seen = self._tail + data
