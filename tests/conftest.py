@@ -67,7 +67,9 @@ def make_sshd(tmp_path: Path) -> Iterator[Any]:
 class SmtpSink:
     """aiosmtpd on 127.0.0.1: the internal mail server behind the tunnel."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, data_reply: str = "250 OK queued") -> None:
+        """`data_reply`: its answer to the end of every message (a 5xx: it refuses them)."""
+        self.data_reply = data_reply
         self.raw: list[bytes] = []
         self.at: list[float] = []  # time.monotonic() of each message's arrival
         self.port = port or free_port()
@@ -93,7 +95,7 @@ class SmtpSink:
             async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
                 sink.at.append(time.monotonic())
                 sink.raw.append(envelope.original_content or envelope.content)
-                return "250 OK queued"
+                return sink.data_reply
 
         self._controller = Controller(
             Handler(), hostname="127.0.0.1", port=self.port, server_hostname="mail.example.org"

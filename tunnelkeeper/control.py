@@ -34,8 +34,10 @@ REQUEST_TIMEOUT = 5.0
 
 
 # check --mail asks a running supervisor to watch one of its forwards for a token; the
-# answer is the seconds until it passed, or None when `timeout` ran out.
-MailWatch = Callable[[str, str, str, float], Awaitable[float | None]]
+# answer is the seconds until the session that carried it handed the message over and the
+# internal server's reply to its end (None: the session ended first), or None when `timeout`
+# ran out.
+MailWatch = Callable[[str, str, str, float], Awaitable[tuple[float, str | None] | None]]
 MAX_WATCH = 600.0
 # `tunnelkeeper flush` asks a running supervisor to ETRN over its connections: the answers,
 # one JSON object per domain (LookupError for a tunnel it has not).
@@ -151,11 +153,14 @@ class ControlServer(Resource):
             waiting = asyncio.ensure_future(self._watch(tunnel, forward, token, float(timeout)))
             await asyncio.sleep(0)  # the watch is registered before the first await in it
             await _reply(writer, {"watching": True})
-            seconds = await waiting
+            handed = await waiting
         except LookupError as exc:
             await _reply(writer, {"error": str(exc)})
             return
-        await _reply(writer, {"seen": seconds is not None, "seconds": seconds})
+        if handed is None:
+            await _reply(writer, {"seen": False, "seconds": None, "reply": None})
+        else:
+            await _reply(writer, {"seen": True, "seconds": handed[0], "reply": handed[1]})
 
     async def _flush_request(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         tunnel = request.get("tunnel")
@@ -322,8 +327,10 @@ class MailWatchClient:
             error = reply.get("error") if isinstance(reply, dict) else reply
             raise ControlError(f"the supervisor on {self._path} refused the watch: {error}")
 
-    async def seen(self) -> bool:
-        """True when the token passed the supervisor's forward in time. Raises ControlError."""
+    async def seen(self) -> tuple[bool, str | None]:
+        """Whether the session that carried the token through the supervisor's forward handed
+        the message over in time, and the internal server's answer to its end (None: the
+        session ended without one). Raises ControlError."""
         assert self._reader is not None
         try:
             async with asyncio.timeout(self._timeout + REQUEST_TIMEOUT):
@@ -332,7 +339,10 @@ class MailWatchClient:
             raise ControlError(f"the supervisor on {self._path} did not answer the watch") from exc
         finally:
             self.close()
-        return bool(isinstance(reply, dict) and reply.get("seen"))
+        if not isinstance(reply, dict) or not reply.get("seen"):
+            return False, None
+        answer = reply.get("reply")
+        return True, answer if isinstance(answer, str) else None
 
     def close(self) -> None:
         if self._writer is not None:

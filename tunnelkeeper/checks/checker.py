@@ -10,7 +10,9 @@ from ..config import Config, Forward, Local, Tunnel
 from ..errors import ForwardRefused, TunnelError, TunnelkeeperError
 from ..forwarding.dial import source_unusable
 from ..forwarding.inbound import ForwardRuntime
+from ..forwarding.mailwatch import Handover
 from ..forwarding.outbound import LocalRuntime
+from ..peertext import peer_text
 from ..state import ForwardStatus, SupervisorStatus, TunnelStatus, refused_summary, utcnow
 from . import boundary, mailtest, probes
 from .boundary import Boundary
@@ -249,17 +251,21 @@ async def _mail_one(
             stream.close()
         try:
             async with asyncio.timeout(max(0.0, timeout - (loop.time() - started))):
-                seen = await _seen(remote, local)
+                seen, reply = await _handed(remote, local)
         except TimeoutError:
-            seen = False
+            seen, reply = False, None
         if not seen:
             return result(False, "not-delivered", mailtest.not_delivered(timeout))
         seconds = loop.time() - started
+        if reply is None:
+            return result(False, "not-delivered", mailtest.cut_short(accepted))
+        if not reply.startswith("2"):
+            return result(False, "internal-refused", mailtest.refused_inside(accepted, reply))
         return result(
             True,
             "delivered",
             f"the relay accepted it ({accepted}) and delivered it through the tunnel "
-            f"in {seconds:.2f}s",
+            f"in {seconds:.2f}s; the internal mail server took it ({reply})",
             seconds,
         )
     except TimeoutError:
@@ -273,12 +279,14 @@ async def _mail_one(
             local.cancel()
 
 
-async def _seen(
-    remote: control.MailWatchClient | None, local: asyncio.Future[float] | None
-) -> bool:
-    """Wait for the token at the supervisor's forward, or at ours."""
+async def _handed(
+    remote: control.MailWatchClient | None, local: asyncio.Future[Handover] | None
+) -> tuple[bool, str | None]:
+    """Wait until the session that carried the token (through the supervisor's forward, or
+    ours) handed the message over: whether it did, and the internal server's answer to the
+    end of the message (None: the session ended without one)."""
     if remote is not None:
-        return await remote.seen()
+        seen, reply = await remote.seen()
+        return seen, None if reply is None else peer_text(reply)
     assert local is not None
-    await local
-    return True
+    return True, (await local).reply

@@ -31,7 +31,7 @@ class MailTest:
     domain: str
     token: str
     ok: bool
-    outcome: str  # delivered | refused | not-delivered | error
+    outcome: str  # delivered | refused | not-delivered | internal-refused | error
     detail: str
     seconds: float | None = None
 
@@ -120,16 +120,38 @@ def not_delivered(timeout: float) -> str:
     )
 
 
+# (seconds, the internal server's answer or None), or None: what a watch found.
+Handed = tuple[float, str | None] | None
+
+
+def cut_short(accepted: str) -> str:
+    return (
+        f"the relay accepted it ({accepted}) and began to hand it through the tunnel, but "
+        "the session ended before the internal mail server answered the end of the message: "
+        "it does not have it (the relay keeps it queued for a later try)"
+    )
+
+
+def refused_inside(accepted: str, reply: str) -> str:
+    later = "; a temporary refusal: the relay will try again" if reply.startswith("4") else ""
+    return (
+        f"the relay accepted it ({accepted}) and handed it through the tunnel, but the "
+        f'internal mail server refused it: "{reply}"{later}'
+    )
+
+
 TrafficOf = Callable[[str, str], "ForwardTraffic | None"]
 
 
-def watcher(traffic_of: TrafficOf) -> Callable[[str, str, str, float], Awaitable[float | None]]:
+def watcher(traffic_of: TrafficOf) -> Callable[[str, str, str, float], Awaitable[Handed]]:
     """What a running supervisor's control socket answers check --mail with: watch the named
     forward's traffic for a token. `traffic_of(tunnel, forward)` finds it (None: not here)."""
 
-    async def watch(tunnel: str, forward: str, token: str, timeout: float) -> float | None:
-        """Seconds until `token` passed the forward (None: not within `timeout`). Raises
-        LookupError for a tunnel or forward the supervisor has not."""
+    async def watch(tunnel: str, forward: str, token: str, timeout: float) -> Handed:
+        """Seconds until the session that carried `token` through the forward handed its
+        message over, and the target's answer to it (None: the session ended first); None
+        when that did not happen within `timeout`. Raises LookupError for a tunnel or forward
+        the supervisor has not."""
         traffic = traffic_of(tunnel, forward)
         if traffic is None:
             raise LookupError(f"no forward {tunnel}/{forward} here")
@@ -137,7 +159,8 @@ def watcher(traffic_of: TrafficOf) -> Callable[[str, str, str, float], Awaitable
         future = traffic.watch(token.encode("ascii", "replace"))
         try:
             async with asyncio.timeout(timeout):
-                return await future - started
+                handed = await future
+                return handed.at - started, handed.reply
         except TimeoutError:
             return None
         finally:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from ..config import Endpoint
 from .dial import dial
 from .dnsgate import DnsGate, NotDns, TooManyRefusals, ZonePolicy
+from .mailwatch import Handover, SessionWatch, Watches
 from .zonecut import Owner
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ class Channel(Protocol):
     def resume_reading(self) -> None: ...
 
 
-WATCH_TAIL = 64  # longer than any token a mail test watches for
 # REFUSED replies held back before the relay side is read no more (at most MAX_REFUSALS of
 # them, each under 300 bytes, are ever drawn by one connection).
 HELD_REFUSALS = 4 * 1024
@@ -63,27 +63,19 @@ class ForwardTraffic:
         self.idle.set()
         self.on_bug: Callable[[BaseException], object] | None = None
         # check --mail: tokens looked for in what the relay sends, only while a test runs.
-        self.watches: dict[bytes, asyncio.Future[float]] = {}
+        self.watches: Watches = {}
         self.dns: ZonePolicy | None = None  # a dns forward's gate policy: see dnsgate
 
-    def watch(self, token: bytes) -> asyncio.Future[float]:
-        """A future set to the loop time at which `token` passes relay -> target."""
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    def watch(self, token: bytes) -> asyncio.Future[Handover]:
+        """A future set once the SMTP session that carried `token` relay -> target handed its
+        message over: the target's reply to the end of that message, or the session's end
+        before one. Only sessions that begin while the watch is pending are read."""
+        future: asyncio.Future[Handover] = asyncio.get_running_loop().create_future()
         self.watches[token] = future
         future.add_done_callback(
             lambda done: self.watches.pop(token) if self.watches.get(token) is done else None
         )
         return future
-
-    def scan(self, tail: bytes, data: bytes) -> bytes:
-        """Look for the watched tokens in `tail + data`; return the new tail (a token may be
-        split across two reads)."""
-        seen = tail + data
-        now = asyncio.get_running_loop().time()
-        for token, future in list(self.watches.items()):
-            if token in seen and not future.done():
-                future.set_result(now)
-        return seen[-WATCH_TAIL:]
 
     def opened(self, splice: Connection) -> None:
         self.splices.add(splice)
@@ -148,7 +140,8 @@ class Splice:
         self._target_full = False  # the local socket's write buffer is above its high water
         self._flushing = False  # the channel is handing us what it held while paused
         self._closed = False
-        self._watch_tail = b""
+        self._mail: SessionWatch | None = None  # check --mail's reading of this session
+        self._relay_spoke = False  # the relay side sent its first bytes
         self._gate: DnsGate | None = None if traffic.dns is None else traffic.dns.gate()
         self._gate_paused = False  # the gate holds too many replies: the channel is not read
         self._check: asyncio.Future[Owner] | None = None  # the gate's zone-cut check, running
@@ -187,8 +180,13 @@ class Splice:
                 self._gated(self._gate, data)
                 return
             self._traffic.bytes_in += len(data)
-            if self._traffic.watches:
-                self._watch_tail = self._traffic.scan(self._watch_tail, data)
+            if not self._relay_spoke and self._traffic.watches:  # a session begins: read it
+                self._mail = SessionWatch(self._traffic.watches)
+            self._relay_spoke = True
+            if self._mail is not None:
+                self._mail.from_relay(data)
+                if not self._mail.busy and not self._traffic.watches:
+                    self._mail = None  # nothing left to wait for here
             if self._local is not None:
                 self._local.write(data)
         except Exception as exc:
@@ -253,6 +251,8 @@ class Splice:
     def from_target(self, data: bytes) -> None:
         try:
             self._traffic.bytes_out += len(data)
+            if self._mail is not None:
+                self._mail.from_target(data)
             if self._chan is None:
                 self._pending.append(data)
             elif self._gate is not None and (split := self._gate.split_reply(data)):
@@ -394,6 +394,9 @@ class Splice:
         if self._closed:
             return
         self._closed = True
+        if self._mail is not None:
+            self._mail.ended()
+            self._mail = None
         if self._check is not None:
             self._check.cancel()
             self._check = None
