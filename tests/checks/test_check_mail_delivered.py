@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from tests.checks.test_check_mail import SendmailRelay, check_mail
-from tests.checks.test_held_mail_postfix import PostfixRelay
 from tests.conftest import SmtpSink
 from tests.relaykit.conftest import need_tool
-from tests.relaykit.test_sendmail import DAEMON_MC, RELAY_NAME, build_relay
 from tests.support.mailbox_mta import MailboxMta
+from tests.support.postfix_relay import PostfixRelay
 from tests.support.procs import SupervisorProcess
+from tests.support.sendmail import DAEMON_MC, RELAY_NAME, build_relay
+from tests.support.sendmail_relay import SendmailRelay, check_mail
 from tests.support.trickle import Trickle
 from tunnelkeeper.config import load
 
