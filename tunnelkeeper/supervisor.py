@@ -34,7 +34,7 @@ from .checks import etrn, mailtest
 from .config import Config, Tunnel, load
 from .control import ControlServer
 from .errors import ConfigError, ServiceCannotStart, TunnelkeeperError
-from .forwarding.splice import ForwardTraffic
+from .forwarding.traffic import ForwardTraffic
 from .publisher import Publisher, Service, ServiceContext
 from .state import SupervisorStatus, utcnow
 from .tunnel import Connector, TunnelRuntime

@@ -12,12 +12,7 @@ from typing import Any
 
 from . import config, ssh
 from .checks import dnsnotify, etrn, probes
-from .errors import (
-    ForwardRefused,
-    InternalError,
-    TunnelError,
-    TunnelkeeperError,
-)
+from .errors import ForwardRefused, InternalError, TunnelError, TunnelkeeperError
 from .forwarding.inbound import ForwardRuntime
 from .forwarding.outbound import LocalRuntime
 from .standby import Standby
@@ -92,15 +87,8 @@ class TunnelRuntime:
         """A bug ended one of this tunnel's tasks: log it once with its traceback, count it,
         and end the connection so the keep-loop restarts the tunnel through its backoff."""
         self.internal_errors += 1
-        log.error(
-            "tunnel %s: internal error in %s (a bug; the tunnel restarts): %s: %s",
-            self.name,
-            what,
-            type(exc).__name__,
-            exc,
-            exc_info=exc,
-        )
         error = InternalError(f"internal error in {what}: {type(exc).__name__}: {exc}")
+        log.error("tunnel %s: %s (a bug; the tunnel restarts)", self.name, error, exc_info=exc)
         error.__cause__ = exc
         self._end_connection(error)
         return error

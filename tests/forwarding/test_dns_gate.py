@@ -425,7 +425,8 @@ LONG_FOREIGN = ".".join(["x" * 60, "y" * 60, "z" * 60, "corp", "lan"])
 
 async def test_in_the_splice_a_refusal_never_splits_the_targets_reply() -> None:
     from tunnelkeeper.config import Endpoint
-    from tunnelkeeper.forwarding.splice import ForwardTraffic, Splice
+    from tunnelkeeper.forwarding.splice import Splice
+    from tunnelkeeper.forwarding.traffic import ForwardTraffic
 
     reply = framed(b"\x00\x01\x81\x80" + b"r" * 3996)  # one 4000-byte message, sent in two
     received = bytearray()
@@ -494,7 +495,8 @@ async def test_in_the_splice_a_refusal_never_splits_the_targets_reply() -> None:
 
 async def test_in_the_splice_a_frame_cut_short_by_eof_closes_without_reaching_the_target() -> None:
     from tunnelkeeper.config import Endpoint
-    from tunnelkeeper.forwarding.splice import ForwardTraffic, Splice
+    from tunnelkeeper.forwarding.splice import Splice
+    from tunnelkeeper.forwarding.traffic import ForwardTraffic
 
     received = bytearray()
     done = asyncio.Event()

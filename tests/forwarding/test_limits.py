@@ -14,7 +14,7 @@ from tests.support.embedded import World, forward, wait_for
 from tunnelkeeper.errors import ForwardFull
 from tunnelkeeper.forwarding import limits
 from tunnelkeeper.forwarding.admission import Admission
-from tunnelkeeper.forwarding.splice import ForwardTraffic
+from tunnelkeeper.forwarding.traffic import ForwardTraffic
 from tunnelkeeper.supervisor import Shutdown, Supervisor
 
 pytestmark = pytest.mark.timeout(60)

@@ -20,7 +20,8 @@ from tests.support.dnswire import ZONES, Channel, framed, parse_refusal, query, 
 from tunnelkeeper.config import Endpoint
 from tunnelkeeper.forwarding import dnsgate
 from tunnelkeeper.forwarding.dnsgate import ZonePolicy
-from tunnelkeeper.forwarding.splice import ForwardTraffic, Splice
+from tunnelkeeper.forwarding.splice import Splice
+from tunnelkeeper.forwarding.traffic import ForwardTraffic
 from tunnelkeeper.forwarding.zonecut import Ask, Owner, ZoneCuts, soa_owner
 
 pytestmark = pytest.mark.timeout(30)

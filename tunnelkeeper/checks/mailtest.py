@@ -17,7 +17,7 @@ from ..ssh import Stream
 from .probes import read_smtp_reply
 
 if TYPE_CHECKING:
-    from ..forwarding.splice import ForwardTraffic
+    from ..forwarding.traffic import ForwardTraffic
 
 HEADER = "X-Tunnelkeeper-Test"
 

@@ -4,7 +4,8 @@ the byte splice, limits.
 forwarder   ForwarderRuntime: what forwards and locals share: traffic, state, probe, snapshot
 inbound     a remote forward: the relay listens, channels come in, we dial the target
 outbound    a local forward: we listen here, each connection opens a channel to the relay
-splice      the two-way copy between a channel and a socket, and ForwardTraffic
+splice      the two-way copy between a channel and a socket
+traffic     ForwardTraffic: what a forwarder carries and holds open, counted by its splices
 mailwatch   check --mail's reading of an SMTP session: the reply to the end of the test message
 admission   Admission: max_connections and the descriptor budget, one line per refusal burst
 dial        the one way to a target: from `source`, a PROXY header first when asked

@@ -8,7 +8,7 @@ import logging
 
 from ..errors import ForwardFull
 from .limits import BUDGET
-from .splice import ForwardTraffic
+from .traffic import ForwardTraffic
 
 log = logging.getLogger(__name__)
 

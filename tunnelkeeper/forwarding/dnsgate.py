@@ -15,10 +15,8 @@ for a forward zone's own name (its apex) passes. A lookup of a name strictly bel
 only when the target says the name lies in that very zone (see zonecut): a name of an
 internal child zone on the same server is refused. While that is asked, the query and
 everything sent after it wait (the channel is not read), so frames reach the target in the
-order they were sent.
-
-A connection that draws more than MAX_REFUSALS refusals is closed: the relay's secondary
-never draws one, and each costs a parse.
+order they were sent. A connection that draws more than MAX_REFUSALS refusals is closed: the
+relay's secondary never draws one, and each costs a parse.
 """
 
 from __future__ import annotations

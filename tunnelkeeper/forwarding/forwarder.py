@@ -8,7 +8,7 @@ from typing import Literal
 
 from .. import config
 from ..state import ForwardState, ForwardStatus, ProbeResult, utcnow
-from .splice import ForwardTraffic
+from .traffic import ForwardTraffic
 
 
 class ForwarderRuntime:
