@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from tests.support.dnswire import ZONES, Channel, framed, parse_refusal, query, sort
 from tunnelkeeper.forwarding import dnsgate, ratelog
-from tunnelkeeper.forwarding.dnsgate import DnsGate, NotDns, ZonePolicy
+from tunnelkeeper.forwarding.dnsgate import DnsGate, ZonePolicy
+from tunnelkeeper.forwarding.notdns import NotDns
 from tunnelkeeper.forwarding.zonecut import Owner, ZoneCuts
 
 T = TypeVar("T")

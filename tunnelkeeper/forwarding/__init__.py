@@ -11,6 +11,7 @@ admission   Admission: max_connections and the descriptor budget, one line per r
 dial        the one way to a target: from `source`, a PROXY header first when asked
 proxyheader the PROXY protocol v1/v2 header naming the relay
 dnsgate     what a dns forward lets through: queries for its zones; the rest answered REFUSED
+notdns      what ends a dns forward's connection (no dnspython needed to catch it)
 zonecut     asks the primary which zone a name below a zone's apex lies in
 ratelog     log lines at a bounded rate
 limits      the descriptor budget shared by every forward of the process

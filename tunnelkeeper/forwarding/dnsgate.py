@@ -35,6 +35,7 @@ import dns.rdatatype
 import dns.rrset
 
 from ..peertext import peer_text
+from .notdns import NotDns, TooManyRefusals
 from .ratelog import RateLog
 from .zonecut import Owner, ZoneCuts
 
@@ -47,14 +48,6 @@ _QR, _OPCODE, _RD, _REFUSED = 0x8000, 0x7800, 0x0100, 5
 # Query types that are not record types but are asked for: transfers, and ANY.
 _TRANSFERS = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
 _ASKABLE_META = _TRANSFERS | {dns.rdatatype.ANY}
-
-
-class NotDns(Exception):
-    """What the relay side sent is not DNS over TCP: the connection is closed."""
-
-
-class TooManyRefusals(NotDns):
-    """The relay side drew more than MAX_REFUSALS refusals: the connection is closed."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,9 @@ import logging
 from .. import config, ssh
 from ..errors import SourceUnavailable, TunnelkeeperError
 from .admission import Admission
-from .dnsgate import ZonePolicy
 from .forwarder import ForwarderRuntime
 from .proxyheader import proxy_header
 from .splice import Splice
-from .zonecut import ZoneCuts, primary
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +34,9 @@ class ForwardRuntime(ForwarderRuntime):
         # listens on an SSH connection (tunnel, check), from that connection.
         self.relay_address: str | None = None
         if cfg.service == "dns":  # only queries for its zones get through (see dnsgate)
+            from .dnsgate import ZonePolicy  # dnspython: loaded only for a dns forward
+            from .zonecut import ZoneCuts, primary
+
             cuts = ZoneCuts(primary(cfg.target, cfg.source_address))
             self.traffic.dns = ZonePolicy(cfg.name, cfg.zones, cuts)
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import Endpoint
 from .dial import dial
-from .dnsgate import DnsGate, NotDns, TooManyRefusals
 from .mailwatch import SessionWatch
+from .notdns import NotDns, TooManyRefusals
 from .traffic import ForwardTraffic
-from .zonecut import Owner
+
+if TYPE_CHECKING:  # dnspython is loaded only where a dns forward is configured
+    from .dnsgate import DnsGate
+    from .zonecut import Owner
 
 log = logging.getLogger(__name__)
 

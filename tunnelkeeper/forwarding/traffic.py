@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from .dnsgate import ZonePolicy
 from .mailwatch import Handover, Watches
+
+if TYPE_CHECKING:  # dnspython is loaded only where a dns forward is configured
+    from .dnsgate import ZonePolicy
 
 log = logging.getLogger(__name__)
 
