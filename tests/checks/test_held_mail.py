@@ -19,11 +19,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import SmtpSink
-from tests.relaykit.conftest import need_tool, ssh_args
+from tests.relaykit.conftest import ssh_args
 from tests.support.configs import write_config
 from tests.support.mailbox_mta import ListenWatch, MailboxMta
 from tests.support.procs import SupervisorProcess, history_json
-from tests.support.sendmail import DAEMON_MC, RELAY_NAME, build_relay, port_open, stop_tree
+from tests.support.sendmail import (
+    DAEMON_MC,
+    build_relay,
+    port_open,
+    sendmail_daemon,
+    stop_tree,
+)
 from tests.support.sshd import free_port, wait_until
 from tunnelkeeper.config import load
 
@@ -76,17 +82,7 @@ class HoldingRelay:
         self.daemon: subprocess.Popen[bytes] | None = None
 
     def start(self) -> HoldingRelay:
-        self.daemon = subprocess.Popen(
-            [
-                *(need_tool("unshare"), "-u", "sh", "-c"),
-                f'hostname {RELAY_NAME} && exec "$0" -C "$1" -bD -q{QUEUE_INTERVAL}',
-                *(need_tool("sendmail"), str(self.relay.cf)),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: port_open(self.mta), 15, what="sendmail to listen")
+        self.daemon = sendmail_daemon(self.relay.cf, self.mta, f"-q{QUEUE_INTERVAL}")
         return self
 
     def stop(self) -> None:

@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.sendmail import DAEMON_MC, RELAY_NAME, build_relay, port_open, stop_tree
+from tests.support.sendmail import (
+    DAEMON_MC,
+    RELAY_NAME,
+    build_relay,
+    port_open,
+    sendmail_daemon,
+    stop_tree,
+)
 from tests.support.sshd import free_port, wait_until
 from tunnelkeeper.config import Config
 from tunnelkeeper.relaykit import dropbear
@@ -68,17 +75,7 @@ class RelayMta:
         self.stop()
         mc = DAEMON_MC.format(port=self.port) + extra_mc
         cf = build_relay(self.folder, self.config, extra_mc=mc).cf
-        self.daemon = subprocess.Popen(
-            [
-                *(need_tool("unshare"), "-u", "sh", "-c"),
-                f'hostname {RELAY_NAME} && exec "$0" -C "$1" -bD',
-                *(need_tool("sendmail"), str(cf)),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: port_open(self.port), 15, what="sendmail to listen")
+        self.daemon = sendmail_daemon(cf, self.port)
         return self
 
     def stop(self) -> None:

@@ -179,3 +179,22 @@ class InternalSendmail:
 
     def stop(self) -> None:
         stop_tree(self.daemon)
+
+
+def sendmail_daemon(
+    cf: Path | str, port: int, *flags: str, name: str = RELAY_NAME
+) -> subprocess.Popen[bytes]:
+    """`sendmail -C cf -bD [flags]` under host name `name` (a UTS namespace of its own), once it
+    listens on `port`."""
+    daemon = subprocess.Popen(
+        [
+            *(need_tool("unshare"), "-u", "sh", "-c"),
+            f'hostname {name} && exec "$0" -C "$@"',
+            *(need_tool("sendmail"), str(cf), "-bD", *flags),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: port_open(port), 15, what="sendmail to listen")
+    return daemon

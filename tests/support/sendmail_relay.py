@@ -13,8 +13,13 @@ from typing import Any
 from tests.conftest import SmtpSink
 from tests.relaykit.conftest import need_tool
 from tests.support.configs import write_config
-from tests.support.sendmail import DAEMON_MC, RELAY_NAME, build_relay, port_open, stop_tree
-from tests.support.sshd import free_port, wait_until
+from tests.support.sendmail import (
+    DAEMON_MC,
+    build_relay,
+    sendmail_daemon,
+    stop_tree,
+)
+from tests.support.sshd import free_port
 from tunnelkeeper.config import load
 
 
@@ -59,17 +64,7 @@ class SendmailRelay:
         self.daemon: subprocess.Popen[bytes] | None = None
 
     def start(self) -> SendmailRelay:
-        self.daemon = subprocess.Popen(
-            [
-                *(need_tool("unshare"), "-u", "sh", "-c"),
-                f'hostname {RELAY_NAME} && exec "$0" -C "$1" -bD',
-                *(need_tool("sendmail"), str(self.relay.cf)),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: port_open(self.mta), 15, what="sendmail to listen")
+        self.daemon = sendmail_daemon(self.relay.cf, self.mta)
         return self
 
     def stop(self) -> None:
