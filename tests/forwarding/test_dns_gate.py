@@ -17,6 +17,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 import dns.update
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -526,3 +527,41 @@ async def test_in_the_splice_a_frame_cut_short_by_eof_closes_without_reaching_th
         splice.abort()
         server.close()
         await server.wait_closed()
+
+
+def test_a_query_stuffed_with_records_is_refused_without_parsing_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A relay user cannot hold the event loop with allowed queries that carry thousands of
+    records: a query's counts are judged first, and the records are never parsed."""
+    header = struct.pack("!HHHHHH", 7, 0, 1, 0, 0, 4000)
+    question = b"\x07example\x03org\x00" + struct.pack("!HH", 6, 1)
+    junk = b"".join(
+        b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 0, 4) + struct.pack("!I", i) for i in range(4000)
+    )
+    stuffed = header + question + junk
+    parsed: list[object] = []
+    real = dns.message.from_wire
+
+    def counting(wire: bytes, **kwargs: object) -> dns.message.Message:
+        parsed.append(kwargs.get("question_only", False))
+        return real(wire, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dns.message, "from_wire", counting)
+    g = gate()
+    passed, replies = run(lambda: sort(g, framed(stuffed) * 3))
+    assert passed == b"" and len(replies) == 3
+    assert parsed == [True, True, True]  # only the questions were read
+    refused = parse_refusal(replies[0])
+    assert refused.id == 7 and refused.rcode() == dns.rcode.REFUSED
+    assert refused.question[0].name == dns.name.from_text("example.org")
+
+
+def test_an_ixfr_with_its_soa_and_an_opt_still_passes() -> None:
+    message = dns.message.make_query("example.org", "IXFR", use_edns=0)
+    message.authority.append(
+        dns.rrset.from_text("example.org.", 0, "IN", "SOA", "ns. host. 5 1 1 1 1")
+    )
+    g = gate()
+    passed, replies = run(lambda: sort(g, framed(message.to_wire())))
+    assert replies == [] and passed == framed(message.to_wire())

@@ -10,6 +10,7 @@ mailwatch   check --mail's reading of an SMTP session: the reply to the end of t
 admission   Admission: max_connections and the descriptor budget, one line per refusal burst
 dial        the one way to a target: from `source`, a PROXY header first when asked
 proxyheader the PROXY protocol v1/v2 header naming the relay
+dnswire     DNS over TCP as the gate reads it: frames, header counts, parsing
 dnsgate     what a dns forward lets through: queries for its zones; the rest answered REFUSED
 notdns      what ends a dns forward's connection (no dnspython needed to catch it)
 zonecut     asks the primary which zone a name below a zone's apex lies in

@@ -35,6 +35,7 @@ import dns.rdatatype
 import dns.rrset
 
 from ..peertext import peer_text
+from .dnswire import describe, frame_size, parse, question_wire, unusual_counts
 from .notdns import NotDns, TooManyRefusals
 from .ratelog import RateLog
 from .zonecut import Owner, ZoneCuts
@@ -82,11 +83,14 @@ class ZonePolicy:
         the zone the target puts its name in; else the REFUSED reply (without its length
         prefix): the query's ID, QR set, its opcode and RD, its question when it has exactly
         one. Raises NotDns when `wire` is not a DNS message."""
-        try:
-            # keyring=False: a TSIG is passed on unverified; the target checks it.
-            message = dns.message.from_wire(wire, keyring=False)
-        except (dns.exception.DNSException, ValueError, IndexError, struct.error) as exc:
-            raise NotDns(f"not a DNS message ({type(exc).__name__})") from exc
+        # Judged on its header first: a query has one question, no answers, at most the SOA an
+        # IXFR carries and an OPT and a TSIG. Anything else is refused after reading only its
+        # questions, so a frame stuffed with records costs no more than a plain one to refuse.
+        if len(wire) >= 12 and unusual_counts(wire):
+            message = parse(wire, question_only=True)
+            question = message.question[0] if len(message.question) == 1 else None
+            return self._refuse(wire, message, question, "records a query does not carry")
+        message = parse(wire)
         question = message.question[0] if len(message.question) == 1 else None
         why = self._refusal(message, question)
         if why is None:
@@ -151,20 +155,20 @@ class ZonePolicy:
         self._last = (message.opcode(), question, why)
         self._refusals.note(self._first_line, self._summary_line)
         ident, flags = struct.unpack_from("!HH", wire)
-        echoed = b"" if question is None else _question_wire(question)
+        echoed = b"" if question is None else question_wire(question)
         reply_flags = _QR | (flags & (_OPCODE | _RD)) | _REFUSED
         return _HEADER.pack(ident, reply_flags, 1 if echoed else 0, 0, 0, 0) + echoed
 
     def _first_line(self) -> str:
         return (
-            f"forward {self.forward}: refused {_describe(*self._last)}; it carries "
+            f"forward {self.forward}: refused {describe(*self._last)}; it carries "
             + ", ".join(zone.to_text(omit_final_dot=True) for zone in self.zones)
             + " only; further refusals are summed up at most once a minute"
         )
 
     def _summary_line(self, count: int) -> str:
         return (
-            f"forward {self.forward}: refused {count} more queries (last: {_describe(*self._last)})"
+            f"forward {self.forward}: refused {count} more queries (last: {describe(*self._last)})"
         )
 
     def flooded(self) -> None:
@@ -179,29 +183,6 @@ class ZonePolicy:
                 f"more than {MAX_REFUSALS} refused queries"
             ),
         )
-
-
-def _describe(opcode: int, question: dns.rrset.RRset | None, why: str) -> str:
-    """A refused query in words, for a log line: the peer's name escaped."""
-    what = dns.opcode.to_text(dns.opcode.Opcode.make(opcode))
-    if question is not None:
-        what += f" {peer_text(question.name.to_text(), 120)}"
-        what += f" {peer_text(dns.rdatatype.to_text(question.rdtype), 20)}"
-    return f"{what} ({why})"
-
-
-def _question_wire(question: dns.rrset.RRset) -> bytes:
-    name = question.name.to_wire()  # bytes when given no file to write to
-    assert name is not None
-    return name + struct.pack("!HH", question.rdtype, question.rdclass)
-
-
-def _frame_size(high: int, low: int) -> int:
-    """The length of a frame (prefix included) from its 2-byte prefix. Raises NotDns for 0."""
-    size = 2 + ((high << 8) | low)
-    if size == 2:
-        raise NotDns("a zero-length DNS message")
-    return size
 
 
 class DnsGate:
@@ -262,7 +243,7 @@ class DnsGate:
         run = start  # the run of allowed frames not yet handed on: view[start:run]
         end = len(view)
         while end - run >= 2:
-            size = _frame_size(view[run], view[run + 1])
+            size = frame_size(view[run], view[run + 1])
             if end - run < size:
                 break
             verdict = self.policy.judge(bytes(view[run + 2 : run + size]))
@@ -315,7 +296,7 @@ class DnsGate:
             partial += view[:used]
             if len(partial) < 2:
                 return -1
-        need = _frame_size(partial[0], partial[1]) - len(partial)
+        need = frame_size(partial[0], partial[1]) - len(partial)
         partial += view[used : used + need]
         used += need
         return used if used <= len(view) else -1
