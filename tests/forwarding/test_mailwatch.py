@@ -105,3 +105,12 @@ def test_a_pipelined_refusal_names_the_first_reason() -> None:
     target += [b"503 5.0.0 Need MAIL command\r\n221 bye\r\n"]
     handed, _ = asyncio.run(watched(relay, target, end=True))
     assert handed is not None and handed.reply == "553 5.5.4 Real domain name required"
+
+
+def test_a_bdat_size_past_any_message_is_no_bug() -> None:
+    """`BDAT` with thousands of digits (int() refuses past 4,300) is not a chunk: the watch
+    goes on, and no exception reaches the splice (which would restart the tunnel)."""
+    relay = [b"EHLO relay\r\n", MAIL, b"BDAT " + b"9" * 5000 + b" LAST\r\n", b"QUIT\r\n"]
+    target = [b"250 mail\r\n", b"250 ok\r\n", b"500 5.5.2 syntax\r\n", b"221 bye\r\n"]
+    handed, _ = asyncio.run(watched(relay, target, end=True))
+    assert handed is None or not handed.accepted

@@ -135,11 +135,11 @@ class SessionWatch:
 
     def _command(self, line: bytes) -> None:
         self._asked += 1
-        words = line.split()
+        words = line[:MAX_LINE].split()
         verb = words[0].upper() if words else b""
         if verb == b"DATA":
             self._mode, self._body_tail = "data", b"\r\n"  # the body may be just "."
-        elif verb == b"BDAT" and len(words) >= 2 and words[1].isdigit():
+        elif verb == b"BDAT" and len(words) >= 2 and words[1].isdigit() and len(words[1]) <= 10:
             last = len(words) > 2 and words[2].upper() == b"LAST"
             self._chunk_reply = self._asked - 1 if last else None
             self._chunk_left = int(words[1])
