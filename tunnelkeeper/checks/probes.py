@@ -16,6 +16,7 @@ from typing import Literal
 from ..config import Endpoint, Forward, Local
 from ..errors import ChannelDenied, ProbeError, StreamLost, TargetUnavailable, TunnelError
 from ..forwarding.dial import dial
+from ..forwarding.proxyheader import proxy_header
 from ..peertext import peer_text
 from ..ssh import Stream, StreamPair
 from ..state import ProbeResult, utcnow
@@ -163,11 +164,19 @@ _CHECKS: dict[str, Callable[[Stream, Forward | Local], Awaitable[str]]] = {
 async def _open_local(forward: Forward | Local) -> Stream:
     """The forward's target, straight from this host: from the forward's `source`, as its
     forwarded connections come."""
-    source = forward.source_address if isinstance(forward, Forward) else None
+    source, header = None, b""
+    if isinstance(forward, Forward):
+        source = forward.source_address
+        if forward.proxy_protocol is not None:  # a target that reads it waits for one
+            header = proxy_header(forward.proxy_protocol, None, None)  # v1 UNKNOWN, v2 LOCAL
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(loop=loop)
     transport, protocol = await dial(
-        lambda: asyncio.StreamReaderProtocol(reader, loop=loop), forward.target, source, PROBE_DIAL
+        lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
+        forward.target,
+        source,
+        PROBE_DIAL,
+        header,
     )
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     return StreamPair(reader, writer, f"connection to {forward.target}")
